@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -177,22 +177,27 @@ def classifier_dir() -> Path:
 
 
 def save_classifier(
-    model: Classifier, path: str | os.PathLike, metadata: dict | None = None
+    model: Classifier,
+    path: str | os.PathLike,
+    metadata: dict | None = None,
+    dtype: torch.dtype = torch.float16,
 ) -> None:
     """Write `path` (.safetensors) and the config next to it (.json), each atomically.
 
     Args:
-        model: the classifier; its state dict (incl. BatchNorm running stats) is stored in fp32.
+        model: the classifier; its state dict (incl. BatchNorm running stats) is stored.
         path: destination ending in `.safetensors`.
         metadata: extra JSON-serialisable facts (split, accuracy, command) stored in the JSON
             under "training".
+        dtype: storage dtype of floating-point tensors; fp16 halves the shipped files and
+            changes held-out accuracy by less than its noise (loading casts back to fp32).
     """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
-        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
         for k, v in model.state_dict().items()
         # BatchNorm's counter is unused in eval mode (momentum is set); keep the file minimal.
         if not k.endswith("num_batches_tracked")
@@ -209,6 +214,7 @@ def save_classifier(
         os.close(fd)
         try:
             write(tmp)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped assets must be world-readable
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -256,12 +262,16 @@ def load_classifier(
     config = ClassifierConfig.from_dict(doc["config"])
     model = Classifier(config)
     state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    expected = {k: v for k, v in expected.items() if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if state[k].shape != expected[k])
+    if missing or unexpected or wrong:
         raise ValueError(
-            f"classifier weights {path} do not match its config: missing {missing}, "
-            f"unexpected {unexpected}"
+            f"classifier weights {path} do not match its config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
         )
+    model.load_state_dict(state, strict=False)  # only num_batches_tracked is absent
     model.to(device).eval().requires_grad_(False)
     return model

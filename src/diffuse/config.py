@@ -1,0 +1,541 @@
+"""Training recipes: frozen dataclasses read from TOML (or JSON) and written back as JSON.
+
+A recipe has one table per section (`[model]`, `[process]`, `[data]`, `[optim]`, `[ema]`,
+`[train]`, `[checkpoint]`, `[log]`, `[sample]`). Every key is checked: an unknown key is an
+error naming it and the nearest valid key, a wrong type or an out-of-range value is an error
+naming the value. `--set section.key=value` overrides are applied to the raw tables before the
+dataclasses are built, so they are checked the same way.
+
+    cfg = load_recipe("configs/mnist-unet.toml", ["optim.lr=2e-4"])
+    print(to_toml(cfg))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "EMAConfig",
+    "LogConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ProcessConfig",
+    "RunSection",
+    "SampleConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_diff",
+    "from_dict",
+    "load_recipe",
+    "parse_override",
+    "to_dict",
+    "to_toml",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid recipe: unknown key, wrong type or out-of-range value."""
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    """Raise a ConfigError naming `key` and its offending `value` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is invalid: {rule}")
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: a preset of `diffuse.nets` plus overrides of its config fields.
+
+    `in_channels`, `num_classes` and the image size are filled in from the data, so a preset
+    serves any dataset; `overrides` may change any other field of the preset's config.
+    """
+
+    preset: str = "unet-s"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    class_conditional: bool = True
+    label_dropout: float = 0.1  # probability of the null class in training (enables CFG)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.preset), "model.preset", self.preset, "name a preset")
+        _require(
+            0.0 <= self.label_dropout < 1.0,
+            "model.label_dropout",
+            self.label_dropout,
+            "must be in [0, 1)",
+        )
+
+
+ProcessKind = Literal["edm", "cosine_vp", "discrete_vp", "ve", "rectified_flow"]
+ParamKind = Literal["eps", "x0", "v", "velocity", "edm"]
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """The noise process, what the network predicts and how the loss is weighted.
+
+    `options` are fields of the process dataclass (e.g. `p_mean` for EDM, `shift` for rectified
+    flow); they are checked against it when the process is built.
+    """
+
+    kind: ProcessKind = "edm"
+    parametrization: ParamKind = "edm"
+    weighting: Literal["natural", "process", "min_snr"] = "natural"
+    min_snr_gamma: float = 5.0
+    sigma_data: float = 0.5
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(self.min_snr_gamma > 0, "process.min_snr_gamma", self.min_snr_gamma, "> 0")
+        _require(self.sigma_data > 0, "process.sigma_data", self.sigma_data, "must be > 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are prepared.
+
+    `path` is a file or folder; a `shared:` prefix resolves it inside the shared data folder
+    (environment variable DIFFUSE_DATA, see `diffuse.training.data.shared_data_dir`).
+    Images are resized (shorter side) and centre-cropped to `resolution`, then padded by `pad`
+    pixels of black on each side, so the network sees `resolution + 2 * pad` pixels.
+    """
+
+    source: Literal["npz", "folder", "procedural"] = "npz"
+    path: str = ""
+    generator: Literal["shapes", "blobs"] = "shapes"  # procedural only
+    size: int = 10_000  # procedural only: number of items
+    num_classes: int = 4  # procedural only
+    resolution: int = 32
+    channels: Literal[0, 1, 3] = 0  # 0 keeps the data's own
+    pad: int = 0
+    flip: bool = False
+    holdout: int = 0  # the last `holdout` items are left out (validation split)
+    limit: int = 0  # use only the first `limit` items (0: all)
+
+    def __post_init__(self) -> None:
+        if self.source in ("npz", "folder"):
+            _require(bool(self.path), "data.path", self.path, f"{self.source} data needs a path")
+        _require(self.size > 0, "data.size", self.size, "must be > 0")
+        _require(1 <= self.num_classes <= 100, "data.num_classes", self.num_classes, "1..100")
+        _require(4 <= self.resolution <= 4096, "data.resolution", self.resolution, "4..4096")
+        _require(0 <= self.pad <= self.resolution, "data.pad", self.pad, "0..resolution")
+        _require(self.holdout >= 0, "data.holdout", self.holdout, "must be >= 0")
+        _require(self.limit >= 0, "data.limit", self.limit, "must be >= 0")
+
+    @property
+    def image_size(self) -> int:
+        """Side of the images the network sees."""
+        return self.resolution + 2 * self.pad
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with decoupled weight decay on matrices only, warm-up then constant or cosine.
+
+    `batch_size` is the global batch per optimiser step (all ranks, all micro-batches); each
+    rank runs `batch_size / world_size` images in micro-batches of at most `micro_batch`.
+    """
+
+    batch_size: int = 128
+    micro_batch: int = 0  # 0: the whole per-rank batch in one forward pass
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    max_nonfinite: int = 10  # stop after this many non-finite steps in a row
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "optim.batch_size", self.batch_size, "must be >= 1")
+        _require(self.micro_batch >= 0, "optim.micro_batch", self.micro_batch, "must be >= 0")
+        _require(0 < self.lr < 1, "optim.lr", self.lr, "must be in (0, 1)")
+        _require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "optim.betas",
+            list(self.betas),
+            "two numbers in [0, 1)",
+        )
+        _require(self.eps > 0, "optim.eps", self.eps, "must be > 0")
+        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
+        _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "0..1")
+        _require(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be >= 0")
+        _require(self.max_nonfinite >= 1, "optim.max_nonfinite", self.max_nonfinite, ">= 1")
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """Exponential moving average of the weights, its half-life counted in images.
+
+    With `rampup` > 0 the half-life is at most `rampup` times the images seen so far, so the
+    average forgets the random initialisation early in training (EDM, training_loop.py).
+    """
+
+    halflife_images: float = 500_000.0
+    rampup: float = 0.05
+
+    def __post_init__(self) -> None:
+        _require(self.halflife_images > 0, "ema.halflife_images", self.halflife_images, "> 0")
+        _require(self.rampup >= 0, "ema.rampup", self.rampup, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """How long and where to train."""
+
+    steps: int = 10_000
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA
+    compile: bool = False
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # for multi-process runs
+    threads: int = 0  # CPU threads per process (0: torch's default)
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "train.steps", self.steps, "must be >= 1")
+        _require(0 <= self.seed < 2**63, "train.seed", self.seed, "must be in [0, 2^63)")
+        _require(self.threads >= 0, "train.threads", self.threads, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoints in DIR/checkpoints/step-N/; the last `keep` are kept."""
+
+    every_steps: int = 1000
+    keep: int = 3
+
+    def __post_init__(self) -> None:
+        _require(self.every_steps >= 1, "checkpoint.every_steps", self.every_steps, ">= 1")
+        _require(self.keep >= 1, "checkpoint.keep", self.keep, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """metrics.jsonl lines and the progress bar."""
+
+    every_steps: int = 50
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.every_steps >= 1, "log.every_steps", self.every_steps, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Sample grids from the EMA weights with fixed seeds, every `every_steps` (0: never)."""
+
+    every_steps: int = 0
+    seeds: tuple[int, ...] = tuple(range(16))
+    sampler: str = "dpmpp_2m"
+    schedule: str = "karras"
+    steps: int = 25
+    guidance: float = 2.0
+
+    def __post_init__(self) -> None:
+        _require(self.every_steps >= 0, "sample.every_steps", self.every_steps, ">= 0")
+        _require(len(self.seeds) >= 1, "sample.seeds", list(self.seeds), "name at least one")
+        _require(all(s >= 0 for s in self.seeds), "sample.seeds", list(self.seeds), ">= 0")
+        _require(self.steps >= 1, "sample.steps", self.steps, "must be >= 1")
+        _require(self.guidance >= 0, "sample.guidance", self.guidance, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training recipe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="procedural"))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    train: RunSection = field(default_factory=RunSection)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+# Sections whose changes do not alter the training trajectory, so a resumed run may differ
+# from the original in them (e.g. training for more steps, checkpointing more often).
+RESUMABLE_CHANGES = ("train.steps", "checkpoint.", "log.", "sample.", "train.threads")
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass
+# --------------------------------------------------------------------------------------------
+
+
+def _nearest(name: str, valid: Sequence[str]) -> str:
+    """' (did you mean X?)' for the closest valid name, or ''."""
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} values"
+    if origin is dict:
+        return "a table"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` and convert it (lists to tuples, int to float)."""
+
+    def bad() -> ConfigError:
+        return ConfigError(f"{key} = {value!r} has the wrong type: expected {_type_name(tp)}")
+
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"[{key}] must be a table, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, bool) or value not in choices:
+            hint = _nearest(value, [str(c) for c in choices]) if isinstance(value, str) else ""
+            valid = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{key} = {value!r} is not one of {valid}{hint}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                continue
+        raise bad()
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key} = {list(value)!r} must have {len(args)} values")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise bad()
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+                return int(value)  # 1e6 written as a float
+            raise bad()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r} must be a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from nested dicts, checking every key, type and range.
+
+    Args:
+        cls: a dataclass type (e.g. `TrainConfig`).
+        data: its fields; missing ones keep their defaults.
+        prefix: dotted path of `data` inside the recipe, for messages.
+    Raises:
+        ConfigError: unknown key (with the nearest valid one), wrong type or bad value.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            where = f"section [{prefix}]" if prefix else "the recipe"
+            raise ConfigError(f"unknown key {full!r} in {where}{_nearest(key, names)}")
+        kwargs[key] = _convert(value, hints[key], full)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"[{prefix}]: {err}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready nested dict of a config dataclass (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic strings
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """The recipe as TOML text (what `diffuse train --dry-run` prints); `load_recipe` reads it."""
+    lines: list[str] = []
+    for section, table in to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes and overrides
+# --------------------------------------------------------------------------------------------
+
+
+def _read_toml(text: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ConfigError("reading TOML on Python 3.10 needs `pip install tomli`") from None
+    return tomllib.loads(text)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split 'section.key=value' into (['section', 'key'], value).
+
+    The value is read as a TOML value (numbers, true/false, [lists], "strings"); anything that
+    does not parse is taken as a bare string, so `--set data.path=/x/y.npz` works unquoted.
+    """
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p.strip() for p in key.strip().split(".")]
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {text!r}: the key must be section.key, e.g. optim.lr=1e-4")
+    try:
+        value = _read_toml(f"v = {raw.strip()}")["v"]
+    except Exception:  # noqa: BLE001 - any TOML syntax error means "a bare string"
+        value = raw.strip()
+    return parts, value
+
+
+def apply_overrides(tables: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `--set` overrides to raw recipe tables (a new dict; unknown keys fail later)."""
+    out = json.loads(json.dumps(tables))  # deep copy of plain data
+    sections = [f.name for f in dataclasses.fields(TrainConfig)]
+    for text in overrides:
+        parts, value = parse_override(text)
+        if parts[0] not in sections:
+            raise ConfigError(
+                f"--set {text!r}: unknown section {parts[0]!r}{_nearest(parts[0], sections)}"
+            )
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {p!r} is not a table")
+        node[parts[-1]] = value
+    return out
+
+
+def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a recipe (.toml or .json) and apply `--set` overrides.
+
+    Args:
+        path: the recipe file; None starts from the defaults.
+        overrides: strings 'section.key=value'.
+    Raises:
+        FileNotFoundError: the recipe does not exist.
+        ConfigError: the recipe is not valid TOML/JSON, or a key, type or value is wrong.
+    """
+    tables: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        try:
+            tables = json.loads(text) if path.suffix == ".json" else _read_toml(text)
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - TOMLDecodeError / JSONDecodeError
+            raise ConfigError(
+                f"recipe {path} is not valid {path.suffix[1:].upper()}: {err}"
+            ) from None
+    tables = apply_overrides(tables, overrides)
+    return from_dict(TrainConfig, tables)
+
+
+def config_diff(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two recipes: {key: (a_value, b_value)}."""
+
+    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, Mapping) and v:
+                out.update(flat(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}

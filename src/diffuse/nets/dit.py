@@ -1,0 +1,515 @@
+"""Diffusion Transformer (DiT, Peebles & Xie 2023) with class, cross-attention or joint
+(MMDiT, Esser et al. 2024) text conditioning.
+
+The image is cut into p x p patches, embedded linearly, given 2-D sine-cosine (or rotary)
+positions and processed by transformer blocks whose LayerNorms are modulated by the conditioning
+vector (adaLN-Zero: shift, scale and a residual gate regressed from the noise-level and class
+embedding, all zero at initialisation so every block starts as the identity).
+
+    net = DiT(dit_preset("dit-s/2"))
+    out = net(latents, c_noise, class_labels=y)   # latents: (B, 4, 32, 32)
+
+Text conditioning: `text_mode="cross"` adds a cross-attention layer to each block (PixArt-alpha
+style); `text_mode="joint"` gives the text tokens their own weights and lets both streams attend
+over the concatenated sequence (SD3's MMDiT; FLUX's double-stream blocks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffuse.nets.layers import (
+    CrossAttention,
+    JointAttention,
+    Mlp,
+    NoiseEmbedding,
+    SelfAttention,
+    modulate,
+    patchify,
+    rope_2d,
+    sincos_2d,
+    unpatchify,
+    zero_,
+)
+
+__all__ = ["PRESETS", "DiT", "DiTConfig", "DiTControl", "dit_preset"]
+
+_LN_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Architecture of a Diffusion Transformer. Zero means "absent" for optional sizes.
+
+    Attributes:
+        in_channels: channels of the (latent) image being denoised.
+        out_channels: output channels (DiT's learned-sigma variant would use 2 * in_channels).
+        extra_in_channels: further input channels concatenated by the caller.
+        image_size: side of the training input; fixes the stored position table (other sizes
+            divisible by patch_size also work).
+        patch_size: side of a square patch.
+        hidden_size: token width.
+        depth: number of transformer blocks.
+        num_heads: attention heads; must divide hidden_size.
+        mlp_ratio: MLP hidden width / hidden_size.
+        num_classes: class-conditional with this many classes (0: not); index num_classes is
+            the null class for classifier-free guidance.
+        context_dim: width of text token embeddings (0: no text conditioning).
+        text_mode: "cross" (cross-attention per block) or "joint" (MMDiT joint attention).
+        pooled_dim: width of a pooled text embedding added to the conditioning vector (0: none).
+        pos_embed: "sincos" (fixed 2-D sine-cosine, added to tokens) or "rope" (2-D rotary
+            positions in every attention).
+        rope_theta: base of the rotary frequencies.
+        qk_norm: RMS-normalise queries and keys per head.
+        freq_dim: size of the sinusoidal noise-level features.
+        noise_scale: multiplier of c_noise before the sinusoidal features.
+        max_period: longest period of the sinusoidal features.
+    """
+
+    in_channels: int = 4
+    out_channels: int = 4
+    extra_in_channels: int = 0
+    image_size: int = 32
+    patch_size: int = 2
+    hidden_size: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    num_classes: int = 0
+    context_dim: int = 0
+    text_mode: Literal["cross", "joint"] = "cross"
+    pooled_dim: int = 0
+    pos_embed: Literal["sincos", "rope"] = "sincos"
+    rope_theta: float = 10000.0
+    qk_norm: bool = False
+    freq_dim: int = 256
+    noise_scale: float = 1.0
+    max_period: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "out_channels", "image_size", "patch_size", "hidden_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DiTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("depth", "num_heads", "freq_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DiTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("extra_in_channels", "num_classes", "context_dim", "pooled_dim"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DiTConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"DiTConfig.num_heads={self.num_heads} does not divide "
+                f"hidden_size={self.hidden_size}"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"DiTConfig.patch_size={self.patch_size} does not divide "
+                f"image_size={self.image_size}"
+            )
+        if self.text_mode not in ("cross", "joint"):
+            raise ValueError(f"DiTConfig.text_mode must be 'cross' or 'joint', got {self.text_mode!r}")
+        if self.pos_embed not in ("sincos", "rope"):
+            raise ValueError(
+                f"DiTConfig.pos_embed must be 'sincos' or 'rope', got {self.pos_embed!r}"
+            )
+        if self.pos_embed == "sincos" and self.hidden_size % 4:
+            raise ValueError(
+                f"DiTConfig: sin-cos positions need hidden_size divisible by 4, got "
+                f"{self.hidden_size}"
+            )
+        if self.pos_embed == "rope" and self.head_dim % 4:
+            raise ValueError(
+                f"DiTConfig: rotary positions need a head size divisible by 4, got "
+                f"hidden_size={self.hidden_size} / num_heads={self.num_heads} = {self.head_dim}"
+            )
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"DiTConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.freq_dim % 2:
+            raise ValueError(f"DiTConfig.freq_dim must be even, got {self.freq_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        """Channels per attention head."""
+        return self.hidden_size // self.num_heads
+
+
+def _dit(depth: int, hidden: int, heads: int, patch: int) -> DiTConfig:
+    # The published DiT models (Peebles & Xie 2023, table 1) on 256 px ImageNet latents.
+    return DiTConfig(
+        depth=depth,
+        hidden_size=hidden,
+        num_heads=heads,
+        patch_size=patch,
+        image_size=32,
+        in_channels=4,
+        out_channels=4,
+        num_classes=1000,
+    )
+
+
+PRESETS: dict[str, DiTConfig] = {
+    "dit-tiny": DiTConfig(
+        depth=2, hidden_size=64, num_heads=4, patch_size=2, image_size=16, num_classes=10
+    ),
+    "dit-s/2": _dit(12, 384, 6, 2),
+    "dit-b/2": _dit(12, 768, 12, 2),
+    "dit-l/2": _dit(24, 1024, 16, 2),
+    "dit-xl/2": _dit(28, 1152, 16, 2),
+}
+
+
+def dit_preset(name: str, **overrides: object) -> DiTConfig:
+    """A named DiT config, optionally with fields replaced.
+
+    Raises:
+        ValueError: unknown name (listing the known ones) or invalid overrides.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown DiT preset {name!r}; known: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+@dataclass(frozen=True)
+class DiTControl:
+    """ControlNet residuals for a DiT (as PixArt's ControlNet-Transformer): `blocks[i]` is added
+    to the image tokens after block i, for the first len(blocks) blocks.
+
+    Attributes:
+        blocks: tuple of (B, N, hidden_size), N = (H / p) * (W / p).
+    """
+
+    blocks: tuple[Tensor, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+
+
+def _ln(x: Tensor) -> Tensor:
+    """LayerNorm without affine parameters (adaLN supplies them)."""
+    return F.layer_norm(x, x.shape[-1:], eps=_LN_EPS)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block, with optional cross-attention to text tokens.
+
+    Args:
+        cfg: the DiT config.
+    """
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        D = cfg.hidden_size
+        self.attn = SelfAttention(D, cfg.num_heads, qk_norm=cfg.qk_norm)
+        if cfg.context_dim:
+            self.norm_cross = nn.LayerNorm(D, eps=_LN_EPS)
+            self.cross = CrossAttention(D, cfg.context_dim, cfg.num_heads, qk_norm=cfg.qk_norm)
+        else:
+            self.norm_cross = self.cross = None
+        self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
+        self.ada = nn.Linear(D, 6 * D)  # shift/scale/gate for attention and MLP
+
+    def forward(
+        self,
+        x: Tensor,
+        c: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """Args:
+            x: (B, N, D) tokens.
+            c: (B, D) conditioning vector after SiLU.
+            context: (B, L, context_dim) or None; mask: (B, L) or None.
+            rope: optional (cos, sin), each (N, head_dim/2).
+        Returns:
+            (B, N, D).
+        """
+        mods = self.ada(c)[:, None].chunk(6, dim=-1)  # 6 x (B, 1, D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        x = torch.addcmul(x, gate1, self.attn(modulate(_ln(x), shift1, scale1), rope))
+        if self.cross is not None and context is not None:
+            x = x + self.cross(self.norm_cross(x), context, mask)
+        return torch.addcmul(x, gate2, self.mlp(modulate(_ln(x), shift2, scale2)))
+
+
+class JointBlock(nn.Module):
+    """MMDiT block: image and text streams with separate adaLN, projections and MLPs that
+    attend jointly (SD3). The last block drops the text stream's outputs (`context_out=False`).
+
+    Args:
+        cfg: the DiT config.
+        context_out: whether the text stream is updated (False for the last block).
+    """
+
+    def __init__(self, cfg: DiTConfig, *, context_out: bool = True) -> None:
+        super().__init__()
+        D = cfg.hidden_size
+        self.context_out = context_out
+        self.attn = JointAttention(D, cfg.num_heads, qk_norm=cfg.qk_norm, context_out=context_out)
+        self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
+        self.ada = nn.Linear(D, 6 * D)
+        self.c_mlp = Mlp(D, int(D * cfg.mlp_ratio)) if context_out else None
+        # The text stream of the last block only produces keys and values: shift and scale.
+        self.c_ada = nn.Linear(D, (6 if context_out else 2) * D)
+
+    def forward(
+        self,
+        x: Tensor,
+        c: Tensor,
+        context: Tensor,
+        mask: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Args:
+            x: (B, N, D) image tokens; c: (B, D) conditioning after SiLU.
+            context: (B, L, D) text tokens; mask: (B, L) or None.
+            rope: optional (cos, sin) for the image tokens.
+        Returns:
+            (x, context), both updated (context unchanged in the last block).
+        """
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, dim=-1)
+        cmods = self.c_ada(c)[:, None].chunk(6 if self.context_out else 2, dim=-1)
+        hx = modulate(_ln(x), shift1, scale1)
+        hc = modulate(_ln(context), cmods[0], cmods[1])
+        ox, oc = self.attn(hx, hc, mask, rope)
+        x = torch.addcmul(x, gate1, ox)
+        x = torch.addcmul(x, gate2, self.mlp(modulate(_ln(x), shift2, scale2)))
+        if self.context_out:
+            cshift1, cscale1, cgate1, cshift2, cscale2, cgate2 = cmods
+            context = torch.addcmul(context, cgate1, oc)
+            h = self.c_mlp(modulate(_ln(context), cshift2, cscale2))
+            context = torch.addcmul(context, cgate2, h)
+        return x, context
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm and a linear map from tokens to patches."""
+
+    def __init__(self, D: int, patch_dim: int) -> None:
+        super().__init__()
+        self.ada = nn.Linear(D, 2 * D)
+        self.linear = nn.Linear(D, patch_dim)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """(B, N, D), (B, D) -> (B, N, patch_dim)."""
+        shift, scale = self.ada(c)[:, None].chunk(2, dim=-1)  # 2 x (B, 1, D)
+        return self.linear(modulate(_ln(x), shift, scale))
+
+
+# --------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------
+
+
+class DiT(nn.Module):
+    """The Diffusion Transformer denoiser network.
+
+    Args:
+        config: the architecture.
+    """
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        D, p = cfg.hidden_size, cfg.patch_size
+        self.patch_embed = nn.Linear((cfg.in_channels + cfg.extra_in_channels) * p * p, D)
+        self.time_embed = NoiseEmbedding(
+            cfg.freq_dim, D, max_period=cfg.max_period, scale=cfg.noise_scale
+        )
+        # Index num_classes is the null class for classifier-free guidance.
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, D) if cfg.num_classes else None
+        self.pooled_embed = (
+            nn.Sequential(nn.Linear(cfg.pooled_dim, D), nn.SiLU(), nn.Linear(D, D))
+            if cfg.pooled_dim
+            else None
+        )
+        joint = cfg.context_dim > 0 and cfg.text_mode == "joint"
+        self.context_embed = nn.Linear(cfg.context_dim, D) if joint else None
+        if joint:
+            self.blocks = nn.ModuleList(
+                JointBlock(cfg, context_out=i < cfg.depth - 1) for i in range(cfg.depth)
+            )
+        else:
+            self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
+        self.final = FinalLayer(D, p * p * cfg.out_channels)
+        g = cfg.image_size // p
+        if cfg.pos_embed == "sincos":
+            self.register_buffer("pos", sincos_2d(g, g, D)[None], persistent=False)  # (1, N, D)
+        else:
+            cos, sin = rope_2d(g, g, cfg.head_dim, theta=cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (N, head_dim/2)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """All initialisation decisions, in one place (DiT's `initialize_weights`):
+
+        - linear maps (the patch embedding included): Xavier-uniform, biases zero, as ViT;
+        - noise-level MLP, pooled MLP and class embedding: normal(0, 0.02);
+        - every adaLN modulation (blocks and final layer): zero weights and biases, so gates
+          are 0 and each block is the identity at initialisation ("adaLN-Zero");
+        - the final linear map: zero, so the untrained network outputs 0;
+        - cross-attention output projections: zero, keeping the blocks identities with text too.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.time_embed.fc1.weight, std=0.02)
+        nn.init.normal_(self.time_embed.fc2.weight, std=0.02)
+        if self.pooled_embed is not None:
+            nn.init.normal_(self.pooled_embed[0].weight, std=0.02)
+            nn.init.normal_(self.pooled_embed[2].weight, std=0.02)
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.weight, std=0.02)
+        for block in self.blocks:
+            zero_(block.ada)
+            if isinstance(block, JointBlock):
+                zero_(block.c_ada)
+            if getattr(block, "cross", None) is not None:
+                zero_(block.cross.proj)
+        zero_(self.final.ada)
+        zero_(self.final.linear)
+
+    def _positions(
+        self, h: int, w: int, x: Tensor
+    ) -> tuple[Tensor | None, tuple[Tensor, Tensor] | None]:
+        """Position table for an h x w token grid: (added embedding, rotary (cos, sin))."""
+        cfg = self.config
+        g = cfg.image_size // cfg.patch_size
+        if cfg.pos_embed == "sincos":
+            pos = self.pos if (h, w) == (g, g) else sincos_2d(h, w, cfg.hidden_size, device=x.device)[None]
+            return pos.to(x.dtype), None
+        if (h, w) == (g, g):
+            return None, (self.rope_cos, self.rope_sin)
+        return None, rope_2d(h, w, cfg.head_dim, theta=cfg.rope_theta, device=x.device)
+
+    def _check(
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        class_labels: Tensor | None,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+        pooled: Tensor | None,
+        control: DiTControl | None,
+    ) -> None:
+        """Shape checks of the inputs (no host synchronisation), with the offending values."""
+        cfg = self.config
+        want = cfg.in_channels + cfg.extra_in_channels
+        if x.ndim != 4 or x.shape[1] != want:
+            raise ValueError(
+                f"DiT expects x of shape (B, {want}, H, W) (in_channels={cfg.in_channels} + "
+                f"extra_in_channels={cfg.extra_in_channels}), got {tuple(x.shape)}"
+            )
+        B, _, H, W = x.shape
+        p = cfg.patch_size
+        if H % p or W % p:
+            raise ValueError(f"DiT patch size {p} does not divide the input size {H}x{W}")
+        if c_noise.shape != (B,):
+            raise ValueError(f"c_noise must have shape ({B},), got {tuple(c_noise.shape)}")
+        if class_labels is not None:
+            if not cfg.num_classes:
+                raise ValueError("class_labels given to a DiT without class conditioning (num_classes=0)")
+            if class_labels.shape != (B,):
+                raise ValueError(
+                    f"class_labels must have shape ({B},), got {tuple(class_labels.shape)}"
+                )
+        if context is not None:
+            if not cfg.context_dim:
+                raise ValueError("context given to a DiT without text conditioning (context_dim=0)")
+            if context.ndim != 3 or context.shape[0] != B or context.shape[2] != cfg.context_dim:
+                raise ValueError(
+                    f"context must have shape ({B}, L, {cfg.context_dim}), got "
+                    f"{tuple(context.shape)}"
+                )
+            if context_mask is not None and context_mask.shape != context.shape[:2]:
+                raise ValueError(
+                    f"context_mask must have shape {tuple(context.shape[:2])}, got "
+                    f"{tuple(context_mask.shape)}"
+                )
+        elif context_mask is not None:
+            raise ValueError("context_mask given without context")
+        elif cfg.context_dim and cfg.text_mode == "joint":
+            raise ValueError(
+                "a joint-attention DiT needs context (B, L, "
+                f"{cfg.context_dim}); pass an empty-prompt encoding for the unconditional branch"
+            )
+        if pooled is not None:
+            if not cfg.pooled_dim:
+                raise ValueError("pooled given to a DiT without a pooled embedding (pooled_dim=0)")
+            if pooled.shape != (B, cfg.pooled_dim):
+                raise ValueError(
+                    f"pooled must have shape ({B}, {cfg.pooled_dim}), got {tuple(pooled.shape)}"
+                )
+        if control is not None:
+            if not isinstance(control, DiTControl) or len(control.blocks) > cfg.depth:
+                got = len(control.blocks) if isinstance(control, DiTControl) else type(control)
+                raise ValueError(
+                    f"control must be a DiTControl with at most {cfg.depth} residuals, got {got}"
+                )
+
+    def forward(
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        *,
+        class_labels: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        pooled: Tensor | None = None,
+        control: DiTControl | None = None,
+    ) -> Tensor:
+        """Run the network.
+
+        Args:
+            x: (B, in_channels + extra_in_channels, H, W), H and W divisible by patch_size.
+            c_noise: (B,) noise-level code.
+            class_labels: (B,) long in [0, num_classes]; None means the null class.
+            context: (B, L, context_dim) text token embeddings.
+            context_mask: (B, L) bool, True for tokens to attend to.
+            pooled: (B, pooled_dim) pooled text embedding.
+            control: ControlNet residuals per block.
+        Returns:
+            (B, out_channels, H, W).
+        """
+        self._check(x, c_noise, class_labels, context, context_mask, pooled, control)
+        cfg = self.config
+        p = cfg.patch_size
+        h, w = x.shape[2] // p, x.shape[3] // p
+        tokens = self.patch_embed(patchify(x, p))  # (B, N, D), N = h * w
+        pos, rope = self._positions(h, w, tokens)
+        if pos is not None:
+            tokens = tokens + pos
+
+        c = self.time_embed(c_noise)  # (B, D)
+        if self.class_embed is not None:
+            if class_labels is None:
+                class_labels = torch.full_like(c_noise, cfg.num_classes, dtype=torch.long)
+            c = c + self.class_embed(class_labels)
+        if self.pooled_embed is not None and pooled is not None:
+            c = c + self.pooled_embed(pooled)
+        c = F.silu(c)  # every adaLN applies SiLU first; do it once here
+
+        n_control = 0 if control is None else len(control.blocks)
+        if self.context_embed is not None:
+            ctx = self.context_embed(context)  # (B, L, D)
+            for i, block in enumerate(self.blocks):
+                tokens, ctx = block(tokens, c, ctx, context_mask, rope)
+                if i < n_control:
+                    tokens = tokens + control.blocks[i]
+        else:
+            for i, block in enumerate(self.blocks):
+                tokens = block(tokens, c, context, context_mask, rope)
+                if i < n_control:
+                    tokens = tokens + control.blocks[i]
+        return unpatchify(self.final(tokens, c), p, h, w)  # (B, out_channels, H, W)

@@ -1,0 +1,464 @@
+"""Building blocks shared by the U-Net and the Diffusion Transformer.
+
+Everything here is a plain function or a small module over tensors; nothing knows about noise
+processes. Attention always goes through `torch.nn.functional.scaled_dot_product_attention`.
+Token tensors are (B, N, D); image tensors are (B, C, H, W), usually in channels_last memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "CrossAttention",
+    "JointAttention",
+    "Mlp",
+    "NoiseEmbedding",
+    "SelfAttention",
+    "apply_rope",
+    "conv3x3_upsample2x",
+    "key_padding_mask",
+    "modulate",
+    "patchify",
+    "reference_kernels",
+    "rope_2d",
+    "silu",
+    "sincos_2d",
+    "sinusoidal_embedding",
+    "unpatchify",
+    "use_reference_kernels",
+    "zero_",
+]
+
+# --------------------------------------------------------------------------------------------
+# Fast kernels vs reference formulations
+# --------------------------------------------------------------------------------------------
+
+_REFERENCE = False
+
+
+@contextlib.contextmanager
+def reference_kernels(enabled: bool = True) -> Iterator[None]:
+    """Run networks with their textbook formulation instead of the fast, equivalent kernels.
+
+    The fast paths compute the same function with fewer operations (e.g. nearest upsampling
+    followed by a 3x3 convolution as one stride-2 transposed convolution). FLOP counts are
+    taken under this context so that they describe the architecture, as papers count them.
+    """
+    global _REFERENCE
+    old, _REFERENCE = _REFERENCE, enabled
+    try:
+        yield
+    finally:
+        _REFERENCE = old
+
+
+def use_reference_kernels() -> bool:
+    """True inside `reference_kernels()`."""
+    return _REFERENCE
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero every parameter of `module` in place and return it (zero-init of residual branches).
+
+    Args:
+        module: any module.
+    Returns:
+        The same module.
+    """
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    return module
+
+
+def silu(x: Tensor) -> Tensor:
+    """SiLU that works in place when no graph is recorded (sampling), saving one allocation.
+
+    Under autograd the input must be kept for the backward pass, so it is not overwritten.
+    """
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN modulation x * (1 + scale) + shift in one fused kernel (DiT, Peebles & Xie 2023).
+
+    Args:
+        x: (B, N, D) normalised tokens.
+        shift, scale: (B, 1, D).
+    Returns:
+        (B, N, D).
+    """
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+# --------------------------------------------------------------------------------------------
+# Noise-level embeddings
+# --------------------------------------------------------------------------------------------
+
+
+def sinusoidal_embedding(
+    c_noise: Tensor, dim: int, *, max_period: float = 10000.0, scale: float = 1.0
+) -> Tensor:
+    """Transformer positional features of a scalar per sample (Vaswani et al. 2017, sec. 3.5;
+    used for diffusion time by DDPM and ADM).
+
+    emb = [cos(s c f_0), ..., cos(s c f_{h-1}), sin(s c f_0), ..., sin(s c f_{h-1})] with
+    f_i = max_period^(-i/h), h = dim/2. With the default frequencies (1 down to 1e-4) both
+    c = 1000 t (or a DDPM index in [0, 999]) and c = ln(sigma)/4 in about [-2, 2] get distinct
+    features (EDM uses the latter with exactly these frequencies); `scale` stretches a small range.
+
+    Args:
+        c_noise: (B,) noise level code, any float range.
+        dim: even feature size.
+        max_period: the longest period, 2 pi max_period.
+        scale: multiplier applied to c_noise first.
+    Returns:
+        (B, dim) float32 features.
+    """
+    if dim % 2:
+        raise ValueError(f"sinusoidal embedding size must be even, got dim={dim}")
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=c_noise.device, dtype=torch.float32) / half
+    )
+    args = (c_noise.float() * scale)[:, None] * freqs[None]  # (B, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class NoiseEmbedding(nn.Module):
+    """Sinusoidal features of c_noise followed by a two-layer SiLU MLP (DDPM / DiT style).
+
+    Args:
+        freq_dim: size of the sinusoidal features.
+        dim: output size.
+        max_period, scale: see `sinusoidal_embedding`.
+    """
+
+    def __init__(
+        self, freq_dim: int, dim: int, *, max_period: float = 10000.0, scale: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.freq_dim, self.max_period, self.scale = freq_dim, max_period, scale
+        self.fc1 = nn.Linear(freq_dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+
+    def forward(self, c_noise: Tensor) -> Tensor:
+        """(B,) -> (B, dim)."""
+        f = sinusoidal_embedding(c_noise, self.freq_dim, max_period=self.max_period, scale=self.scale)
+        return self.fc2(F.silu(self.fc1(f.to(self.fc1.weight.dtype))))
+
+
+# --------------------------------------------------------------------------------------------
+# Positions
+# --------------------------------------------------------------------------------------------
+
+
+def _sincos_1d(pos: Tensor, dim: int) -> Tensor:
+    """(N,) positions -> (N, dim) [sin, cos] features with periods up to 2 pi 10^4."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64, device=pos.device) / (dim / 2))
+    out = pos.double()[:, None] * omega[None]  # (N, dim/2)
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos_2d(h: int, w: int, dim: int, *, device: torch.device | str | None = None) -> Tensor:
+    """Fixed 2-D sine-cosine position embedding (MAE / DiT): half the channels encode the row,
+    half the column.
+
+    Args:
+        h, w: token grid size.
+        dim: embedding size, a multiple of 4.
+    Returns:
+        (h * w, dim) float32, row-major over the grid.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos positions need a width divisible by 4, got {dim}")
+    rows = torch.arange(h, device=device).repeat_interleave(w)  # (h*w,) row index per token
+    cols = torch.arange(w, device=device).repeat(h)  # (h*w,) column index per token
+    return torch.cat([_sincos_1d(cols, dim // 2), _sincos_1d(rows, dim // 2)], dim=1).float()
+
+
+def rope_2d(
+    h: int, w: int, head_dim: int, *, theta: float = 10000.0, device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor]:
+    """Axial 2-D rotary position angles (RoFormer, Su et al. 2021; 2-D split as in FLUX).
+
+    The first half of each head's channels rotates with the row index, the second half with the
+    column index; channel pairs are (2i, 2i+1).
+
+    Args:
+        h, w: token grid size.
+        head_dim: channels per head, a multiple of 4.
+        theta: base of the frequency ladder.
+    Returns:
+        (cos, sin), each (h * w, head_dim / 2) float32.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2-D rotary positions need a head size divisible by 4, got {head_dim}")
+    quarter = head_dim // 4
+    freqs = theta ** (-torch.arange(quarter, dtype=torch.float64, device=device) / quarter)
+    rows = torch.arange(h, device=device).repeat_interleave(w).double()  # (N,)
+    cols = torch.arange(w, device=device).repeat(h).double()  # (N,)
+    angles = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=1)  # (N, head_dim/2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate channel pairs (2i, 2i+1) of `x` by the given angles.
+
+    Args:
+        x: (B, H, N, head_dim).
+        cos, sin: (N, head_dim / 2).
+    Returns:
+        (B, H, N, head_dim), same dtype as x.
+    """
+    xr = x.float().unflatten(-1, (-1, 2))  # (B, H, N, head_dim/2, 2)
+    x0, x1 = xr[..., 0], xr[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return out.flatten(-2).to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------
+
+
+def key_padding_mask(mask: Tensor) -> Tensor:
+    """A (B, L) keep-mask (True = attend) as a (B, 1, 1, L) boolean SDPA mask.
+
+    A sample whose tokens are all masked would get NaN from the softmax; such rows attend to
+    every token instead (a computed choice that needs no host synchronisation).
+    """
+    mask = mask.bool()
+    mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return mask[:, None, None, :]
+
+
+def _heads(t: Tensor, heads: int) -> Tensor:
+    """(B, N, D) -> (B, heads, N, D / heads) view."""
+    return t.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def _merge(t: Tensor) -> Tensor:
+    """(B, heads, N, d) -> (B, N, heads * d); free when SDPA returned a (B, N, heads, d) buffer."""
+    return t.transpose(1, 2).flatten(2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection.
+
+    Args:
+        dim: token width.
+        heads: number of heads; must divide dim.
+        qk_norm: RMS-normalise queries and keys per head (SD3, ViT-22B) for stability.
+    """
+
+    def __init__(self, dim: int, heads: int, *, qk_norm: bool = False) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by heads={heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        hd = dim // heads
+        self.q_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else None
+        self.k_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else None
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, N, D) -> q, k, v each (B, heads, N, D / heads), normalised if configured."""
+        qkv = self.qkv(x).unflatten(-1, (3, self.heads, -1))  # (B, N, 3, heads, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, N, hd) strided views
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Args: x (B, N, D); rope: optional (cos, sin) each (N, head_dim/2). Returns (B, N, D)."""
+        q, k, v = self.project(x)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v)))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from tokens to a context sequence, with a key padding mask.
+
+    Args:
+        dim: query token width.
+        context_dim: context token width.
+        heads: number of heads; must divide dim.
+        qk_norm: RMS-normalise queries and keys per head.
+    """
+
+    def __init__(self, dim: int, context_dim: int, heads: int, *, qk_norm: bool = False) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by heads={heads}")
+        self.heads, self.context_dim = heads, context_dim
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        hd = dim // heads
+        self.q_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else None
+        self.k_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else None
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Args:
+            x: (B, N, dim) queries.
+            context: (B, L, context_dim).
+            mask: optional (B, L) bool, True = attend.
+        Returns:
+            (B, N, dim).
+        """
+        q = _heads(self.q(x), self.heads)  # (B, heads, N, hd)
+        k, v = self.kv(context).unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        attn_mask = None if mask is None else key_padding_mask(mask)
+        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)))
+
+
+class JointAttention(nn.Module):
+    """MMDiT joint attention (SD3, Esser et al. 2024; FLUX double-stream blocks): text and image
+    tokens keep separate projections but attend over the concatenated sequence [text, image].
+
+    Args:
+        dim: width of both streams.
+        heads: number of heads.
+        qk_norm: RMS-normalise queries and keys per head and stream.
+        context_out: give the text stream an output projection (False in the last block).
+    """
+
+    def __init__(
+        self, dim: int, heads: int, *, qk_norm: bool = False, context_out: bool = True
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.x_attn = SelfAttention(dim, heads, qk_norm=qk_norm)
+        self.c_attn = SelfAttention(dim, heads, qk_norm=qk_norm)
+        if not context_out:
+            self.c_attn.proj = None
+
+    def forward(
+        self,
+        x: Tensor,
+        c: Tensor,
+        mask: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Args:
+            x: (B, N, D) image tokens.
+            c: (B, L, D) text tokens.
+            mask: optional (B, L) keep-mask of the text tokens (image tokens are always kept).
+            rope: optional (cos, sin) for the image tokens, each (N, head_dim/2).
+        Returns:
+            (image update (B, N, D), text update (B, L, D) or None without a text output).
+        """
+        qx, kx, vx = self.x_attn.project(x)
+        qc, kc, vc = self.c_attn.project(c)
+        if rope is not None:
+            qx, kx = apply_rope(qx, *rope), apply_rope(kx, *rope)
+        L = c.shape[1]
+        q = torch.cat([qc, qx], dim=2)  # (B, heads, L + N, hd)
+        k = torch.cat([kc, kx], dim=2)
+        v = torch.cat([vc, vx], dim=2)
+        attn_mask = None
+        if mask is not None:
+            keep = torch.ones(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
+            attn_mask = key_padding_mask(torch.cat([mask.bool(), keep], dim=1))
+        o = _merge(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))  # (B, L+N, D)
+        ox = self.x_attn.proj(o[:, L:])
+        oc = self.c_attn.proj(o[:, :L]) if self.c_attn.proj is not None else None
+        return ox, oc
+
+
+class Mlp(nn.Module):
+    """Transformer feed-forward: Linear -> GELU (tanh approximation, as DiT) -> Linear."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, N, dim) -> (B, N, dim)."""
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+# --------------------------------------------------------------------------------------------
+# Images <-> tokens
+# --------------------------------------------------------------------------------------------
+
+
+def patchify(x: Tensor, p: int) -> Tensor:
+    """Cut an image into non-overlapping p x p patches, row-major.
+
+    Args:
+        x: (B, C, H, W) with H and W divisible by p.
+        p: patch size.
+    Returns:
+        (B, H/p * W/p, C * p * p), each patch flattened in (C, p, p) order.
+    """
+    B, C, H, W = x.shape
+    if H % p or W % p:
+        raise ValueError(f"patch size {p} does not divide the input size {H}x{W}")
+    x = x.reshape(B, C, H // p, p, W // p, p)  # (B, C, h, p, w, p)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(B, (H // p) * (W // p), C * p * p)
+
+
+def unpatchify(tokens: Tensor, p: int, h: int, w: int) -> Tensor:
+    """Inverse of `patchify`.
+
+    Args:
+        tokens: (B, h * w, C * p * p).
+        p: patch size.
+        h, w: token grid size.
+    Returns:
+        (B, C, h * p, w * p).
+    """
+    B, N, D = tokens.shape
+    C = D // (p * p)
+    x = tokens.reshape(B, h, w, C, p, p)  # (B, h, w, C, p, p)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(B, C, h * p, w * p)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolution kernels
+# --------------------------------------------------------------------------------------------
+
+
+def _fold_3tap(w: Tensor, dim: int) -> Tensor:
+    """Taps [w0, w1, w2] along `dim` -> [w2, w1 + w2, w0 + w1, w0] (see conv3x3_upsample2x)."""
+    w0, w1, w2 = w.unbind(dim)
+    return torch.stack([w2, w1 + w2, w0 + w1, w0], dim=dim)
+
+
+def conv3x3_upsample2x(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """conv3x3(nearest_upsample_2x(x)) computed as one stride-2 transposed convolution.
+
+    Output row 2i+a of the upsampled convolution reads input rows {i-1, i} (a = 0) with taps
+    {w0, w1 + w2}, or {i, i+1} (a = 1) with taps {w0 + w1, w2}; a transposed convolution with
+    stride 2, padding 1 and the 4-tap kernel [w2, w1 + w2, w0 + w1, w0] (per axis) produces exactly
+    these sums. Each output then costs 4 multiply-adds per input channel instead of 9, and the
+    4x larger upsampled tensor is never built.
+
+    Args:
+        x: (B, C, H, W).
+        weight: (K, C, 3, 3) kernel of the 3x3 convolution (padding 1).
+        bias: (K,) or None.
+    Returns:
+        (B, K, 2H, 2W), equal to F.conv2d(F.interpolate(x, scale_factor=2), weight, bias, padding=1).
+    """
+    w4 = _fold_3tap(_fold_3tap(weight, 2), 3)  # (K, C, 4, 4)
+    return F.conv_transpose2d(x, w4.transpose(0, 1), bias, stride=2, padding=1)

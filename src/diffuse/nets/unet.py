@@ -1,0 +1,594 @@
+"""U-Net denoiser in the DDPM / ADM / Stable Diffusion family.
+
+The architecture follows DDPM (Ho et al. 2020, appendix B) and its improved form in ADM
+(Dhariwal & Nichol 2021): residual blocks with GroupNorm and SiLU, self-attention at chosen
+levels, a skip connection from every encoder stage to the decoder, the noise level embedded by
+sinusoidal features and an MLP, and (optionally) scale-shift conditioning of the second norm.
+Text conditioning adds Stable Diffusion's cross-attention to token embeddings (Rombach et al.
+2022) and an SDXL-style pooled embedding added to the time embedding.
+
+    cfg = unet_preset("unet-cifar")
+    net = UNet(cfg)
+    out = net(x, c_noise)                   # x: (B, 3, 32, 32), c_noise: (B,)
+
+Speed notes: activations run in channels_last memory (oneDNN's native conv layout on CPU, tensor
+cores on GPU), the token view of an activation for attention is then free, in-place updates are
+used where autograd allows, and nearest-upsample + conv runs as one transposed convolution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffuse.nets.layers import (
+    CrossAttention,
+    NoiseEmbedding,
+    SelfAttention,
+    conv3x3_upsample2x,
+    silu,
+    use_reference_kernels,
+    zero_,
+)
+
+__all__ = ["PRESETS", "UNet", "UNetConfig", "UNetControl", "unet_preset"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of a U-Net. Zero means "absent" for the optional conditioning sizes.
+
+    Attributes:
+        in_channels: channels of the image being denoised.
+        out_channels: channels of the output (usually equal to in_channels).
+        extra_in_channels: further input channels concatenated to the image by the caller
+            (inpainting mask and masked image, control signals); the input then has
+            in_channels + extra_in_channels channels.
+        image_size: training resolution (informational; any size divisible by
+            2 ** (levels - 1) works).
+        base_channels: channels at the first level.
+        channel_mult: per-level channel multipliers; one level per entry.
+        num_res_blocks: residual blocks per level in the encoder (the decoder has one more).
+        attention_levels: level indices (0 = full resolution) with self-attention.
+        mid_attention: self-attention in the middle block.
+        num_heads: attention heads (used when head_channels is 0).
+        head_channels: channels per head; when > 0 the head count is width // head_channels.
+        dropout: dropout before the second convolution of each residual block.
+        scale_shift: condition the second norm with (1 + scale) * norm(h) + shift (ADM)
+            instead of adding the embedding before it (DDPM).
+        num_groups: GroupNorm groups.
+        norm_eps: GroupNorm epsilon.
+        num_classes: class-conditional with this many classes (0: not); index num_classes is
+            the null class used for classifier-free guidance.
+        context_dim: width of text token embeddings for cross-attention (0: no text).
+        pooled_dim: width of a pooled text embedding added to the time embedding (0: none).
+        noise_scale: multiplier of c_noise before the sinusoidal features.
+        max_period: longest period of the sinusoidal features.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    extra_in_channels: int = 0
+    image_size: int = 32
+    base_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_levels: tuple[int, ...] = (1,)
+    mid_attention: bool = True
+    num_heads: int = 1
+    head_channels: int = 0
+    dropout: float = 0.1
+    scale_shift: bool = False
+    num_groups: int = 32
+    norm_eps: float = 1e-6
+    num_classes: int = 0
+    context_dim: int = 0
+    pooled_dim: int = 0
+    noise_scale: float = 1.0
+    max_period: float = 10000.0
+
+    def __post_init__(self) -> None:
+        # TOML and JSON give lists; keep the dataclass hashable and comparable.
+        for name in ("channel_mult", "attention_levels"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name in ("in_channels", "out_channels", "image_size", "base_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("extra_in_channels", "num_classes", "context_dim", "pooled_dim"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"UNetConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.num_res_blocks < 1:
+            raise ValueError(f"UNetConfig.num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError(
+                f"UNetConfig.channel_mult must be positive integers, got {self.channel_mult}"
+            )
+        levels = len(self.channel_mult)
+        bad = [lv for lv in self.attention_levels if not 0 <= lv < levels]
+        if bad:
+            raise ValueError(
+                f"UNetConfig.attention_levels {self.attention_levels} has levels {bad} outside "
+                f"0..{levels - 1} (channel_mult={self.channel_mult})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.num_heads < 1 or self.head_channels < 0:
+            raise ValueError(
+                f"UNetConfig needs num_heads >= 1 and head_channels >= 0, got "
+                f"num_heads={self.num_heads}, head_channels={self.head_channels}"
+            )
+        factor = 2 ** (levels - 1)
+        if self.image_size % factor:
+            raise ValueError(
+                f"UNetConfig.image_size={self.image_size} is not divisible by {factor}, the "
+                f"downsampling factor of {levels} levels"
+            )
+        for c in sorted(set(self.norm_channels())):
+            if c % self.num_groups:
+                raise ValueError(
+                    f"UNetConfig.num_groups={self.num_groups} does not divide {c} channels "
+                    f"(base_channels={self.base_channels}, channel_mult={self.channel_mult})"
+                )
+        for c in sorted(set(self.attention_channels())):
+            self.heads_for(c)  # raises on a mismatch
+
+    @property
+    def levels(self) -> int:
+        """Number of resolution levels."""
+        return len(self.channel_mult)
+
+    def heads_for(self, channels: int) -> int:
+        """Attention heads at a block of `channels` width (raises if they do not divide it)."""
+        if self.head_channels:
+            if channels % self.head_channels:
+                raise ValueError(
+                    f"UNetConfig.head_channels={self.head_channels} does not divide the "
+                    f"attention width {channels}"
+                )
+            return channels // self.head_channels
+        if channels % self.num_heads:
+            raise ValueError(
+                f"UNetConfig.num_heads={self.num_heads} does not divide the attention width "
+                f"{channels}"
+            )
+        return self.num_heads
+
+    def attention_channels(self) -> list[int]:
+        """Widths of all attention blocks."""
+        chans = [self.base_channels * self.channel_mult[lv] for lv in self.attention_levels]
+        if self.mid_attention:
+            chans.append(self.base_channels * self.channel_mult[-1])
+        return chans
+
+    def skip_channels(self) -> list[int]:
+        """Channels of each encoder skip connection, in the order they are produced."""
+        ch = [self.base_channels]
+        for lv, mult in enumerate(self.channel_mult):
+            ch += [self.base_channels * mult] * self.num_res_blocks
+            if lv != self.levels - 1:
+                ch.append(self.base_channels * mult)
+        return ch
+
+    def norm_channels(self) -> list[int]:
+        """Channel counts of every GroupNorm (decoder inputs include the concatenated skip)."""
+        out, skips = [], self.skip_channels()
+        ch = self.base_channels
+        for mult in self.channel_mult:
+            out += [ch, self.base_channels * mult]
+            ch = self.base_channels * mult
+        for mult in reversed(self.channel_mult):
+            for _ in range(self.num_res_blocks + 1):
+                out += [ch + skips.pop(), self.base_channels * mult]
+                ch = self.base_channels * mult
+        return out + self.attention_channels()
+
+
+PRESETS: dict[str, UNetConfig] = {
+    # For tests: two levels, a few hundred thousand parameters.
+    "unet-tiny": UNetConfig(
+        base_channels=32,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(1,),
+        head_channels=16,
+        num_groups=8,
+        dropout=0.0,
+        scale_shift=True,
+        image_size=16,
+    ),
+    # Small pixel-space model for 28-32 px training on a CPU (about 4.5M parameters).
+    "unet-s": UNetConfig(
+        base_channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_levels=(2,),
+        head_channels=32,
+        dropout=0.1,
+        scale_shift=True,
+        image_size=32,
+    ),
+    # DDPM's CIFAR-10 network (Ho et al. 2020): 35.7M parameters, same as google/ddpm-cifar10-32.
+    "unet-cifar": UNetConfig(
+        base_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_levels=(1,),
+        num_heads=1,
+        dropout=0.1,
+        scale_shift=False,
+        image_size=32,
+    ),
+    # ADM's ImageNet 64x64 network (Dhariwal & Nichol 2021, table 10): about 296M parameters.
+    "unet-b": UNetConfig(
+        base_channels=192,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=3,
+        attention_levels=(1, 2, 3),
+        head_channels=64,
+        dropout=0.1,
+        scale_shift=True,
+        image_size=64,
+    ),
+}
+
+
+def unet_preset(name: str, **overrides: object) -> UNetConfig:
+    """A named U-Net config, optionally with fields replaced.
+
+    Raises:
+        ValueError: unknown name (listing the known ones) or invalid overrides.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown U-Net preset {name!r}; known: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+@dataclass(frozen=True)
+class UNetControl:
+    """ControlNet residuals for a U-Net (Zhang et al. 2023): one tensor per encoder skip
+    connection, added to it before the decoder reads it, and one added to the middle block's
+    output. Shapes follow `UNetConfig.skip_channels()` at the matching resolutions.
+
+    Attributes:
+        skips: tuple of (B, C_i, H_i, W_i), len == len(config.skip_channels()).
+        mid: (B, C_mid, H_min, W_min) or None.
+    """
+
+    skips: tuple[Tensor, ...]
+    mid: Tensor | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice with the noise embedding injected in between (DDPM/ADM).
+
+    Args:
+        cin, cout: channels in and out.
+        emb_dim: width of the (already SiLU-activated) embedding.
+        cfg: the U-Net config (groups, eps, dropout, scale_shift).
+    """
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.scale_shift, self.dropout = cfg.scale_shift, cfg.dropout
+        self.norm1 = nn.GroupNorm(cfg.num_groups, cin, eps=cfg.norm_eps)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, cout * (2 if cfg.scale_shift else 1))
+        self.norm2 = nn.GroupNorm(cfg.num_groups, cout, eps=cfg.norm_eps)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """Args: x (B, cin, H, W); emb (B, emb_dim) after SiLU. Returns (B, cout, H, W)."""
+        h = self.conv1(silu(self.norm1(x)))
+        e = self.emb(emb)[:, :, None, None]  # (B, cout or 2 cout, 1, 1)
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        else:
+            # In place: the convolution's backward needs its input, not its output.
+            h = self.norm2(h.add_(e))
+        h = silu(h)
+        if self.dropout and self.training:
+            h = F.dropout(h, self.dropout, training=True, inplace=True)  # SiLU saved its input
+        h = self.conv2(h)
+        return h.add_(x if self.skip is None else self.skip(x))
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the pixels of a feature map, then optional cross-attention to text.
+
+    Args:
+        channels: feature width.
+        heads: attention heads.
+        cfg: the U-Net config (groups, eps, context_dim).
+    """
+
+    def __init__(self, channels: int, heads: int, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(cfg.num_groups, channels, eps=cfg.norm_eps)
+        self.attn = SelfAttention(channels, heads)
+        if cfg.context_dim:
+            self.norm_cross = nn.LayerNorm(channels, eps=1e-6)
+            self.cross = CrossAttention(channels, cfg.context_dim, heads)
+        else:
+            self.norm_cross = self.cross = None
+
+    def forward(self, x: Tensor, context: Tensor | None, mask: Tensor | None) -> Tensor:
+        """Args: x (B, C, H, W); context (B, L, context_dim) or None; mask (B, L) or None.
+        Returns (B, C, H, W)."""
+        B, C, H, W = x.shape
+        # (B, C, H, W) -> (B, H*W, C); a view when x is channels_last.
+        tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+        h = self.norm(x).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        out = self.attn(h).add_(tokens)  # proj's backward does not need its output
+        if self.cross is not None and context is not None:
+            out = out + self.cross(self.norm_cross(out), context, mask)
+        return out.reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W) channels_last view
+
+
+class Downsample(nn.Module):
+    """3x3 convolution with stride 2 (ADM)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, H/2, W/2)."""
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling followed by a 3x3 convolution (DDPM), run as one
+    transposed convolution with a folded kernel (see `layers.conv3x3_upsample2x`)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, 2H, 2W)."""
+        if use_reference_kernels():
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return conv3x3_upsample2x(x, self.conv.weight, self.conv.bias)
+
+
+class _Stage(nn.Module):
+    """A residual block with an optional attention block after it."""
+
+    def __init__(self, res: ResBlock, attn: AttentionBlock | None) -> None:
+        super().__init__()
+        self.res, self.attn = res, attn
+
+    def forward(
+        self, x: Tensor, emb: Tensor, context: Tensor | None, mask: Tensor | None
+    ) -> Tensor:
+        x = self.res(x, emb)
+        return x if self.attn is None else self.attn(x, context, mask)
+
+
+# --------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------
+
+
+class UNet(nn.Module):
+    """The U-Net denoiser network.
+
+    Args:
+        config: the architecture.
+
+    Attributes:
+        channels_last: run activations in channels_last memory (default True; faster for
+            convolutions on CPU with oneDNN and on GPU).
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.channels_last = True
+        base = cfg.base_channels
+        emb_dim = 4 * base
+        self.time_embed = NoiseEmbedding(
+            base, emb_dim, max_period=cfg.max_period, scale=cfg.noise_scale
+        )
+        # Index num_classes is the null class for classifier-free guidance.
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        self.pooled_embed = nn.Linear(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
+
+        self.conv_in = nn.Conv2d(cfg.in_channels + cfg.extra_in_channels, base, 3, padding=1)
+        skips = cfg.skip_channels()
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        ch = base
+        for lv, mult in enumerate(cfg.channel_mult):
+            cout = base * mult
+            for _ in range(cfg.num_res_blocks):
+                self.down.append(self._stage(ch, cout, lv, emb_dim))
+                ch = cout
+            if lv != cfg.levels - 1:
+                self.downsample.append(Downsample(ch))
+        self.mid1 = ResBlock(ch, ch, emb_dim, cfg)
+        self.mid_attn = AttentionBlock(ch, cfg.heads_for(ch), cfg) if cfg.mid_attention else None
+        self.mid2 = ResBlock(ch, ch, emb_dim, cfg)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for lv in reversed(range(cfg.levels)):
+            cout = base * cfg.channel_mult[lv]
+            for _ in range(cfg.num_res_blocks + 1):
+                self.up.append(self._stage(ch + skips.pop(), cout, lv, emb_dim))
+                ch = cout
+            if lv != 0:
+                self.upsample.append(Upsample(ch))
+        self.norm_out = nn.GroupNorm(cfg.num_groups, ch, eps=cfg.norm_eps)
+        self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
+        self.initialize_weights()
+
+    def _stage(self, cin: int, cout: int, level: int, emb_dim: int) -> _Stage:
+        cfg = self.config
+        attn = None
+        if level in cfg.attention_levels:
+            attn = AttentionBlock(cout, cfg.heads_for(cout), cfg)
+        return _Stage(ResBlock(cin, cout, emb_dim, cfg), attn)
+
+    def initialize_weights(self) -> None:
+        """All initialisation decisions, in one place (DDPM's choices, kept by ADM):
+
+        - convolutions and linear maps: Xavier-uniform (DDPM's variance_scaling(1, fan_avg,
+          uniform)), biases zero;
+        - the last convolution of every residual block, the output projection of every
+          attention (self and cross) and the output convolution are zero, so each residual
+          branch starts as the identity's zero update and the untrained network outputs 0;
+        - noise-level MLP and class embedding: normal(0, 0.02) (DiT), keeping the conditioning
+          near zero at first; GroupNorm/LayerNorm: weight 1, bias 0 (PyTorch's defaults).
+        """
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.time_embed.fc1.weight, std=0.02)
+        nn.init.normal_(self.time_embed.fc2.weight, std=0.02)
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.weight, std=0.02)
+        for m in self.modules():
+            if isinstance(m, ResBlock):
+                zero_(m.conv2)
+            elif isinstance(m, (SelfAttention, CrossAttention)):
+                zero_(m.proj)
+        zero_(self.conv_out)
+
+    def _check(
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        class_labels: Tensor | None,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+        pooled: Tensor | None,
+        control: UNetControl | None,
+    ) -> None:
+        """Shape checks of the inputs (no host synchronisation), with the offending values."""
+        cfg = self.config
+        want = cfg.in_channels + cfg.extra_in_channels
+        if x.ndim != 4 or x.shape[1] != want:
+            raise ValueError(
+                f"U-Net expects x of shape (B, {want}, H, W) (in_channels={cfg.in_channels} + "
+                f"extra_in_channels={cfg.extra_in_channels}), got {tuple(x.shape)}"
+            )
+        B, _, H, W = x.shape
+        factor = 2 ** (cfg.levels - 1)
+        if H % factor or W % factor:
+            raise ValueError(
+                f"U-Net with {cfg.levels} levels needs H and W divisible by {factor}, got {H}x{W}"
+            )
+        if c_noise.shape != (B,):
+            raise ValueError(f"c_noise must have shape ({B},), got {tuple(c_noise.shape)}")
+        if class_labels is not None:
+            if not cfg.num_classes:
+                raise ValueError(
+                    "class_labels given to a U-Net without class conditioning (num_classes=0)"
+                )
+            if class_labels.shape != (B,):
+                raise ValueError(
+                    f"class_labels must have shape ({B},), got {tuple(class_labels.shape)}"
+                )
+        if context is not None:
+            if not cfg.context_dim:
+                raise ValueError("context given to a U-Net without text conditioning (context_dim=0)")
+            if context.ndim != 3 or context.shape[0] != B or context.shape[2] != cfg.context_dim:
+                raise ValueError(
+                    f"context must have shape ({B}, L, {cfg.context_dim}), got "
+                    f"{tuple(context.shape)}"
+                )
+            if context_mask is not None and context_mask.shape != context.shape[:2]:
+                raise ValueError(
+                    f"context_mask must have shape {tuple(context.shape[:2])}, got "
+                    f"{tuple(context_mask.shape)}"
+                )
+        elif context_mask is not None:
+            raise ValueError("context_mask given without context")
+        if pooled is not None:
+            if not cfg.pooled_dim:
+                raise ValueError("pooled given to a U-Net without a pooled embedding (pooled_dim=0)")
+            if pooled.shape != (B, cfg.pooled_dim):
+                raise ValueError(
+                    f"pooled must have shape ({B}, {cfg.pooled_dim}), got {tuple(pooled.shape)}"
+                )
+        if control is not None:
+            n = len(cfg.skip_channels())
+            if not isinstance(control, UNetControl) or len(control.skips) != n:
+                got = len(control.skips) if isinstance(control, UNetControl) else type(control)
+                raise ValueError(f"control must be a UNetControl with {n} skip residuals, got {got}")
+
+    def forward(
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        *,
+        class_labels: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        pooled: Tensor | None = None,
+        control: UNetControl | None = None,
+    ) -> Tensor:
+        """Run the network.
+
+        Args:
+            x: (B, in_channels + extra_in_channels, H, W).
+            c_noise: (B,) noise-level code (e.g. 1000 t, a DDPM index or ln(sigma)/4).
+            class_labels: (B,) long in [0, num_classes]; None means the null class.
+            context: (B, L, context_dim) text token embeddings.
+            context_mask: (B, L) bool, True for tokens to attend to.
+            pooled: (B, pooled_dim) pooled text embedding.
+            control: ControlNet residuals.
+        Returns:
+            (B, out_channels, H, W), channels_last memory when `self.channels_last`.
+        """
+        self._check(x, c_noise, class_labels, context, context_mask, pooled, control)
+        cfg = self.config
+        emb = self.time_embed(c_noise)  # (B, 4 base)
+        if self.class_embed is not None:
+            if class_labels is None:
+                class_labels = torch.full_like(c_noise, cfg.num_classes, dtype=torch.long)
+            emb = emb + self.class_embed(class_labels)
+        if self.pooled_embed is not None and pooled is not None:
+            emb = emb + self.pooled_embed(pooled)
+        emb = F.silu(emb)  # every block applies SiLU first; do it once here
+
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        h = self.conv_in(x)
+        skips = [h]
+        per_level = cfg.num_res_blocks
+        for i, stage in enumerate(self.down):
+            h = stage(h, emb, context, context_mask)
+            skips.append(h)
+            if i % per_level == per_level - 1 and i // per_level < len(self.downsample):
+                h = self.downsample[i // per_level](h)
+                skips.append(h)
+        if control is not None:
+            skips = [s + r for s, r in zip(skips, control.skips)]
+
+        h = self.mid1(h, emb)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h, context, context_mask)
+        h = self.mid2(h, emb)
+        if control is not None and control.mid is not None:
+            h = h + control.mid
+
+        per_level = cfg.num_res_blocks + 1
+        for i, stage in enumerate(self.up):
+            h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+            if i % per_level == per_level - 1 and i // per_level < len(self.upsample):
+                h = self.upsample[i // per_level](h)
+        return self.conv_out(silu(self.norm_out(h)))

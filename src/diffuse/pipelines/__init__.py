@@ -1,0 +1,1 @@
+"""Thin task recipes built from samplers, guidance and trained models."""

@@ -1,0 +1,62 @@
+"""Generation parameters stored in, and read back from, a PNG text chunk.
+
+Every image `diffuse generate` writes carries the full recipe under the key "diffuse", as JSON,
+so `diffuse generate --from-png FILE` can reproduce it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+KEY = "diffuse"
+
+
+def save_png(image: Image.Image, path: str | Path, params: dict[str, Any], overwrite: bool) -> Path:
+    """Write `image` to `path` with `params` as JSON in a PNG text chunk, atomically.
+
+    Args:
+        image: the picture.
+        path: destination; a missing parent folder is created.
+        params: JSON-serialisable generation parameters.
+        overwrite: replace an existing file; otherwise an existing file is an error.
+    Returns:
+        the written path.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"output must be a .png file, got {str(path)!r}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(KEY, json.dumps(params, sort_keys=True))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """The generation parameters stored in a PNG written by `save_png`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such PNG: {path}")
+    try:
+        with Image.open(path) as image:
+            text = image.text.get(KEY) if hasattr(image, "text") else None
+    except OSError as err:
+        raise ValueError(f"{path} is not a readable PNG: {err}") from None
+    if text is None:
+        raise ValueError(f"{path} carries no diffuse generation parameters")
+    return json.loads(text)

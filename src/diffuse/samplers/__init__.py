@@ -1,0 +1,56 @@
+"""Samplers: stateless functions over (denoise, x, levels) on the level axis.
+
+    levels = karras(process, steps)                      # 1-D float64, ends in 0
+    noise = SeededNoise(seeds)                            # per-sample reproducible
+    x = noise.initial(shape) * levels[0]
+    x0 = dpmpp_2m(denoise, x, levels, callback=progress)  # or get_sampler("dpmpp_2m")
+"""
+
+from diffuse.samplers.base import Callback, DenoiseFn, NoiseFn, StepInfo
+from diffuse.samplers.fit import fit_schedule
+from diffuse.samplers.multistep import dpmpp_2m, dpmpp_3m, exponential_multistep, unipc
+from diffuse.samplers.noise import SeededNoise
+from diffuse.samplers.ode import ddim, euler, heun
+from diffuse.samplers.registry import (
+    SAMPLERS,
+    SCHEDULES,
+    STOCHASTIC,
+    get_sampler,
+    get_schedule,
+)
+from diffuse.samplers.schedules import flow_shift, karras, loglinear, uniform_t
+from diffuse.samplers.stochastic import (
+    ddpm_ancestral,
+    dpmpp_2m_sde,
+    dpmpp_3m_sde,
+    euler_ancestral,
+)
+
+__all__ = [
+    "SAMPLERS",
+    "SCHEDULES",
+    "STOCHASTIC",
+    "Callback",
+    "DenoiseFn",
+    "NoiseFn",
+    "SeededNoise",
+    "StepInfo",
+    "ddim",
+    "ddpm_ancestral",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m",
+    "dpmpp_3m_sde",
+    "euler",
+    "euler_ancestral",
+    "exponential_multistep",
+    "fit_schedule",
+    "flow_shift",
+    "get_sampler",
+    "get_schedule",
+    "heun",
+    "karras",
+    "loglinear",
+    "uniform_t",
+    "unipc",
+]

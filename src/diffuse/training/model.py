@@ -1,0 +1,129 @@
+"""Building what a recipe names: the noise process, the network, the optimizer's groups."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffuse.config import ConfigError, ModelConfig, ProcessConfig
+from diffuse.processes import EDM, VE, CosineVP, DiscreteVP, NoiseProcess, RectifiedFlow
+
+__all__ = ["PROCESSES", "build_network", "build_process", "param_groups", "preset"]
+
+# The closed set of processes a recipe may name (a table of classes, not a string lookup of
+# arbitrary globals).
+PROCESSES: dict[str, type[NoiseProcess]] = {
+    "edm": EDM,
+    "cosine_vp": CosineVP,
+    "discrete_vp": DiscreteVP,
+    "ve": VE,
+    "rectified_flow": RectifiedFlow,
+}
+
+
+def _check_options(
+    cls: type, options: dict[str, Any], where: str, reserved: tuple[str, ...] = ()
+) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in options:
+        if key in reserved:
+            raise ConfigError(f"{where}.{key} is set from the data; remove it")
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"unknown key {where}.{key!r} for {cls.__name__}{hint}; valid: {', '.join(names)}"
+            )
+
+
+def build_process(cfg: ProcessConfig) -> NoiseProcess:
+    """The noise process of a [process] section, with its `options` checked."""
+    cls = PROCESSES[cfg.kind]
+    _check_options(cls, cfg.options, "process.options")
+    options = dict(cfg.options)
+    if cfg.kind == "edm":
+        options.setdefault("sigma_data", cfg.sigma_data)
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"process.options {cfg.options}: {err}") from None
+
+
+def preset(name: str) -> tuple[Any, type[nn.Module]]:
+    """(config, network class) of a preset of `diffuse.nets`: "unet-*" or "dit-*" names."""
+    if name.startswith("unet"):
+        from diffuse.nets.unet import UNet, unet_preset
+
+        get, cls = unet_preset, UNet
+    elif name.startswith("dit"):
+        from diffuse.nets.dit import DiT, dit_preset
+
+        get, cls = dit_preset, DiT
+    else:
+        raise ConfigError(f"model.preset = {name!r}: presets are named unet-* or dit-*")
+    try:
+        return get(name), cls
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"model.preset = {name!r}: {err}") from None
+
+
+def build_network(
+    cfg: ModelConfig, *, in_channels: int, image_size: int, num_classes: int
+) -> tuple[nn.Module, Any]:
+    """The network of a [model] section, shaped for the data.
+
+    Args:
+        cfg: the preset name and overrides.
+        in_channels: image channels.
+        image_size: side of the (square) training images.
+        num_classes: classes for class conditioning (0: unconditional). The network reserves
+            index `num_classes` as the null class for classifier-free guidance.
+    Returns:
+        (network, its config dataclass).
+    """
+    base, network_class = preset(cfg.preset)
+    data_fields = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
+    names = {f.name for f in dataclasses.fields(base)}
+    _check_options(type(base), cfg.overrides, "model.overrides", tuple(data_fields))
+    fields = {k: v for k, v in data_fields.items() if k in names}
+    if "out_channels" in names:
+        fields["out_channels"] = in_channels
+    try:
+        net_cfg = dataclasses.replace(base, **fields, **cfg.overrides)
+        net = network_class(net_cfg)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model {cfg.preset!r} with {cfg.overrides}: {err}") from None
+    return net, net_cfg
+
+
+def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices and conv kernels; none on biases, norm gains,
+    embeddings and other vectors (the usual split, e.g. nanoGPT's configure_optimizers)."""
+    embedding_params = {id(m.weight) for m in net.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for p in net.parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim >= 2 and id(p) not in embedding_params:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def default_dtype_bytes() -> int:
+    """Bytes per fp32 master weight."""
+    return torch.finfo(torch.float32).bits // 8

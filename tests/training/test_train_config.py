@@ -1,0 +1,96 @@
+"""Recipes: TOML <-> frozen dataclasses, with errors that name the key and the value."""
+
+from pathlib import Path
+
+import pytest
+
+from diffuse.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_diff,
+    from_dict,
+    load_recipe,
+    parse_override,
+    to_dict,
+    to_toml,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_round_trip_through_toml_and_json(tmp_path):
+    cfg = TrainConfig()
+    again = load_recipe(_write(tmp_path, to_toml(cfg)))
+    assert again == cfg
+    assert from_dict(TrainConfig, to_dict(cfg)) == cfg
+
+
+def test_unknown_key_names_it_and_suggests_the_nearest(tmp_path):
+    with pytest.raises(ConfigError, match=r"'optim.lrr'.*did you mean 'lr'"):
+        load_recipe(_write(tmp_path, "[optim]\nlrr = 0.1\n"))
+    with pytest.raises(ConfigError, match=r"'optm'.*did you mean 'optim'"):
+        load_recipe(_write(tmp_path, "[optm]\nlr = 0.1\n"))
+    with pytest.raises(ConfigError, match=r"'ema.halflife'.*'halflife_images'"):
+        load_recipe(None, ["ema.halflife=1000"])
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ('[optim]\nlr = "fast"\n', r"optim.lr = 'fast' has the wrong type: expected a number"),
+        ("[optim]\nlr = -1.0\n", r"optim.lr = -1.0 is invalid"),
+        ("[optim]\nbatch_size = 1.5\n", r"optim.batch_size = 1.5 has the wrong type"),
+        ("[data]\nflip = 1\n", r"data.flip = 1 has the wrong type: expected true or false"),
+        ('[process]\nkind = "edn"\n', r"process.kind = 'edn' is not one of .*did you mean 'edm'"),
+        ("[optim]\nbetas = [0.9]\n", r"optim.betas = \[0.9\] must have 2 values"),
+        ("[ema]\nhalflife_images = 0\n", r"ema.halflife_images = 0.0 is invalid"),
+        ("[sample]\nseeds = [1, -2]\n", r"sample.seeds"),
+        ('[data]\nsource = "npz"\n', r"data.path = '' is invalid"),
+        ("optim = 3\n", r"\[optim\] must be a table"),
+    ],
+)
+def test_bad_values_are_errors_that_show_them(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_recipe(_write(tmp_path, text))
+
+
+def test_invalid_toml_and_missing_recipe(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_recipe(_write(tmp_path, "[optim\n"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_recipe(tmp_path / "nope.toml")
+
+
+def test_overrides_parse_toml_values_or_bare_strings():
+    assert parse_override("optim.lr=2e-4") == (["optim", "lr"], 2e-4)
+    assert parse_override("data.path=/x/y.npz") == (["data", "path"], "/x/y.npz")
+    assert parse_override("sample.seeds=[1, 2]") == (["sample", "seeds"], [1, 2])
+    assert parse_override("data.flip=true") == (["data", "flip"], True)
+    assert parse_override("model.overrides.channels=64") == (["model", "overrides", "channels"], 64)
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("optim.lr")
+    with pytest.raises(ConfigError, match="did you mean 'optim'"):
+        apply_overrides({}, ["optimm.lr=1"])
+    cfg = load_recipe(None, ["optim.lr=2e-4", "train.steps=7", "model.overrides.channels=8"])
+    assert cfg.optim.lr == 2e-4 and cfg.train.steps == 7
+    assert cfg.model.overrides == {"channels": 8}
+    assert set(config_diff(TrainConfig(), cfg)) == {
+        "optim.lr",
+        "train.steps",
+        "model.overrides.channels",
+        "model.overrides",
+    } or set(config_diff(TrainConfig(), cfg)) >= {"optim.lr", "train.steps"}
+
+
+@pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_recipes_load(recipe):
+    cfg = load_recipe(recipe)
+    assert cfg.train.steps > 0
+    assert load_recipe(None, []) is not None

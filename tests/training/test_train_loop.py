@@ -1,0 +1,220 @@
+"""The training loop: exact resume after SIGKILL, 2-rank gloo == 1 process, guards, refusals."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from diffuse.config import ConfigError, load_recipe
+from diffuse.training import loop
+from diffuse.training.checkpoint import list_checkpoints
+from diffuse.training.loop import NonFiniteError, train
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from tinynet import TinyConfig, TinyNet, tiny_builder  # noqa: E402
+
+BASE = [
+    "data.source='procedural'",
+    "data.resolution=8",
+    "data.size=40",
+    "data.channels=1",
+    "data.num_classes=3",
+    "data.flip=true",
+    "optim.batch_size=8",
+    "optim.micro_batch=3",
+    "optim.warmup_steps=2",
+    "optim.schedule='cosine'",
+    "train.steps=12",
+    "log.every_steps=1",
+    "log.progress=false",
+    "checkpoint.every_steps=4",
+    "checkpoint.keep=5",
+    "ema.halflife_images=40",
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_model_folder(monkeypatch):
+    """The tiny test net is not a shipped network: skip writing RUN/model/ unless nets.io can."""
+    try:
+        import diffuse.nets.io  # noqa: F401
+    except ImportError:
+        monkeypatch.setattr(loop, "_write_model", lambda *a, **k: None)
+
+
+def _cfg(*extra):
+    return load_recipe(None, [*BASE, *extra])
+
+
+def _losses(run: Path) -> list[float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {here!r})
+    from tinynet import tiny_builder
+    from diffuse.config import load_recipe
+    from diffuse.training import checkpoint, loop, progress
+    mode, run = sys.argv[1], sys.argv[2]
+    loop._write_model = lambda *a, **k: None
+    if mode == "after-step-6":
+        write = progress.MetricsLog.write
+        def write_then_die(self, record):
+            write(self, record)
+            if record["step"] == 6:
+                os.kill(os.getpid(), signal.SIGKILL)
+        progress.MetricsLog.write = write_then_die
+    else:  # die in the middle of writing checkpoint step-8
+        synced = checkpoint._write_synced
+        def die_during_write(path, data):
+            if "step-8" in str(path) and path.name == "state.pt":
+                with open(path, "wb") as f:
+                    f.write(data[: len(data) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+            synced(path, data)
+        checkpoint._write_synced = die_during_write
+    loop.train(load_recipe(None, {base!r}), run, net_builder=tiny_builder)
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["after-step-6", "during-checkpoint-8"])
+def test_resume_after_sigkill_repeats_the_loss_sequence(tmp_path, mode):
+    reference = train(_cfg(), tmp_path / "ref", net_builder=tiny_builder)
+    expected = _losses(tmp_path / "ref")
+    assert len(expected) == 12 and reference.step == 12
+
+    run = tmp_path / "killed"
+    script = KILLER.format(here=str(HERE), base=BASE)
+    child = subprocess.run([sys.executable, "-c", script, mode, str(run)], capture_output=True)
+    assert child.returncode == -9, child.stderr.decode()[-2000:]
+    steps = [s for s, _ in list_checkpoints(run)]
+    assert steps == [4], steps  # step-8 was never committed in the second mode
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_cfg(), run, net_builder=tiny_builder)
+
+    train(_cfg(), run, resume=True, net_builder=tiny_builder)
+    assert _losses(run) == expected  # exactly, not approximately
+    final_ref = load_file(str(tmp_path / "ref" / "checkpoints" / "step-12" / "ema.safetensors"))
+    final = load_file(str(run / "checkpoints" / "step-12" / "ema.safetensors"))
+    for key in final_ref:
+        assert torch.equal(final_ref[key], final[key])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, port: int, run: str, sets: list[str]) -> None:
+    os.environ.update(LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
+    try:
+        import diffuse.training.loop as lp
+
+        lp._write_model = lambda *a, **k: None
+        lp.train(load_recipe(None, sets), run, net_builder=tiny_builder)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    sets = [*BASE, "train.steps=5", "checkpoint.every_steps=5", "optim.micro_batch=2"]
+    train(load_recipe(None, sets), tmp_path / "one", net_builder=tiny_builder)
+    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path / "two"), sets), nprocs=2, join=True)
+    for name in ("model.safetensors", "ema.safetensors"):
+        one = load_file(str(tmp_path / "one" / "checkpoints" / "step-5" / name))
+        two = load_file(str(tmp_path / "two" / "checkpoints" / "step-5" / name))
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(_losses(tmp_path / "two"), _losses(tmp_path / "one"), rtol=1e-5)
+
+
+class _NanNet(TinyNet):
+    """Returns NaN on the calls listed in `bad` (counting forward calls)."""
+
+    def __init__(self, cfg, bad):
+        super().__init__(cfg)
+        self.bad, self.calls = bad, 0
+
+    def forward(self, x, c_noise, **kw):
+        self.calls += 1
+        out = super().forward(x, c_noise, **kw)
+        return out * float("nan") if self.calls in self.bad or -1 in self.bad else out
+
+
+def _nan_builder(bad):
+    def build(model_cfg, *, in_channels, image_size, num_classes):
+        cfg = TinyConfig(in_channels, image_size, num_classes)
+        return _NanNet(cfg, bad), cfg
+
+    return build
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_training(tmp_path):
+    # micro_batch=3 with 8 images: 3 forward calls per step; call 4 is in step 2.
+    result = train(_cfg("train.steps=4"), tmp_path / "a", net_builder=_nan_builder({4}))
+    assert result.nonfinite_steps == 1 and result.step == 4
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite"] for r in lines] == [0, 1, 1, 1]
+    with pytest.raises(NonFiniteError, match=r"3 non-finite steps in a row.*Lower optim.lr"):
+        train(_cfg("optim.max_nonfinite=3"), tmp_path / "b", net_builder=_nan_builder({-1}))
+
+
+def test_output_folder_of_another_run_is_refused_and_untouched(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg("train.steps=4"), run, net_builder=tiny_builder)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match="already holds a training run"):
+        train(_cfg("train.steps=4"), run, net_builder=tiny_builder)
+    with pytest.raises(ConfigError, match=r"optim.lr: 0.001 -> 0.5"):
+        train(_cfg("train.steps=4", "optim.lr=0.5"), run, resume=True, net_builder=tiny_builder)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no diffuse run"):
+        train(_cfg(), foreign, net_builder=tiny_builder)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    # More steps on resume is allowed and continues from the last checkpoint.
+    result = train(_cfg("train.steps=6"), run, resume=True, net_builder=tiny_builder)
+    assert result.step == 6 and len(_losses(run)) == 6
+
+
+def test_bad_data_fails_before_anything_is_written(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(_cfg(f"data.source='npz'", f"data.path='{tmp_path}/none.npz'"), out,
+              net_builder=tiny_builder)
+    assert not out.exists()
+
+
+def test_cli_dry_run_and_errors(tmp_path, capsys):
+    from diffuse.cli import main
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[optim]\nlr = 2e-4\n[train]\nsteps = 3\n")
+    assert main(["train", str(recipe), "--dry-run", "--set", "optim.batch_size=64"]) == 0
+    out = capsys.readouterr().out
+    assert "lr = 0.0002" in out and "batch_size = 64" in out and "[sample]" in out
+    assert main(["train", str(recipe), "--dry-run", "--set", "optim.lrr=1"]) == 2
+    assert "did you mean 'lr'" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.toml"), "--dry-run"]) == 2
+    assert "does not exist" in capsys.readouterr().err
