@@ -25,7 +25,13 @@ def _save(run, step, keep=None, hook=None):
     model = {"w": torch.full((3, 2), float(step)), "b": torch.arange(4)}
     state = {"step": step, "rng": torch.get_rng_state(), "nested": {"x": [1, 2.5, "s"]}}
     return save_checkpoint(
-        run, step, model=model, ema=model, config={"step": step}, state=state, keep=keep,
+        run,
+        step,
+        model=model,
+        ema=model,
+        config={"step": step},
+        state=state,
+        keep=keep,
         _before_rename=hook,
     )
 

@@ -67,7 +67,9 @@ def test_folder_dataset_labels_captions_and_unreadable_files(tmp_path, caplog):
             Image.new("RGB", (10, 8), (i * 100, 0, 0)).save(tmp_path / cls / f"{i}.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "dog" / "sub" / "deep.webp")
     (tmp_path / "cat" / "0.txt").write_text("a red cat\n")
-    (tmp_path / "dog" / "metadata.jsonl").write_text(json.dumps({"file_name": "1.png", "text": "dog one"}) + "\n")
+    (tmp_path / "dog" / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "1.png", "text": "dog one"}) + "\n"
+    )
     (tmp_path / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
     with caplog.at_level("WARNING"):
         ds = FolderDataset(tmp_path)

@@ -15,15 +15,14 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from diffuse.config import ConfigError, load_recipe
-from diffuse.training import loop
+from diffuse.nets.unet import UNet
 from diffuse.training.checkpoint import list_checkpoints
 from diffuse.training.loop import NonFiniteError, train
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from tinynet import TinyConfig, TinyNet, tiny_builder  # noqa: E402
+from diffuse.training.model import build_network
 
 BASE = [
+    "model.preset='unet-tiny'",
+    "model.overrides={base_channels=8, num_groups=4, head_channels=8}",
     "data.source='procedural'",
     "data.resolution=8",
     "data.size=40",
@@ -43,15 +42,6 @@ BASE = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _no_model_folder(monkeypatch):
-    """The tiny test net is not a shipped network: skip writing RUN/model/ unless nets.io can."""
-    try:
-        import diffuse.nets.io  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(loop, "_write_model", lambda *a, **k: None)
-
-
 def _cfg(*extra):
     return load_recipe(None, [*BASE, *extra])
 
@@ -64,12 +54,9 @@ def _losses(run: Path) -> list[float]:
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
-    sys.path.insert(0, {here!r})
-    from tinynet import tiny_builder
     from diffuse.config import load_recipe
     from diffuse.training import checkpoint, loop, progress
     mode, run = sys.argv[1], sys.argv[2]
-    loop._write_model = lambda *a, **k: None
     if mode == "after-step-6":
         write = progress.MetricsLog.write
         def write_then_die(self, record):
@@ -86,27 +73,27 @@ KILLER = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
             synced(path, data)
         checkpoint._write_synced = die_during_write
-    loop.train(load_recipe(None, {base!r}), run, net_builder=tiny_builder)
+    loop.train(load_recipe(None, {base!r}), run)
     """
 )
 
 
 @pytest.mark.parametrize("mode", ["after-step-6", "during-checkpoint-8"])
 def test_resume_after_sigkill_repeats_the_loss_sequence(tmp_path, mode):
-    reference = train(_cfg(), tmp_path / "ref", net_builder=tiny_builder)
+    reference = train(_cfg(), tmp_path / "ref")
     expected = _losses(tmp_path / "ref")
     assert len(expected) == 12 and reference.step == 12
 
     run = tmp_path / "killed"
-    script = KILLER.format(here=str(HERE), base=BASE)
+    script = KILLER.format(base=BASE)
     child = subprocess.run([sys.executable, "-c", script, mode, str(run)], capture_output=True)
     assert child.returncode == -9, child.stderr.decode()[-2000:]
     steps = [s for s, _ in list_checkpoints(run)]
     assert steps == [4], steps  # step-8 was never committed in the second mode
     with pytest.raises(FileExistsError, match="--resume"):
-        train(_cfg(), run, net_builder=tiny_builder)
+        train(_cfg(), run)
 
-    train(_cfg(), run, resume=True, net_builder=tiny_builder)
+    train(_cfg(), run, resume=True)
     assert _losses(run) == expected  # exactly, not approximately
     final_ref = load_file(str(tmp_path / "ref" / "checkpoints" / "step-12" / "ema.safetensors"))
     final = load_file(str(run / "checkpoints" / "step-12" / "ema.safetensors"))
@@ -127,17 +114,14 @@ def _rank_main(rank: int, port: int, run: str, sets: list[str]) -> None:
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
     )
     try:
-        import diffuse.training.loop as lp
-
-        lp._write_model = lambda *a, **k: None
-        lp.train(load_recipe(None, sets), run, net_builder=tiny_builder)
+        train(load_recipe(None, sets), run)
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
     sets = [*BASE, "train.steps=5", "checkpoint.every_steps=5", "optim.micro_batch=2"]
-    train(load_recipe(None, sets), tmp_path / "one", net_builder=tiny_builder)
+    train(load_recipe(None, sets), tmp_path / "one")
     mp.spawn(_rank_main, args=(_free_port(), str(tmp_path / "two"), sets), nprocs=2, join=True)
     for name in ("model.safetensors", "ema.safetensors"):
         one = load_file(str(tmp_path / "one" / "checkpoints" / "step-5" / name))
@@ -147,7 +131,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     np.testing.assert_allclose(_losses(tmp_path / "two"), _losses(tmp_path / "one"), rtol=1e-5)
 
 
-class _NanNet(TinyNet):
+class _NanNet(UNet):
     """Returns NaN on the calls listed in `bad` (counting forward calls)."""
 
     def __init__(self, cfg, bad):
@@ -161,8 +145,8 @@ class _NanNet(TinyNet):
 
 
 def _nan_builder(bad):
-    def build(model_cfg, *, in_channels, image_size, num_classes):
-        cfg = TinyConfig(in_channels, image_size, num_classes)
+    def build(model_cfg, **shape):
+        cfg = build_network(model_cfg, **shape)[1]
         return _NanNet(cfg, bad), cfg
 
     return build
@@ -180,29 +164,28 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_training(tmp_path):
 
 def test_output_folder_of_another_run_is_refused_and_untouched(tmp_path):
     run = tmp_path / "run"
-    train(_cfg("train.steps=4"), run, net_builder=tiny_builder)
+    train(_cfg("train.steps=4"), run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(FileExistsError, match="already holds a training run"):
-        train(_cfg("train.steps=4"), run, net_builder=tiny_builder)
+        train(_cfg("train.steps=4"), run)
     with pytest.raises(ConfigError, match=r"optim.lr: 0.001 -> 0.5"):
-        train(_cfg("train.steps=4", "optim.lr=0.5"), run, resume=True, net_builder=tiny_builder)
+        train(_cfg("train.steps=4", "optim.lr=0.5"), run, resume=True)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="holds no diffuse run"):
-        train(_cfg(), foreign, net_builder=tiny_builder)
+        train(_cfg(), foreign)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     # More steps on resume is allowed and continues from the last checkpoint.
-    result = train(_cfg("train.steps=6"), run, resume=True, net_builder=tiny_builder)
+    result = train(_cfg("train.steps=6"), run, resume=True)
     assert result.step == 6 and len(_losses(run)) == 6
 
 
 def test_bad_data_fails_before_anything_is_written(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        train(_cfg(f"data.source='npz'", f"data.path='{tmp_path}/none.npz'"), out,
-              net_builder=tiny_builder)
+        train(_cfg("data.source='npz'", f"data.path='{tmp_path}/none.npz'"), out)
     assert not out.exists()
 
 
@@ -218,3 +201,44 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
     assert "did you mean 'lr'" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.toml"), "--dry-run"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_model_folder_and_sample_cli(tmp_path, capsys):
+    from PIL import Image
+
+    from diffuse.cli import main
+    from diffuse.pipelines.sample import load_trained
+
+    result = train(
+        _cfg("train.steps=2", "sample.every_steps=2", "sample.seeds=[0, 1, 2]", "sample.steps=2"),
+        tmp_path / "run",
+    )
+    assert (tmp_path / "run" / "samples" / "step-0000002.png").is_file()
+    model = load_trained(tmp_path / "run")
+    assert model.class_names == ["shapes-0", "shapes-1", "shapes-2"] and model.shape == (1, 8, 8)
+    assert result.model_dir == tmp_path / "run" / "model"
+    out = tmp_path / "grid.png"
+    args = [
+        "sample",
+        "--model",
+        str(tmp_path / "run"),
+        "--class",
+        "1",
+        "-n",
+        "3",
+        "--steps",
+        "2",
+        "--seeds",
+        "5-7",
+        "-o",
+        str(out),
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    assert Image.open(out).size == (3 * 10 + 2, 12)
+    again = tmp_path / "again.png"
+    assert main([*args[:-1], str(again)]) == 0
+    assert Image.open(out).tobytes() == Image.open(again).tobytes()  # same seeds, same images
+    assert main(["sample", "--model", str(tmp_path / "run"), "--class", "9", "-o", str(out)]) == 2
+    assert "not a class of this model" in capsys.readouterr().err
+    assert main(["sample", "--model", str(tmp_path), "-o", str(out)]) == 2
+    assert "holds no trained model" in capsys.readouterr().err

@@ -190,6 +190,8 @@ class TextEncoder:
             raise ImportError(f"TextEncoder needs transformers: {_INSTALL_HINT}") from error
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        if max_length is not None and max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
         self.path = resolve_text_encoder(source)
         folder = str(self.path)
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
@@ -215,8 +217,10 @@ class TextEncoder:
             self.tokenizer.model_max_length if self.tokenizer.model_max_length < 1e6 else None,
         ]
         model_limit = min(x for x in limits if x) if any(limits) else 512
-        if max_length is not None and not 2 <= max_length <= model_limit:
-            raise ValueError(f"max_length must be in [2, {model_limit}], got {max_length}")
+        if max_length is not None and max_length > model_limit:
+            raise ValueError(
+                f"max_length must be <= {model_limit} for this model, got {max_length}"
+            )
         self._max_length = max_length or model_limit
         self._dim = int(getattr(config, "hidden_size", None) or config.d_model)
         if self.family == "clip" and hasattr(config, "text_config"):

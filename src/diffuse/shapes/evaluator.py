@@ -15,32 +15,34 @@ breakdown. Detection, in order:
 3. Connected components (8-connectivity) of foreground pixels of one colour; components smaller
    than MIN_AREA are noise. Each component also takes its one-pixel antialiased fringe, whose
    alpha against the component's colour gives sub-pixel ("soft") moments.
-4. Per component, from alpha-weighted moments:
-   - shape: the vertical skewness of an apex-up triangle is about -0.55 (stars, circles and
-     squares are near 0); the normalised polar moment (mu20 + mu02) / A^2 is 1/(2 pi) = 0.159
-     for a disc, 1/6 for a square and >= 0.19 for a triangle or star (mass far from the centre
-     in the arms); the fill ratio A / (soft width x soft height) is 1 for a square, pi/4 for a
-     disc.
+4. Per component, from alpha-weighted moments about the centroid (z = complex pixel offset):
+   - shape: the rotational harmonics F_m = |E[z^m]| / A^(m/2) (A = soft area), each divided by
+     the value of the shape that owns it: three-fold (m = 3) for the triangle, four-fold for the
+     square, five-fold for the star, none for the disc (complex moments, Abu-Mostafa &
+     Psaltis 1984; E[z^m] is unchanged by any rotationally symmetric blur, Flusser & Suk).
+     The polar moment E|z|^2 / A (1/(2 pi) for a disc, ~0.2 for a star) catches small blurred
+     stars whose five-fold harmonic the pixel grid has eaten.
    - size: the bounding-box side implied by the area and the shape's fill of its box,
      sqrt(A / fill(shape)), against the geometric mean of the small and large extents.
-   - cell: the grid cell of the alpha-weighted centroid.
+   - cell: the grid cell of the centroid.
 
 Relations compare cells ("left of" = strictly smaller column), the same rule the captions use.
-At 32 and 64 px the detector reads ground-truth renders of held-out prompts essentially without
-error (tests/shapes/test_shapes_evaluator.py asserts >= 99%).
+Prompts fully satisfied on ground-truth renders of 1,000 held-out scenes: 100% at 32 and 64 px
+(training captions and paraphrases alike). Robustness, same scenes: Gaussian noise of std 8 (of
+255): 100% / 100% (32 / 64 px); std 16: 96.6% / 100%; one 3x3 binomial blur: 90.8% / 100%; two:
+53% / 97%. Only shape (and size, which depends on it) degrade: small stars at 32 px are five
+pixels across and, blurred, become blobs. Colour, position and count stay at 100%.
 
-Run `python -m diffuse.shapes.evaluator --size 32 --n 1000` for the ground-truth validation.
+Validate with `python -m diffuse.shapes.validate --size 32 64 --n 1000` (add `--blur 1` or
+`--noise 8` to measure robustness, `--mismatched` to check that wrong pairs are rejected).
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import logging
 import math
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +70,7 @@ __all__ = [
     "detect_objects",
     "check_prompt",
     "evaluate",
+    "score_detections",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,8 +86,8 @@ MIN_AREA = 0.003
 # (z = complex pixel offset, E = alpha-weighted mean, A = area), scale invariant. Each shape has
 # its own: three-fold for the triangle, four-fold for the square, five-fold for the star; the
 # disc has none. Values for the unit shapes, measured on 1024 px renders (checked by a test).
-# An isotropic Gaussian blur leaves E[z^m] unchanged (the blur's own complex moments vanish), so
-# these survive the softness of generated images far better than fill ratios or extents.
+# A rotationally symmetric blur leaves E[z^m] unchanged (its own moments c_m0 vanish for m > 0),
+# so these survive the softness of generated images far better than fill ratios or extents.
 _SIGNATURES: dict[int, float] = {3: 0.06754, 4: 1 / 60, 5: 0.03188}
 # small / large threshold on the implied bounding-box side: the geometric mean of the nominal
 # extents (0.17 and 0.26).
@@ -379,7 +382,7 @@ def _fit_background(images: np.ndarray) -> np.ndarray:
         [N, H, W, 3] background estimate.
     """
     n, h, w, _ = images.shape
-    stride = max(1, h // 32)  # 32x32 samples suffice for three parameters per channel
+    stride = max(1, h // 16)  # 16x16 samples suffice for three parameters per channel
     sub = images[:, ::stride, ::stride].reshape(n, -1, 3)  # [N, S, 3]
     ys = (np.arange(0, h, stride) + 0.5) / h - 0.5
     xs = (np.arange(0, w, stride) + 0.5) / w - 0.5
@@ -749,6 +752,16 @@ def evaluate(images: Any, prompts: Sequence[str], batch_size: int = 256) -> Adhe
     detections = detect_objects(images, batch_size=batch_size)
     if len(detections) != len(prompts):
         raise ValueError(f"got {len(detections)} images but {len(prompts)} prompts")
+    return score_detections(detections, prompts)
+
+
+def score_detections(
+    detections: Sequence[Sequence[Detection]], prompts: Sequence[str]
+) -> AdherenceReport:
+    """`evaluate` on detections already computed (one `detect_objects` serves many prompt
+    lists, e.g. captions and paraphrases of the same images)."""
+    if len(detections) != len(prompts):
+        raise ValueError(f"got {len(detections)} images but {len(prompts)} prompts")
     results = []
     for prompt, dets in zip(prompts, detections):
         spec = parse_prompt(prompt)
@@ -759,51 +772,3 @@ def evaluate(images: Any, prompts: Sequence[str], batch_size: int = 256) -> Adhe
     score = sum(r.satisfied for r in results) / max(n, 1)
     breakdown = {a: sum(r.checks[a] for r in results) / max(n, 1) for a in ATTRIBUTES}
     return AdherenceReport(n=n, score=score, breakdown=breakdown, results=tuple(results))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Validate the evaluator on ground-truth renders; print a JSON report per setting."""
-
-    from diffuse.shapes.render import render_scene
-    from diffuse.shapes.scenes import caption, paraphrase, sample_split_scene
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--size", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--split", choices=("train", "heldout"), default="heldout")
-    parser.add_argument(
-        "--captions", choices=("train", "paraphrase"), nargs="+", default=["train", "paraphrase"]
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--mismatched",
-        action="store_true",
-        help="pair image i with the prompt of image i+1 (should score low)",
-    )
-    args = parser.parse_args(argv)
-    scenes = [sample_split_scene(args.seed, i, args.split) for i in range(args.n)]
-    for size in args.size:
-        start = time.perf_counter()
-        images = np.stack([render_scene(s, size) for s in scenes])
-        render_s = time.perf_counter() - start
-        for kind in args.captions:
-            make = caption if kind == "train" else paraphrase
-            prompts = [make(s, args.seed, i) for i, s in enumerate(scenes)]
-            if args.mismatched:
-                prompts = prompts[1:] + prompts[:1]
-            start = time.perf_counter()
-            report = evaluate(images, prompts)
-            row = {"size": size, "captions": kind, "split": args.split, **report.summary()}
-            row.update(
-                render_s=round(render_s, 3), evaluate_s=round(time.perf_counter() - start, 3)
-            )
-            print(json.dumps(row))
-            for r in report.results:
-                if not r.satisfied and not args.mismatched:
-                    logger.info("failed: %r -> %s", r.prompt, r.checks)
-    return 0
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    raise SystemExit(main())

@@ -3,8 +3,8 @@
 Geometry lives in normalised image coordinates: x to the right, y downwards, both in [0, 1],
 so one scene renders identically (up to resolution) at 32 and 64 px. Coverage is computed by
 supersampling each pixel on a k x k grid (k chosen so the supersampled canvas is >= 256 px wide)
-and box-averaging, which gives the exact area coverage to within 1/k^2. Objects are composited
-over the background with that coverage as alpha.
+and box-averaging, which places every edge to within 1/k px (area within ~2% for a 5 px object).
+Objects are composited over the background with that coverage as alpha.
 
 Every shape is specified by its bounding box: `size` is the larger side of the box and
 (cx, cy) its centre, so "small"/"large" mean the same extent for every shape and the position
@@ -13,6 +13,7 @@ of an object is the centre of its box.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -64,24 +65,35 @@ def _unit_polygons() -> dict[str, np.ndarray]:
 SHAPE_VERTICES: dict[str, np.ndarray] = _unit_polygons()
 
 
-def _inside_polygon(x: np.ndarray, y: np.ndarray, verts: np.ndarray) -> np.ndarray:
+def _edges(verts: np.ndarray) -> tuple[tuple[float, float, float, float], ...]:
+    """Non-horizontal edges (ax, ay, bx, by) of a closed polygon [V, 2]."""
+    following = np.roll(verts, -1, axis=0)
+    return tuple(
+        (float(ax), float(ay), float(bx), float(by))
+        for (ax, ay), (bx, by) in zip(verts, following)
+        if ay != by  # a horizontal edge never crosses a horizontal ray
+    )
+
+
+_EDGES = {name: _edges(verts) for name, verts in SHAPE_VERTICES.items()}
+
+
+def _inside_polygon(
+    x: np.ndarray, y: np.ndarray, edges: tuple[tuple[float, float, float, float], ...]
+) -> np.ndarray:
     """Even-odd (crossing number) point-in-polygon test, vectorised over points.
 
     Args:
         x, y: point coordinates, any (same) shape.
-        verts: [V, 2] polygon vertices in order.
+        edges: the polygon's non-horizontal edges (ax, ay, bx, by).
 
     Returns:
         bool array of the shape of x.
     """
     inside = np.zeros(x.shape, dtype=bool)
-    x0, y0 = verts[:, 0], verts[:, 1]
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    for ax, ay, bx, by in zip(x0, y0, x1, y1):
-        if ay == by:
-            continue  # a horizontal edge never crosses a horizontal ray
+    for ax, ay, bx, by in edges:
         crosses = (ay > y) != (by > y)
-        x_at = ax + (y - ay) * (bx - ax) / (by - ay)
+        x_at = ax + (y - ay) * ((bx - ax) / (by - ay))
         inside ^= crosses & (x < x_at)
     return inside
 
@@ -90,9 +102,11 @@ def _inside(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Membership of points (in unit-box coordinates, centred at 0) in a unit shape."""
     if shape == "circle":
         return x * x + y * y <= 0.25
-    if shape not in SHAPE_VERTICES:
+    if shape == "square":
+        return (np.abs(x) <= 0.5) & (np.abs(y) <= 0.5)
+    if shape not in _EDGES:
         raise ValueError(f"unknown shape {shape!r}; valid: circle, {', '.join(SHAPE_VERTICES)}")
-    return _inside_polygon(x, y, SHAPE_VERTICES[shape])
+    return _inside_polygon(x, y, _EDGES[shape])
 
 
 def _supersampling(resolution: int) -> int:
@@ -135,6 +149,15 @@ def shape_coverage(
     return alpha, top, left
 
 
+@functools.lru_cache(maxsize=8)
+def _centred_grid(resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in [-0.5, 0.5], (x, y) each [resolution, resolution]."""
+    coords = (np.arange(resolution, dtype=np.float64) + 0.5) / resolution - 0.5
+    gx, gy = np.meshgrid(coords, coords)
+    gx.flags.writeable = gy.flags.writeable = False
+    return gx, gy
+
+
 def render_background(
     colour_a: Sequence[float], colour_b: Sequence[float], angle: float, resolution: int
 ) -> np.ndarray:
@@ -143,8 +166,7 @@ def render_background(
     Returns:
         [resolution, resolution, 3] float32 in [0, 255].
     """
-    coords = (np.arange(resolution, dtype=np.float64) + 0.5) / resolution - 0.5
-    gx, gy = np.meshgrid(coords, coords)
+    gx, gy = _centred_grid(resolution)
     # Projection onto the direction, mapped so the image's extreme corners span about [0, 1].
     t = (gx * math.cos(angle) + gy * math.sin(angle)) / (
         abs(math.cos(angle)) + abs(math.sin(angle))

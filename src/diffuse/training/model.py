@@ -53,20 +53,12 @@ def build_process(cfg: ProcessConfig) -> NoiseProcess:
         raise ConfigError(f"process.options {cfg.options}: {err}") from None
 
 
-def preset(name: str) -> tuple[Any, type[nn.Module]]:
-    """(config, network class) of a preset of `diffuse.nets`: "unet-*" or "dit-*" names."""
-    if name.startswith("unet"):
-        from diffuse.nets.unet import UNet, unet_preset
+def preset(name: str) -> Any:
+    """The config dataclass of a named preset of `diffuse.nets` (a ConfigError if unknown)."""
+    from diffuse import nets
 
-        get, cls = unet_preset, UNet
-    elif name.startswith("dit"):
-        from diffuse.nets.dit import DiT, dit_preset
-
-        get, cls = dit_preset, DiT
-    else:
-        raise ConfigError(f"model.preset = {name!r}: presets are named unet-* or dit-*")
     try:
-        return get(name), cls
+        return nets.get_config(name)
     except (KeyError, ValueError) as err:
         raise ConfigError(f"model.preset = {name!r}: {err}") from None
 
@@ -85,7 +77,9 @@ def build_network(
     Returns:
         (network, its config dataclass).
     """
-    base, network_class = preset(cfg.preset)
+    from diffuse import nets
+
+    base = preset(cfg.preset)
     data_fields = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
     names = {f.name for f in dataclasses.fields(base)}
     _check_options(type(base), cfg.overrides, "model.overrides", tuple(data_fields))
@@ -94,7 +88,7 @@ def build_network(
         fields["out_channels"] = in_channels
     try:
         net_cfg = dataclasses.replace(base, **fields, **cfg.overrides)
-        net = network_class(net_cfg)
+        net = nets.build_network(net_cfg)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model {cfg.preset!r} with {cfg.overrides}: {err}") from None
     return net, net_cfg

@@ -1,0 +1,31 @@
+"""Shared helpers for the network tests: tiny presets, randomised weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+def randomize(net: nn.Module, std: float = 0.2, seed: int = 0) -> nn.Module:
+    """Add noise to every parameter, so zero-initialised branches contribute to the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+    return net
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    # Tiny networks gain nothing from a second thread, and on a shared machine an OpenMP
+    # region can wait a whole scheduler slice for a descheduled worker.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,153 @@
+"""Layers: embeddings, attention with masks, positions, patches and the upsampling kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffuse.nets.layers import (
+    CrossAttention,
+    JointAttention,
+    NoiseEmbedding,
+    SelfAttention,
+    apply_rope,
+    conv3x3_upsample2x,
+    key_padding_mask,
+    modulate,
+    patchify,
+    reference_kernels,
+    rope_2d,
+    sincos_2d,
+    sinusoidal_embedding,
+    unpatchify,
+    use_reference_kernels,
+    zero_,
+)
+
+
+def test_sinusoidal_embedding_separates_both_input_ranges() -> None:
+    # DDPM-style indices in [0, 1000] and EDM-style ln(sigma)/4 in [-2, 2] both give distinct
+    # features for nearby levels.
+    for lo, hi in ((500.0, 501.0), (0.10, 0.15), (-1.9, -1.85)):
+        e = sinusoidal_embedding(torch.tensor([lo, hi]), 128)
+        assert e.shape == (2, 128)
+        assert (e[0] - e[1]).norm() > 0.05
+    e = sinusoidal_embedding(torch.tensor([0.1]), 8, scale=100.0)
+    assert torch.allclose(e, sinusoidal_embedding(torch.tensor([10.0]), 8))
+    with pytest.raises(ValueError, match="dim=7"):
+        sinusoidal_embedding(torch.zeros(1), 7)
+
+
+def test_noise_embedding_shape_and_dtype() -> None:
+    emb = NoiseEmbedding(32, 48)
+    assert emb(torch.tensor([0.0, 999.0, -1.5])).shape == (3, 48)
+
+
+def test_modulate() -> None:
+    x, shift, scale = torch.randn(2, 5, 4), torch.randn(2, 1, 4), torch.randn(2, 1, 4)
+    torch.testing.assert_close(modulate(x, shift, scale), x * (1 + scale) + shift)
+
+
+def test_zero_() -> None:
+    lin = zero_(torch.nn.Linear(3, 4))
+    assert not lin.weight.any() and not lin.bias.any()
+
+
+def test_self_attention_heads_must_divide_width() -> None:
+    with pytest.raises(ValueError, match="width 10 .* heads=3"):
+        SelfAttention(10, 3)
+    with pytest.raises(ValueError, match="width 10 .* heads=4"):
+        CrossAttention(10, 8, 4)
+
+
+def test_self_attention_matches_manual_softmax() -> None:
+    attn = SelfAttention(8, 2).double()
+    x = torch.randn(2, 5, 8, dtype=torch.double)
+    q, k, v = attn.qkv(x).chunk(3, dim=-1)
+    q, k, v = (t.view(2, 5, 2, 4).transpose(1, 2) for t in (q, k, v))
+    w = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)  # 1/sqrt(4)
+    ref = attn.proj((w @ v).transpose(1, 2).reshape(2, 5, 8))
+    torch.testing.assert_close(attn(x), ref)
+
+
+def test_cross_attention_ignores_masked_tokens() -> None:
+    attn = CrossAttention(8, 6, 2)
+    x, ctx = torch.randn(2, 5, 8), torch.randn(2, 7, 6)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[:, 4:] = False
+    out = attn(x, ctx, mask)
+    ctx2 = ctx.clone()
+    ctx2[:, 4:] = torch.randn(2, 3, 6) * 100
+    torch.testing.assert_close(attn(x, ctx2, mask), out)
+    # Dropping the padding is the same as masking it.
+    torch.testing.assert_close(attn(x, ctx[:, :4]), out)
+
+
+def test_fully_masked_row_is_finite() -> None:
+    attn = CrossAttention(8, 6, 2)
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    assert torch.isfinite(attn(torch.randn(2, 5, 8), torch.randn(2, 7, 6), mask)).all()
+    assert key_padding_mask(mask).all()
+
+
+def test_joint_attention_shapes_and_mask() -> None:
+    attn = JointAttention(16, 4)
+    x, c = torch.randn(2, 9, 16), torch.randn(2, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    ox, oc = attn(x, c, mask)
+    assert ox.shape == (2, 9, 16) and oc.shape == (2, 5, 16)
+    c2 = c.clone()
+    c2[0, 3:] = 50.0  # masked tokens of sample 0 cannot change the image stream
+    torch.testing.assert_close(attn(x, c2, mask)[0][0], ox[0])
+    last = JointAttention(16, 4, context_out=False)
+    assert last(x, c)[1] is None
+
+
+def test_rope_preserves_norm_and_is_relative() -> None:
+    cos, sin = rope_2d(3, 4, 8)
+    assert cos.shape == (12, 4)
+    x = torch.randn(1, 2, 12, 8)
+    torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+    # q.k depends only on the offset: same vectors at tokens (0,0)-(1,1) and (1,2)-(2,3).
+    q, k = torch.randn(8), torch.randn(8)
+    qs = apply_rope(q.expand(1, 1, 12, 8), cos, sin)[0, 0]
+    ks = apply_rope(k.expand(1, 1, 12, 8), cos, sin)[0, 0]
+    a = qs[0] @ ks[1 * 4 + 1]
+    b = qs[1 * 4 + 2] @ ks[2 * 4 + 3]
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="divisible by 4, got 6"):
+        rope_2d(2, 2, 6)
+
+
+def test_sincos_2d() -> None:
+    pos = sincos_2d(3, 5, 16)
+    assert pos.shape == (15, 16)
+    assert len({tuple(p.tolist()) for p in pos}) == 15
+    with pytest.raises(ValueError, match="divisible by 4, got 10"):
+        sincos_2d(2, 2, 10)
+
+
+def test_patchify_round_trip_and_errors() -> None:
+    x = torch.randn(2, 3, 8, 12)
+    t = patchify(x, 4)
+    assert t.shape == (2, 6, 48)
+    torch.testing.assert_close(t[0, 1], x[0, :, 0:4, 4:8].reshape(-1))
+    torch.testing.assert_close(unpatchify(t, 4, 2, 3), x)
+    with pytest.raises(ValueError, match="patch size 3 does not divide the input size 8x12"):
+        patchify(x[:, :, :, :], 3)
+
+
+@pytest.mark.parametrize("size", [(4, 4), (5, 7)])
+def test_upsample_conv_kernel_equals_nearest_then_conv(size: tuple[int, int]) -> None:
+    x = torch.randn(2, 3, *size, dtype=torch.double)
+    w, b = torch.randn(5, 3, 3, 3, dtype=torch.double), torch.randn(5, dtype=torch.double)
+    ref = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
+    torch.testing.assert_close(conv3x3_upsample2x(x, w, b), ref)
+
+
+def test_reference_kernels_context() -> None:
+    assert not use_reference_kernels()
+    with reference_kernels():
+        assert use_reference_kernels()
+    assert not use_reference_kernels()
