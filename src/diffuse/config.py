@@ -210,9 +210,11 @@ class RunSection:
     compile: bool = False
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # for multi-process runs
     threads: int = 0  # CPU threads per process (0: torch's default)
+    max_minutes: float = 0.0  # stop (checkpoint + model) after this much training time; 0: none
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "train.steps", self.steps, "must be >= 1")
+        _require(self.max_minutes >= 0, "train.max_minutes", self.max_minutes, ">= 0")
         _require(0 <= self.seed < 2**63, "train.seed", self.seed, "must be in [0, 2^63)")
         _require(self.threads >= 0, "train.threads", self.threads, "must be >= 0")
 
@@ -276,7 +278,14 @@ class TrainConfig:
 
 # Sections whose changes do not alter the training trajectory, so a resumed run may differ
 # from the original in them (e.g. training for more steps, checkpointing more often).
-RESUMABLE_CHANGES = ("train.steps", "checkpoint.", "log.", "sample.", "train.threads")
+RESUMABLE_CHANGES = (
+    "train.steps",
+    "train.threads",
+    "train.max_minutes",
+    "checkpoint.",
+    "log.",
+    "sample.",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,7 +540,7 @@ def config_diff(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:
         out: dict[str, Any] = {}
         for k, v in d.items():
             key = f"{prefix}{k}"
-            if isinstance(v, Mapping) and v:
+            if isinstance(v, Mapping):  # an empty table adds no key
                 out.update(flat(v, key + "."))
             else:
                 out[key] = v

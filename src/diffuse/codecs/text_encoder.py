@@ -222,9 +222,9 @@ class TextEncoder:
                 f"max_length must be <= {model_limit} for this model, got {max_length}"
             )
         self._max_length = max_length or model_limit
-        self._dim = int(getattr(config, "hidden_size", None) or config.d_model)
-        if self.family == "clip" and hasattr(config, "text_config"):
-            self._dim = int(config.text_config.hidden_size)
+        # The loaded model's own config: a text-only view even for a full CLIP checkpoint.
+        model_config = self.model.config
+        self._dim = int(getattr(model_config, "hidden_size", None) or model_config.d_model)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
         self.cache_hits = 0

@@ -29,7 +29,7 @@ breakdown. Detection, in order:
 Relations compare cells ("left of" = strictly smaller column), the same rule the captions use.
 Prompts fully satisfied on ground-truth renders of 1,000 held-out scenes: 100% at 32 and 64 px
 (training captions and paraphrases alike). Robustness, same scenes: Gaussian noise of std 8 (of
-255): 100% / 100% (32 / 64 px); std 16: 96.6% / 100%; one 3x3 binomial blur: 90.8% / 100%; two:
+255): 100% / 100% (32 / 64 px); std 16: 97% / 100%; one 3x3 binomial blur: 91% / 100%; two:
 53% / 97%. Only shape (and size, which depends on it) degrade: small stars at 32 px are five
 pixels across and, blurred, become blobs. Colour, position and count stay at 100%.
 
@@ -330,7 +330,8 @@ class Detection:
         cell: (row, col) of the centroid on the 3x3 grid.
         cx, cy: alpha-weighted centroid, normalised image coordinates.
         area: soft area, fraction of the image.
-        features: the shape features (skew, polar, fill) for diagnostics.
+        features: diagnostics: r3, r4, r5 (rotational harmonics relative to their shape's),
+            polar (moment), extent (implied bounding-box side, normalised).
     """
 
     shape: str

@@ -57,6 +57,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [
         "# Shapes samples",
         "",
+        "Procedural text-to-image data (`diffuse.shapes`): one to three objects on a dark tint or"
+        " gradient, each with a shape (circle, square, triangle, star), one of eight colours (red,"
+        " orange, yellow, green, cyan, blue, purple, white), a size (small, large) and its own"
+        " cell of a 3x3 grid. Captions name every object's colour and shape and state only true"
+        " facts (positions, relations, sizes, count). Object pairs listed in"
+        " `scenes.HELDOUT_PAIRS` never appear together in training (the held-out split);"
+        " paraphrases use a vocabulary disjoint from the training captions.",
+        "",
+        "    from diffuse.shapes import ShapesDataset, evaluate",
+        "    image, caption, scene = ShapesDataset(size=32)[0]  # [3, 32, 32] in [-1, 1]",
+        "    report = evaluate(images, prompts)  # fraction of prompts fully satisfied + breakdown",
+        "",
+        "Evaluator check on ground-truth renders (expect 1.0 everywhere, ~0 when mismatched):",
+        "",
+        "    python -m diffuse.shapes.validate --size 32 64 --n 1000",
+        "    python -m diffuse.shapes.validate --size 32 64 --n 1000 --mismatched",
+        "",
         f"`samples.png`: training items 0-15 (seed {args.seed}) rendered at {args.size} px,"
         " shown 2x, read left to right, top to bottom. Regenerate with"
         f" `python -m diffuse.shapes.preview docs/shapes --size {args.size}`.",

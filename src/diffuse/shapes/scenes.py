@@ -15,6 +15,9 @@ held out when two of its objects form a held-out pair; training never shows such
 held-out caption string can ever be produced by a training scene, and the held-out set tests
 composition: the model saw blue circles and yellow triangles, never together.
 
+Streams come from numpy's PCG64 seeded by (seed, index, attempt); the split itself is a SHA-256
+hash, independent of numpy.
+
 Paraphrases (`paraphrase`) describe a scene in a vocabulary whose content words never occur in
 training captions ("a crimson disc in the northwest"), to test generalisation of the text
 conditioning; the evaluator parses both vocabularies.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +62,7 @@ __all__ = [
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 
-# Saturated or bright colours, pairwise >= 90 apart in RGB and all with a channel >= 210, while
+# Saturated or bright colours, pairwise >= 90 apart in RGB and all with a channel >= 180, while
 # every background keeps all channels <= 92 and low saturation: no colour can be mistaken for
 # the background, and antialiased edges (a blend towards the background) stay on the line from
 # the background to the object's colour, which the evaluator unmixes.
@@ -93,7 +97,7 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "plum": (48, 30, 48),
 }
 
-# Fraction of (colour, shape) multisets held out of training.
+# Fraction of the (colour shape, colour shape) object pairs held out of training.
 HELDOUT_FRACTION = 0.02
 _HELDOUT_SALT = "diffuse-shapes-heldout-v1"
 
@@ -250,8 +254,7 @@ def _sample_heldout_scene(seed: int, index: int) -> Scene:
     time, in random cells (a direct draw is 40x faster than rejecting training scenes)."""
     rng = _rng(seed, index, 3_000_017)
     pair = HELDOUT_PAIRS[int(rng.integers(len(HELDOUT_PAIRS)))]
-    chosen = [tuple(name.split(" ")) for name in pair]
-    chosen = [(colour, shape) for colour, shape in chosen]
+    chosen = [(name.split(" ")[0], name.split(" ")[1]) for name in pair]  # (colour, shape)
     if rng.random() < 0.5:
         rest = [o for o in _all_objects() if o not in chosen]
         chosen.append(rest[int(rng.integers(len(rest)))])
@@ -542,8 +545,6 @@ def paraphrase(scene: Scene, seed: int = 0, index: int = 0) -> str:
 
 def _vocabulary_words(vocab: Vocabulary) -> frozenset[str]:
     """Every word any caption of `vocab` can contain (lower-case, split on non-letters)."""
-    import re
-
     texts: list[str] = []
     for group in (vocab.colours, vocab.shapes, vocab.sizes, vocab.positions, vocab.relations):
         for options in group.values():

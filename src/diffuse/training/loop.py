@@ -247,12 +247,7 @@ class _Replica:
         self.ddp: nn.Module | None = None
         wrapped: nn.Module = net
         if self.fsdp:
-            from torch.distributed.fsdp import fully_shard
-
-            for child in net.children():  # shard each top-level block, then the root
-                if sum(p.numel() for p in child.parameters()) > 0:
-                    fully_shard(child)
-            fully_shard(net)
+            self.shard(net)
         elif info.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -261,6 +256,18 @@ class _Replica:
         if cfg.train.compile:
             wrapped = torch.compile(wrapped)
         self.forward_module = wrapped
+
+    @staticmethod
+    def shard(module: nn.Module) -> None:
+        """FSDP2: shard every top-level block (each entry of a ModuleList), then the root."""
+        from torch.distributed.fsdp import fully_shard
+
+        for child in module.children():
+            blocks = list(child) if isinstance(child, (nn.ModuleList, nn.Sequential)) else [child]
+            for block in blocks:
+                if isinstance(block, nn.Module) and any(True for _ in block.parameters()):
+                    fully_shard(block)
+        fully_shard(module)
 
     def no_sync(self, last: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient all-reduce on all but the last micro-batch."""
@@ -422,6 +429,8 @@ def _train(
     process = build_process(cfg.process)
     ema = EMA(net, cfg.ema.halflife_images, cfg.ema.rampup)
     replica = _Replica(net, cfg, info)
+    if replica.fsdp:  # the average is sharded like the network, so its update stays local
+        replica.shard(ema.module)
     fused = info.device.type == "cuda" and not replica.fsdp
     optimizer = torch.optim.AdamW(
         param_groups(net, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, fused=fused or None
@@ -542,6 +551,15 @@ def _train(
 
     t_start = time.perf_counter()
     t_log, images_log = time.perf_counter(), 0
+    final_step = cfg.train.steps
+
+    def out_of_time(at_step: int) -> bool:
+        """True once the time budget is spent (rank 0 decides, at logging steps only)."""
+        if not cfg.train.max_minutes or at_step % cfg.log.every_steps:
+            return False
+        spent = elapsed + time.perf_counter() - t_start
+        return bool(dist.broadcast_object(spent >= 60.0 * cfg.train.max_minutes, info))
+
     last_loss = float("nan")
     try:
         while step < cfg.train.steps:
@@ -619,7 +637,7 @@ def _train(
                     "or check the data"
                 )
 
-            if step % cfg.log.every_steps == 0 or step == cfg.train.steps:
+            if step % cfg.log.every_steps == 0 or step == final_step:
                 now = time.perf_counter()
                 ips = images_log / max(now - t_log, 1e-9)
                 mean = log_sum / log_count if log_count else float("nan")
@@ -639,13 +657,17 @@ def _train(
                 bar.update(step, mean, ips)
                 log_sum, log_count = 0.0, 0
                 t_log, images_log = now, 0
+            if out_of_time(step):
+                logger.info("train.max_minutes reached at step %d; finishing", step)
+                final_step = step
+            last = step == final_step
             t_aside = time.perf_counter()
-            if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps:
+            if step % cfg.checkpoint.every_steps == 0 or last:
                 save(step)
-            if cfg.sample.every_steps and (
-                step % cfg.sample.every_steps == 0 or step == cfg.train.steps
-            ):
+            if cfg.sample.every_steps and (step % cfg.sample.every_steps == 0 or last):
                 sample_grid(step)
+            if last:
+                break
             t_log += time.perf_counter() - t_aside  # images/s counts training time only
     finally:
         bar.close()
