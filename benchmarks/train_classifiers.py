@@ -5,9 +5,13 @@ of "generated image is classified as the requested class". Each is trained on it
 training part (all but the 5,000 held-out images of `diffuse.metrics.evaluate.heldout_indices`)
 and scored on the held-out part after a save / load round trip of the shipped file.
 
-Reproduce the shipped weights (about 15 minutes on 2 CPU cores):
+Reproduce the shipped weights (15-30 minutes on 2 CPU cores; use `--threads 1` when other
+jobs share the cores, which is then about twice as fast as 2 contended threads):
 
     python benchmarks/train_classifiers.py --out src/diffuse/assets/classifiers
+
+The exact commands and accuracies of the shipped files are in docs/benchmarks.md (Classifiers)
+and in each file's JSON.
 
 Prints a JSON summary and a table of held-out accuracies at the end.
 """

@@ -93,11 +93,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(json.dumps(r.to_dict(), indent=2))
         return 0
     print(f"{r.dataset}: {r.n} samples vs {r.n_heldout} held-out images")
-    print(f"{'metric':<16} {'samples':>12} {'floor':>12}   (floor: {r.n_floor} train images)")
-    print(f"{'FD':<16} {r.fd:>12.4f} {r.fd_floor:>12.4f}")
-    print(f"{'KID x 1e3':<16} {1e3 * r.kid:>12.4f} {1e3 * r.kid_floor:>12.4f}")
+    print(f"{'metric':<16} {'samples':>20} {'floor':>10}   (floor: {r.n_floor} train images)")
+    print(f"{'FD':<16} {r.fd:>20.4f} {r.fd_floor:>10.4f}")
+    kid = f"{1e3 * r.kid:.4f} +- {1e3 * r.kid_std:.4f}"
+    print(f"{'KID x 1e3':<16} {kid:>20} {1e3 * r.kid_floor:>10.4f}")
     if r.class_accuracy is not None:
-        print(f"{'class accuracy':<16} {100 * r.class_accuracy:>11.2f}%")
+        print(f"{'class accuracy':<16} {100 * r.class_accuracy:>19.2f}%")
     print(f"classifier accuracy on the held-out images: {100 * r.classifier_accuracy:.2f}%")
     return 0
 
@@ -218,9 +219,13 @@ def _run_info(args: argparse.Namespace) -> int:
     gib = 2.0**30
     print(f"{info.name}: input {info.channels}x{info.size}x{info.size}")
     print(f"  parameters           {info.params:>14,d}")
-    print(f"  GFLOPs / forward     {info.gflops:>14.3f}  (one sample; x{info.batch}: "
-          f"{info.gflops * info.batch:.1f})")
-    print(f"  activations (train)  {info.activation_bytes / gib:>14.3f} GiB  (batch {info.batch}, fp32)")
+    print(
+        f"  GFLOPs / forward     {info.gflops:>14.3f}  (one sample; x{info.batch}: "
+        f"{info.gflops * info.batch:.1f})"
+    )
+    print(
+        f"  activations (train)  {info.activation_bytes / gib:>14.3f} GiB  (batch {info.batch}, fp32)"
+    )
     print(f"  weights+grads+AdamW  {info.train_state_bytes / gib:>14.3f} GiB")
     return 0
 

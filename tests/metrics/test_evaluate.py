@@ -73,6 +73,8 @@ def test_evaluate_images_with_a_tiny_network() -> None:
     assert r_same.to_dict()["dataset"] == "mnist"
     with pytest.raises(ValueError, match="3 labels for 300 images"):
         evaluate_images(same, [1, 2, 3], "mnist", **kw)
+    with pytest.raises(ValueError, match=r"span 0\.\.12 but"):
+        evaluate_images(same, np.arange(300) % 13, "mnist", **kw)
     with pytest.raises(ValueError, match="do not fit the classifier"):
         evaluate_images(np.zeros((4, 9, 9, 1), np.uint8), None, "mnist", **kw)
 

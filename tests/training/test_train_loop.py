@@ -119,10 +119,13 @@ def _rank_main(rank: int, port: int, run: str, sets: list[str]) -> None:
         torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_processes_equal_one_process(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_processes_equal_one_process(tmp_path, strategy):
     sets = [*BASE, "train.steps=5", "checkpoint.every_steps=5", "optim.micro_batch=2"]
     train(load_recipe(None, sets), tmp_path / "one")
-    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path / "two"), sets), nprocs=2, join=True)
+    two = [*sets, f"train.strategy='{strategy}'"]
+    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path / "two"), two), nprocs=2, join=True)
+    assert (tmp_path / "two" / "model" / "diffusion.json").is_file()
     for name in ("model.safetensors", "ema.safetensors"):
         one = load_file(str(tmp_path / "one" / "checkpoints" / "step-5" / name))
         two = load_file(str(tmp_path / "two" / "checkpoints" / "step-5" / name))
@@ -242,3 +245,10 @@ def test_model_folder_and_sample_cli(tmp_path, capsys):
     assert "not a class of this model" in capsys.readouterr().err
     assert main(["sample", "--model", str(tmp_path), "-o", str(out)]) == 2
     assert "holds no trained model" in capsys.readouterr().err
+
+
+def test_time_budget_stops_with_a_checkpoint_and_a_model(tmp_path):
+    result = train(_cfg("train.max_minutes=1e-6", "log.every_steps=2"), tmp_path / "run")
+    assert result.step == 2
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
+    assert (tmp_path / "run" / "model" / "diffusion.json").is_file()

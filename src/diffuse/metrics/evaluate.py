@@ -248,6 +248,12 @@ def evaluate_images(
     if split is None:
         split = load_split(dataset)
     n_floor = min(floor_size or n, len(split.train_images))
+    num_classes = classifier.config.num_classes
+    if labels is not None and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"requested labels span {int(labels.min())}..{int(labels.max())} but the {dataset} "
+            f"classifier knows classes 0..{num_classes - 1}"
+        )
 
     gen_logits, gen_feats = classifier_outputs(classifier, images, batch_size)
     ho_logits, ho_feats = classifier_outputs(classifier, split.heldout_images, batch_size)

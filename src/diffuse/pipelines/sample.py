@@ -123,8 +123,8 @@ def generate(
     Returns:
         images [N, C, H, W] in [-1, 1] (float32, CPU).
     """
-    from diffuse.samplers.registry import get_sampler, get_schedule
     from diffuse.samplers.noise import SeededNoise
+    from diffuse.samplers.registry import get_sampler, get_schedule
 
     seeds = [int(s) for s in seeds]
     if labels is not None and len(labels) != len(seeds):

@@ -12,6 +12,7 @@ Layout of `RUN/checkpoints/step-N/`:
 A checkpoint is written into a hidden temporary folder, every file fsync'ed, and the folder is
 renamed to `step-N` in one atomic `os.rename`. A kill at any moment leaves either no `step-N`
 or a complete one; leftovers of an interrupted write start with "." and are never loaded.
+Old checkpoints are pruned the same way round: renamed out of sight first, then deleted.
 Loading re-checks the manifest, so a damaged file is refused rather than half-loaded.
 """
 
@@ -155,7 +156,7 @@ def save_checkpoint(
             return final
         except CheckpointError:
             # A damaged folder with this name (not one of ours): move it out of the way.
-            shutil.rmtree(final)
+            _discard(final)
     tmp = root / f".tmp-step-{step}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -202,7 +203,15 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints."""
     for _, path in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
+        _discard(path)
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint folder: first renamed out of sight (atomic), then removed, so a kill
+    during the removal never leaves a half-deleted `step-N`."""
+    hidden = path.with_name(f".del-{path.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def remove_stale_temporaries(run_dir: str | Path) -> int:
@@ -210,7 +219,7 @@ def remove_stale_temporaries(run_dir: str | Path) -> int:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return 0
-    stale = [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    stale = [p for p in root.iterdir() if p.name.startswith((".tmp-", ".del-"))]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return len(stale)
