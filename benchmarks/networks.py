@@ -205,17 +205,25 @@ def run_pair(pair: Pair, args: argparse.Namespace, device: torch.device) -> dict
             fn()
     _sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(args.repeats):
         for kind in ("train", "sample"):
             order = ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours")  # ABBA
             for who in order:
                 key = f"{kind}_{who}"
                 _sync(device)
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 fns[key]()
                 _sync(device)
                 times[key].append(time.perf_counter() - start)
+                cpu[key].append(time.process_time() - start_cpu)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    # CPU seconds consumed by this process: on a shared machine a steadier measure than wall
+    # time (other processes' load stretches wall time but not our own CPU time).
+    record["train_cpu_ratio"] = med_cpu["train_theirs"] / med_cpu["train_ours"]
+    record["sample_cpu_ratio"] = med_cpu["sample_theirs"] / med_cpu["sample_ours"]
+    record["load_average"] = _loadavg()
     for who in ("ours", "theirs"):
         record[f"train_images_per_s_{who}"] = args.train_batch / med[f"train_{who}"]
         record[f"sample_ms_{who}"] = 1000 * med[f"sample_{who}"]
@@ -233,6 +241,15 @@ def run_pair(pair: Pair, args: argparse.Namespace, device: torch.device) -> dict
     record["params_ratio"] = record["params_ours"] / record["params_theirs"]
     record["gflops_ratio"] = record["gflops_ours"] / record["gflops_theirs"]
     return record
+
+
+def _loadavg() -> float | None:
+    """1-minute load average of the machine (other work running beside the benchmark)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return None
 
 
 def _bf16_peak(device: torch.device) -> float | None:
@@ -268,6 +285,10 @@ def print_table(records: list[dict], meta: dict) -> None:
         print(
             f"{'':<12} {'ratio':<8} {r['params_ratio']:>12.3f} {r['gflops_ratio']:>8.3f} "
             f"{r['train_ratio']:>11.2f}x {r['sample_ratio']:>9.2f}x"
+        )
+        print(
+            f"{'':<12} {'cpu-time':<8} {'':>12} {'':>8} {r['train_cpu_ratio']:>11.2f}x "
+            f"{r['sample_cpu_ratio']:>9.2f}x   (load average {r['load_average']})"
         )
 
 

@@ -56,7 +56,11 @@ def run(recipe: Path, steps: int, threads: int, extra: list[str]) -> dict:
         records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["images_per_s"] for r in records[1:]] or [records[0]["images_per_s"]]
     ips = statistics.median(rates)
-    full_images = cfg.train.steps * cfg.optim.batch_size
+    # The recipe stops at train.steps or after train.max_minutes of training, whichever is first.
+    minutes = cfg.train.steps * cfg.optim.batch_size / ips / 60
+    if cfg.train.max_minutes:
+        minutes = min(minutes, cfg.train.max_minutes)
+    expected_steps = min(cfg.train.steps, int(minutes * 60 * ips / cfg.optim.batch_size))
     return {
         "recipe": str(recipe.relative_to(REPO) if recipe.is_relative_to(REPO) else recipe),
         "overrides": extra,
@@ -70,7 +74,10 @@ def run(recipe: Path, steps: int, threads: int, extra: list[str]) -> dict:
         "child_cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "wall_s": round(wall, 1),
         "recipe_steps": cfg.train.steps,
-        "expected_recipe_minutes": round(full_images / ips / 60, 1),
+        "recipe_max_minutes": cfg.train.max_minutes,
+        "expected_recipe_minutes": round(minutes, 1),
+        "expected_recipe_steps": expected_steps,
+        "expected_recipe_images": expected_steps * cfg.optim.batch_size,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpu_count": os.cpu_count(),
         "final_loss": records[-1]["loss"],
@@ -91,12 +98,17 @@ def main() -> int:
     if args.json:
         args.json.write_text(text + "\n")
     print()
-    print(f"| {'recipe':<26} | {'threads':>7} | {'peak RSS MB':>11} | {'img/s':>7} | "
-          f"{'full run min':>12} | {'load':>5} |")
-    print(f"|{'-' * 28}|{'-' * 9}|{'-' * 13}|{'-' * 9}|{'-' * 14}|{'-' * 7}|")
-    print(f"| {result['recipe']:<26} | {result['threads']!s:>7} | {result['peak_rss_mb']:>11} | "
-          f"{result['images_per_s']:>7} | {result['expected_recipe_minutes']:>12} | "
-          f"{result['load_average_1m']:>5} |")
+    r = result
+    print(
+        f"| {'recipe':<24} | {'threads':>7} | {'peak RSS MB':>11} | {'img/s':>6} | "
+        f"{'run min':>7} | {'run steps':>9} | {'load':>5} |"
+    )
+    print(f"|{'-' * 26}|{'-' * 9}|{'-' * 13}|{'-' * 8}|{'-' * 9}|{'-' * 11}|{'-' * 7}|")
+    print(
+        f"| {r['recipe']:<24} | {r['threads']!s:>7} | {r['peak_rss_mb']:>11} | "
+        f"{r['images_per_s']:>6} | {r['expected_recipe_minutes']:>7} | "
+        f"{r['expected_recipe_steps']:>9} | {r['load_average_1m']:>5} |"
+    )
     return 0 if result["within_limit"] else 1
 
 

@@ -2,67 +2,104 @@
 
 For x0 ~ sum_k w_k N(mu_k, Sigma_k), the noisy x = x0 + level * eps on the level axis is again
 a mixture, x ~ sum_k w_k N(mu_k, Sigma_k + level^2 I), and the optimal denoiser is closed form
-(e.g. Karras et al. 2022, appendix B.3, for isotropic components):
+(Tweedie's formula; e.g. Karras et al. 2022, appendix B.3, for isotropic components):
 
     D(x, level) = E[x0 | x] = sum_k r_k(x) [mu_k + Sigma_k (Sigma_k + level^2 I)^{-1} (x - mu_k)],
 
-with responsibilities r_k computed by log-sum-exp. Every process maps to this axis, so the
-oracle serves DDPM, VE, EDM and flow models alike. `reference_solution` integrates the
-probability-flow ODE with scipy's DOP853 (the `test`/`bench` extra) to near machine precision.
+with responsibilities r_k(x) = softmax_k(log w_k + log N(x; mu_k, Sigma_k + level^2 I)) computed
+by log-sum-exp, all in float64. Every process maps to this axis, so the oracle serves DDPM, VE,
+EDM and flow models alike. `reference_solution` integrates the probability-flow ODE with scipy's
+DOP853 (the `test` / `bench` extra) to near machine precision.
+
+Each covariance is stored as Sigma_k = U_k diag(lambda_k) U_k^T + tau_k^2 (I - U_k U_k^T) with
+U_k [d, r] orthonormal: r = d covers full and diagonal covariances, r < d low-rank data plus
+isotropic noise (image-like: most variance in a few directions), at O(K r) cost per sample.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 
+def _f64(value: Tensor | float) -> Tensor:
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
 class GaussianMixture:
-    """A mixture of Gaussians with full or diagonal covariances, computed in float64.
+    """A mixture of Gaussians with full, diagonal or low-rank-plus-isotropic covariances.
 
     Args:
         weights: mixture weights [K] (normalised here).
         means: component means [K, d].
         covariances: full covariances [K, d, d] or diagonal variances [K, d]; positive
-            semi-definite.
+            semi-definite. Use `low_rank` for the factored form.
     """
 
     def __init__(self, weights: Tensor, means: Tensor, covariances: Tensor) -> None:
-        weights = torch.as_tensor(weights, dtype=torch.float64)
-        means = torch.as_tensor(means, dtype=torch.float64)
-        covariances = torch.as_tensor(covariances, dtype=torch.float64)
-        if means.ndim != 2 or weights.shape != means.shape[:1]:
-            raise ValueError(
-                f"need weights [K] and means [K, d], got {tuple(weights.shape)} and "
-                f"{tuple(means.shape)}"
-            )
+        means = _f64(means)
+        covariances = _f64(covariances)
+        if means.ndim != 2:
+            raise ValueError(f"means must be [K, d], got {tuple(means.shape)}")
         k, d = means.shape
-        if not bool(torch.all(weights >= 0)) or float(weights.sum()) <= 0:
-            raise ValueError(f"weights must be >= 0 with a positive sum, got {weights.tolist()}")
         if covariances.shape == (k, d):
             evals, evecs = covariances, torch.eye(d, dtype=torch.float64).expand(k, d, d)
         elif covariances.shape == (k, d, d):
-            sym = 0.5 * (covariances + covariances.transpose(1, 2))
-            evals, evecs = torch.linalg.eigh(sym)
+            evals, evecs = torch.linalg.eigh(0.5 * (covariances + covariances.transpose(1, 2)))
         else:
             raise ValueError(
                 f"covariances must be [K, d] or [K, d, d] with K={k}, d={d}, got "
                 f"{tuple(covariances.shape)}"
             )
-        if float(evals.min()) < -1e-12 * max(float(evals.abs().max()), 1.0):
+        self._setup(weights, means, evecs, evals, torch.zeros(k, dtype=torch.float64))
+
+    @classmethod
+    def low_rank(
+        cls, weights: Tensor, means: Tensor, bases: Tensor, variances: Tensor, noise: Tensor
+    ) -> GaussianMixture:
+        """Components U diag(variances) U^T + noise (I - U U^T), U = bases [K, d, r] orthonormal.
+
+        Args:
+            weights: [K]; means: [K, d]; bases: orthonormal columns [K, d, r];
+            variances: variances along the basis [K, r]; noise: isotropic variance of the
+                remaining d - r directions [K].
+        """
+        self = cls.__new__(cls)
+        self._setup(weights, _f64(means), _f64(bases), _f64(variances), _f64(noise).reshape(-1))
+        gram = self.evecs.transpose(1, 2) @ self.evecs
+        eye = torch.eye(gram.shape[-1], dtype=torch.float64)
+        if float((gram - eye).abs().max()) > 1e-8:
+            raise ValueError("bases must have orthonormal columns (U^T U = I)")
+        return self
+
+    def _setup(
+        self, weights: Tensor, means: Tensor, evecs: Tensor, evals: Tensor, noise: Tensor
+    ) -> None:
+        weights = _f64(weights)
+        k, d = means.shape
+        if weights.shape != (k,) or evecs.shape[:2] != (k, d) or evals.shape != (k, evecs.shape[2]):
             raise ValueError(
-                f"covariances must be positive semi-definite, min eigenvalue {float(evals.min())}"
+                f"inconsistent shapes: weights {tuple(weights.shape)}, means {tuple(means.shape)}, "
+                f"bases {tuple(evecs.shape)}, variances {tuple(evals.shape)}"
             )
+        if not bool(torch.all(weights >= 0)) or float(weights.sum()) <= 0:
+            raise ValueError(f"weights must be >= 0 with a positive sum, got {weights.tolist()}")
+        low = min(float(evals.min()), float(noise.min()))
+        if low < -1e-12 * max(float(evals.abs().max()), 1.0):
+            raise ValueError(f"covariances must be positive semi-definite, min eigenvalue {low}")
+        r = evecs.shape[2]
         self.weights = weights / weights.sum()
         self.means = means
-        self.evals = evals.clamp(min=0.0)  # [K, d] eigenvalues of Sigma_k
-        self.evecs = evecs.contiguous()  # [K, d, d], columns are eigenvectors
+        self.evecs = evecs.contiguous()  # [K, d, r] orthonormal principal directions
+        self.evals = evals.clamp(min=0.0)  # [K, r] variances along them
+        self.noise = noise.clamp(min=0.0)  # [K] variance of the other d - r directions
+        self.rank = r
         # All components' bases side by side, so projecting a batch is one matmul.
-        self._basis = self.evecs.permute(1, 0, 2).reshape(d, k * d)  # [d, K*d]
-        self._mean_coords = torch.einsum("kij,ki->kj", self.evecs, means)  # [K, d]
+        self._basis = self.evecs.permute(1, 0, 2).reshape(d, k * r)  # [d, K*r]
+        self._mean_coords = torch.einsum("kir,ki->kr", self.evecs, means)  # U_k^T mu_k [K, r]
+        self._mean_sq = (means * means).sum(1)  # [K]
         self._log_weights = torch.log(self.weights)
 
     @property
@@ -77,7 +114,10 @@ class GaussianMixture:
 
     def covariances(self) -> Tensor:
         """Full component covariances [K, d, d]."""
-        return torch.einsum("kij,kj,klj->kil", self.evecs, self.evals, self.evecs)
+        u, lam, tau2 = self.evecs, self.evals, self.noise
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        proj = torch.einsum("kir,kjr->kij", u, u)
+        return torch.einsum("kir,kr,kjr->kij", u, lam, u) + tau2[:, None, None] * (eye - proj)
 
     # ------------------------------------------------------------------ constructors
 
@@ -91,32 +131,43 @@ class GaussianMixture:
         mean_scale: float = 1.0,
         std_range: tuple[float, float] = (0.05, 0.5),
         full: bool = True,
+        rank: int | None = None,
+        noise_std: float | None = None,
     ) -> GaussianMixture:
         """A random mixture, deterministic for a given seed.
 
-        Means are drawn N(0, mean_scale^2 I); each component's standard deviations along its
-        axes are log-uniform in `std_range`; axes are a random rotation when `full`; weights
-        are Dirichlet(1).
+        Means are drawn N(0, mean_scale^2 I) and weights Dirichlet(1). Each component has
+        standard deviations log-uniform in `std_range` along `rank` random orthonormal
+        directions (all d, axis-aligned when not `full`) and `noise_std` (default
+        std_range[0] / 2) along the others.
 
         Args:
             dim, components: d and K.
             seed: generator seed.
             mean_scale: scale of the means.
-            std_range: (low, high) of the per-axis standard deviations.
-            full: random rotations (full covariances) instead of axis-aligned ones.
+            std_range: (low, high) of the principal standard deviations.
+            full: random directions (full covariances) instead of the coordinate axes.
+            rank: number of principal directions r <= d (default d).
+            noise_std: standard deviation of the remaining d - r directions.
         """
+        rank = dim if rank is None else rank
+        if not 1 <= rank <= dim:
+            raise ValueError(f"rank must be in [1, {dim}], got {rank}")
         g = torch.Generator().manual_seed(seed)
         means = mean_scale * torch.randn(components, dim, generator=g, dtype=torch.float64)
         lo, hi = math.log(std_range[0]), math.log(std_range[1])
-        u = torch.rand(components, dim, generator=g, dtype=torch.float64)
-        variances = torch.exp(2 * (lo + (hi - lo) * u))  # [K, d]
+        u = torch.rand(components, rank, generator=g, dtype=torch.float64)
+        variances = torch.exp(2 * (lo + (hi - lo) * u))  # [K, r]
         weights = -torch.log(torch.rand(components, generator=g, dtype=torch.float64))
-        if not full:
-            return cls(weights, means, variances)
-        q, r = torch.linalg.qr(torch.randn(components, dim, dim, generator=g, dtype=torch.float64))
-        q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2)).unsqueeze(1)  # a Haar rotation
-        covariances = torch.einsum("kij,kj,klj->kil", q, variances, q)
-        return cls(weights, means, covariances)
+        if full:
+            gauss = torch.randn(components, dim, rank, generator=g, dtype=torch.float64)
+            q, r = torch.linalg.qr(gauss)  # [K, d, r] orthonormal columns
+            bases = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2)).unsqueeze(1)  # Haar
+        else:
+            bases = torch.eye(dim, dtype=torch.float64)[:, :rank].expand(components, dim, rank)
+        noise_var = (std_range[0] / 2 if noise_std is None else noise_std) ** 2
+        noise = torch.full((components,), noise_var, dtype=torch.float64)
+        return cls.low_rank(weights, means, bases, variances, noise)
 
     @classmethod
     def ring(cls, n: int = 8, radius: float = 1.0, std: float = 0.1) -> GaussianMixture:
@@ -143,8 +194,11 @@ class GaussianMixture:
         """n exact samples of the data [n, d] (float64)."""
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        scaled = z * self.evals[comp].sqrt()  # [n, d] in each component's axes
-        return self.means[comp] + torch.einsum("nij,nj->ni", self.evecs[comp], scaled)
+        u = self.evecs[comp]  # [n, d, r]
+        coords = torch.einsum("nir,ni->nr", u, z)  # the part of z along U
+        rest = z - torch.einsum("nir,nr->ni", u, coords)  # the part orthogonal to U
+        along = torch.einsum("nir,nr->ni", u, coords * self.evals[comp].sqrt())
+        return self.means[comp] + along + self.noise[comp].sqrt().unsqueeze(1) * rest
 
     def _flat(self, x: Tensor) -> Tensor:
         if x.ndim < 2 or x[0].numel() != self.dim:
@@ -153,24 +207,39 @@ class GaussianMixture:
             )
         return x.reshape(x.shape[0], self.dim).to(torch.float64)
 
-    def _posterior(self, x: Tensor, level: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
-        """Log joint log(w_k N(x; mu_k, Sigma_k + level^2 I)) [B, K], coords z [B, K, d] and
-        the noisy variances [B or 1, K, d] in each component's eigenbasis."""
-        x = self._flat(x)
-        b, k, d = x.shape[0], self.num_components, self.dim
-        level = torch.as_tensor(level, dtype=torch.float64).reshape(-1)
-        z = (x @ self._basis).reshape(b, k, d) - self._mean_coords  # U_k^T (x - mu_k)
-        var = self.evals + (level**2).reshape(-1, 1, 1)  # eigenvalues of Sigma_k + level^2 I
-        log_like = -0.5 * ((z * z / var).sum(-1) + var.log().sum(-1) + d * math.log(2 * math.pi))
-        return self._log_weights + log_like, z, var
+    def _posterior(self, x: Tensor, level: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Pieces shared by the density and the denoiser.
+
+        Returns:
+            log w_k N(x; mu_k, Sigma_k + level^2 I) [B, K], coordinates z = U_k^T (x - mu_k)
+            [B, K, r], the noisy variances lambda + level^2 [B or 1, K, r] and
+            tau^2 + level^2 [B or 1, K].
+        """
+        b, k, d, r = x.shape[0], self.num_components, self.dim, self.rank
+        level2 = (_f64(level) ** 2).reshape(-1, 1)  # [B or 1, 1]
+        z = (x @ self._basis).reshape(b, k, r) - self._mean_coords  # [B, K, r]
+        var = self.evals + level2.unsqueeze(-1)  # [B or 1, K, r]
+        iso = self.noise + level2  # [B or 1, K]
+        maha = (z * z / var).sum(-1)  # [B, K]
+        log_det = var.log().sum(-1)
+        if r < d:  # the isotropic complement: |x - mu|^2 - |z|^2 over tau^2 + level^2
+            dist2 = (x * x).sum(1, keepdim=True) - 2 * x @ self.means.T + self._mean_sq
+            maha = maha + (dist2 - (z * z).sum(-1)).clamp(min=0) / iso
+            log_det = log_det + (d - r) * iso.log()
+        log_joint = self._log_weights - 0.5 * (maha + log_det + d * math.log(2 * math.pi))
+        return log_joint, z, var, iso
 
     def log_prob(self, x: Tensor, level: Tensor | float = 0.0) -> Tensor:
         """log p(x) of the noisy marginal at `level` [B] (level 0: the data density)."""
-        log_joint, _, _ = self._posterior(x, level)
+        log_joint, _, _, _ = self._posterior(self._flat(x), level)
         return torch.logsumexp(log_joint, dim=1)
 
     def denoise(self, x: Tensor, level: Tensor | float) -> Tensor:
         """The exact posterior mean E[x0 | x] at noise level `level` (see the module docstring).
+
+        With c_k = tau_k^2 / (tau_k^2 + level^2) the component term is
+        (1 - c_k) mu_k + c_k x + U_k ((lambda_k / (lambda_k + level^2) - c_k) z_k), so a batch
+        costs two matmuls with the stacked bases and O(B K r) elementwise work.
 
         Args:
             x: noisy samples on the level axis [B, ...] with d values per sample.
@@ -178,23 +247,25 @@ class GaussianMixture:
         Returns:
             E[x0 | x] shaped and typed like x.
         """
-        log_joint, z, var = self._posterior(x, level)
-        b, k, d = z.shape
-        r = torch.softmax(log_joint, dim=1)  # responsibilities, log-sum-exp stable [B, K]
-        # mu_k + U_k diag(lambda / (lambda + level^2)) U_k^T (x - mu_k), mixed by r_k.
-        shrunk = (r.unsqueeze(-1) * (self.evals / var) * z).reshape(b, k * d)
-        x0 = r @ self.means + shrunk @ self._basis.T  # [B, d]
+        flat = self._flat(x)
+        b, k, r = flat.shape[0], self.num_components, self.rank
+        log_joint, z, var, iso = self._posterior(flat, level)
+        resp = torch.softmax(log_joint, dim=1)  # responsibilities, log-sum-exp stable [B, K]
+        c = self.noise / iso  # [B or 1, K]
+        gain = self.evals / var - c.unsqueeze(-1)  # [B or 1, K, r]
+        coords = (gain * z).mul_(resp.unsqueeze(-1)).reshape(b, k * r)
+        x0 = (resp * c).sum(1, keepdim=True) * flat + (resp * (1 - c)) @ self.means
+        x0 = x0 + coords @ self._basis.T  # [B, d]
         return x0.reshape(x.shape).to(x.dtype)
 
     __call__ = denoise
 
     def score(self, x: Tensor, level: Tensor | float) -> Tensor:
-        """grad log p(x; level) = (D(x, level) - x) / level^2 (Tweedie), like x."""
-        level = torch.as_tensor(level, dtype=torch.float64)
+        """grad_x log p(x; level) = (D(x, level) - x) / level^2 (Tweedie), like x."""
+        level = _f64(level)
         lv = level.reshape(-1, *([1] * (x.ndim - 1))) if level.ndim else level
-        return ((self.denoise(x, level).to(torch.float64) - x.to(torch.float64)) / lv**2).to(
-            x.dtype
-        )
+        denoised = self.denoise(x, level).to(torch.float64)
+        return ((denoised - x.to(torch.float64)) / lv**2).to(x.dtype)
 
     # ------------------------------------------------------------------ reference ODE
 
@@ -207,10 +278,10 @@ class GaussianMixture:
         rtol: float = 1e-10,
         atol: float = 1e-10,
     ) -> Tensor:
-        """Integrate the probability-flow ODE from level_from down to level_to with DOP853.
+        """Integrate the probability-flow ODE from level_from to level_to with DOP853.
 
         In log-level time u = log(level) the ODE dx/dlevel = (x - D) / level becomes
-        dx/du = x - D(x, e^u), which is smooth across the whole range; the batch is one state.
+        dx/du = x - D(x, e^u), smooth across the whole range; the batch is one state vector.
 
         Args:
             x: samples at level_from [B, ...].
@@ -249,7 +320,7 @@ class GaussianMixture:
     def reference_endpoint(
         self, x: Tensor, level_max: float, level_min: float, **tolerances: float
     ) -> Tensor:
-        """The sampler convention's end point: D(x(level_min), level_min), x from level_max.
+        """The samplers' end point convention: D(x(level_min), level_min), x from level_max.
 
         Every sampler's last step jumps from level_min to 0 by returning the denoised estimate,
         so this is what an exact solver of the ODE on [level_min, level_max] returns.
@@ -281,7 +352,7 @@ def sliced_wasserstein(
     b = b.reshape(b.shape[0], -1).to(torch.float64)
     if a.shape != b.shape:
         raise ValueError(
-            f"sample sets must have equal shapes, got {tuple(a.shape)}, {tuple(b.shape)}"
+            f"sample sets must have equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
     theta = torch.randn(a.shape[1], projections, generator=generator, dtype=torch.float64)
     theta = theta / theta.norm(dim=0, keepdim=True)
@@ -296,7 +367,7 @@ def moments_close(
     """Check a sample set's mean and covariance against exact moments.
 
     Standard errors: Var(mean_i) = C_ii / N; Var(cov_ij) ~ (C_ii C_jj + C_ij^2) / N (Gaussian
-    fourth moments; loose for mixtures, hence the default 5 standard errors).
+    fourth moments; loose for mixtures, hence the default of 5 standard errors).
 
     Args:
         samples: [N, d].
@@ -315,4 +386,4 @@ def moments_close(
     return bool(mean_err <= z and cov_err <= z), message
 
 
-__all__: Sequence[str] = ["GaussianMixture", "moments_close", "sliced_wasserstein"]
+__all__ = ["GaussianMixture", "moments_close", "sliced_wasserstein"]

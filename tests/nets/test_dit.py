@@ -46,11 +46,15 @@ def test_text_conditioning(mode: str, pos: str) -> None:
     ctx, pooled = torch.randn(2, 7, 12), torch.randn(2, 6)
     mask = torch.ones(2, 7, dtype=torch.bool)
     mask[0, 4:] = False
-    out = net(x, t, context=ctx, context_mask=mask, pooled=pooled, class_labels=torch.tensor([1, 2]))
+    out = net(
+        x, t, context=ctx, context_mask=mask, pooled=pooled, class_labels=torch.tensor([1, 2])
+    )
     assert out.shape == (2, 4, 16, 16)
     ctx2 = ctx.clone()
     ctx2[0, 4:] = 42.0  # masked tokens change nothing
-    out2 = net(x, t, context=ctx2, context_mask=mask, pooled=pooled, class_labels=torch.tensor([1, 2]))
+    out2 = net(
+        x, t, context=ctx2, context_mask=mask, pooled=pooled, class_labels=torch.tensor([1, 2])
+    )
     torch.testing.assert_close(out2, out)
     assert net(torch.randn(2, 4, 8, 12), t, context=ctx).shape == (2, 4, 8, 12)
 
@@ -130,7 +134,9 @@ def test_wrong_inputs_errors() -> None:
     with pytest.raises(ValueError, match=r"\(B, 4, H, W\).*got \(2, 3, 16, 16\)"):
         net(torch.randn(2, 3, 16, 16), t)
     uncond = _net(num_classes=0)
-    with pytest.raises(ValueError, match=r"class_labels given to a DiT without class .*num_classes=0"):
+    with pytest.raises(
+        ValueError, match=r"class_labels given to a DiT without class .*num_classes=0"
+    ):
         uncond(x, t, class_labels=torch.tensor([1, 2]))
     text = _net(context_dim=12)
     with pytest.raises(ValueError, match=r"context must have shape \(2, L, 12\), got \(2, 5, 16\)"):
@@ -154,7 +160,9 @@ def test_compile_fullgraph() -> None:
     for changes in ({}, {"context_dim": 8, "text_mode": "joint", "pos_embed": "rope"}):
         net = _net(**changes)
         x, t = _inputs()
-        cond = {"context": torch.randn(2, 3, 8)} if changes else {"class_labels": torch.tensor([1, 2])}
+        cond = (
+            {"context": torch.randn(2, 3, 8)} if changes else {"class_labels": torch.tensor([1, 2])}
+        )
         compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
         with torch.no_grad():
             torch.testing.assert_close(compiled(x, t, **cond), net(x, t, **cond))

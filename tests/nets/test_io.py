@@ -77,7 +77,9 @@ def test_get_config_and_build() -> None:
     with pytest.raises(TypeError, match="UNetConfig or DiTConfig"):
         nets.build_network(object())  # type: ignore[arg-type]
     # The training code fills data-dependent fields with dataclasses.replace.
-    cfg = dataclasses.replace(nets.get_config("unet-s"), in_channels=1, out_channels=1, num_classes=10)
+    cfg = dataclasses.replace(
+        nets.get_config("unet-s"), in_channels=1, out_channels=1, num_classes=10
+    )
     assert cfg.num_classes == 10
 
 

@@ -127,7 +127,10 @@ def test_bf16_autocast() -> None:
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"num_heads": 3, "head_channels": 0}, "num_heads=3 does not divide the attention width 32"),
+        (
+            {"num_heads": 3, "head_channels": 0},
+            "num_heads=3 does not divide the attention width 32",
+        ),
         ({"head_channels": 24}, "head_channels=24 does not divide the attention width 32"),
         ({"num_groups": 6}, "num_groups=6 does not divide 16 channels"),
         ({"attention_levels": (2,)}, r"attention_levels \(2,\) has levels \[2\] outside 0..1"),

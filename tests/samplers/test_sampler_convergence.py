@@ -66,8 +66,9 @@ def convergence_slope(sampler, mixture, x, ref, steps_list) -> tuple[float, list
     return -float(slope), errors
 
 
-@pytest.mark.parametrize(("sampler", "order", "steps"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("sampler", "order", "steps"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_convergence_order(sampler, order, steps, smooth_mixture, ode_problem):
     x, ref = ode_problem
     slope, errors = convergence_slope(sampler, smooth_mixture, x, ref, steps)
@@ -90,6 +91,9 @@ def test_heun_counts_two_calls_per_step_but_the_last():
         calls += 1
         return 0.5 * x
 
-    heun(denoise, torch.ones(2, 3, dtype=torch.float64),
-         karras(None, 7, level_min=0.1, level_max=10.0))
+    heun(
+        denoise,
+        torch.ones(2, 3, dtype=torch.float64),
+        karras(None, 7, level_min=0.1, level_max=10.0),
+    )
     assert calls == 2 * 7 - 1

@@ -62,10 +62,13 @@ def _sample(sampler, mixture: GaussianMixture, levels: torch.Tensor, seed: int =
 
 def _mean_sw(a: torch.Tensor, b: torch.Tensor) -> float:
     pairs = zip(a.reshape(SETS, SET_SIZE, -1), b.reshape(SETS, SET_SIZE, -1))
-    return sum(
-        sliced_wasserstein(x, y, projections=64, generator=torch.Generator().manual_seed(7))
-        for x, y in pairs
-    ) / SETS
+    return (
+        sum(
+            sliced_wasserstein(x, y, projections=64, generator=torch.Generator().manual_seed(7))
+            for x, y in pairs
+        )
+        / SETS
+    )
 
 
 @pytest.fixture(scope="module")

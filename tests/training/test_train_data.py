@@ -143,3 +143,16 @@ def test_order_is_deterministic_shardable_and_stateless():
         BatchOrder(num_items=3, batch_size=4, seed=0)
     with pytest.raises(DataError, match="num_items=10"):
         BatchOrder(num_items=11, batch_size=4, seed=3).check_resumable(order.state_dict(3))
+
+
+def test_the_shared_mnist_archive_loads_through_the_one_setting():
+    try:
+        path = shared_data_file("mnist-train.npz")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    cfg = DataConfig(source="npz", path="shared:mnist-train.npz", resolution=28, holdout=5000)
+    data = TrainData(build_dataset(cfg), cfg)
+    assert path.parent == shared_data_dir()
+    assert len(data) == 55_000 and data.num_classes == 10 and data.channels == 1
+    x, labels, _ = data.batch([0, 1])
+    assert x.shape == (2, 1, 28, 28) and labels.tolist() == [5, 0]  # MNIST's first labels

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from diffuse.nets.layers import (
     CrossAttention,
     JointAttention,
+    Linear,
     Mlp,
     NoiseEmbedding,
     SelfAttention,
@@ -296,7 +297,7 @@ class FinalLayer(nn.Module):
     def __init__(self, D: int, patch_dim: int) -> None:
         super().__init__()
         self.ada = nn.Linear(D, 2 * D)
-        self.linear = nn.Linear(D, patch_dim)
+        self.linear = Linear(D, patch_dim)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """(B, N, D), (B, D) -> (B, N, patch_dim)."""
@@ -320,7 +321,7 @@ class DiT(nn.Module):
         super().__init__()
         self.config = cfg = config
         D, p = cfg.hidden_size, cfg.patch_size
-        self.patch_embed = nn.Linear((cfg.in_channels + cfg.extra_in_channels) * p * p, D)
+        self.patch_embed = Linear((cfg.in_channels + cfg.extra_in_channels) * p * p, D)
         self.time_embed = NoiseEmbedding(
             cfg.freq_dim, D, max_period=cfg.max_period, scale=cfg.noise_scale
         )
@@ -332,7 +333,7 @@ class DiT(nn.Module):
             else None
         )
         joint = cfg.context_dim > 0 and cfg.text_mode == "joint"
-        self.context_embed = nn.Linear(cfg.context_dim, D) if joint else None
+        self.context_embed = Linear(cfg.context_dim, D) if joint else None
         if joint:
             self.blocks = nn.ModuleList(
                 JointBlock(cfg, context_out=i < cfg.depth - 1) for i in range(cfg.depth)

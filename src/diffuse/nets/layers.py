@@ -18,12 +18,14 @@ from torch import Tensor, nn
 __all__ = [
     "CrossAttention",
     "JointAttention",
+    "Linear",
     "Mlp",
     "NoiseEmbedding",
     "SelfAttention",
     "apply_rope",
     "conv3x3_upsample2x",
     "key_padding_mask",
+    "linear",
     "modulate",
     "patchify",
     "reference_kernels",
@@ -101,6 +103,50 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
         (B, N, D).
     """
     return torch.addcmul(shift, x, 1 + scale)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear, routed through oneDNN on CPU in fp32.
+
+    PyTorch sends fp32 matrix products on CPU to MKL's sgemm, while convolutions go to oneDNN,
+    whose kernels run about 10% faster here (forward and backward). A linear map over the
+    last axis is a 1x1 convolution of the rows seen as a channels_last image, so for
+    contiguous fp32 CPU inputs we call the convolution: same weights, same result up to
+    summation order. Elsewhere (GPU, autocast, compile, odd sizes) it is F.linear.
+
+    Args:
+        x: (..., in_features).
+        weight: (out_features, in_features).
+        bias: (out_features,) or None.
+    Returns:
+        (..., out_features).
+    """
+    rows = x.numel() // x.shape[-1] if x.numel() else 0
+    if (
+        x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or rows < 32
+        or rows % 16
+        or not x.is_contiguous()
+        or torch.is_autocast_enabled("cpu")
+        or torch.compiler.is_compiling()
+    ):
+        return F.linear(x, weight, bias)
+    k, n = x.shape[-1], weight.shape[0]
+    # (R, k) rows -> (16, k, 1, R/16) channels_last image; a batch of 16 or more makes
+    # PyTorch pick oneDNN for 1x1 kernels even on one thread.
+    img = x.reshape(16, 1, rows // 16, k).permute(0, 3, 1, 2)
+    out = F.conv2d(img, weight.view(n, k, 1, 1), bias)  # (16, n, 1, R/16) channels_last
+    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], n)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state dict) whose forward uses `linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., in_features) -> (..., out_features)."""
+        return linear(x, self.weight, self.bias)
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,8 +315,8 @@ class SelfAttention(nn.Module):
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by heads={heads}")
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
         hd = dim // heads
         self.q_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else None
         self.k_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else None
@@ -306,9 +352,9 @@ class CrossAttention(nn.Module):
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by heads={heads}")
         self.heads, self.context_dim = heads, context_dim
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(context_dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
+        self.kv = Linear(context_dim, 2 * dim)
+        self.proj = Linear(dim, dim)
         hd = dim // heads
         self.q_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else None
         self.k_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else None
@@ -388,8 +434,8 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, N, dim) -> (B, N, dim)."""

@@ -1,14 +1,23 @@
 """Samplers: stateless functions over (denoise, x, levels) on the level axis.
 
-    levels = karras(process, steps)                      # 1-D float64, ends in 0
-    noise = SeededNoise(seeds)                            # per-sample reproducible
-    x = noise.initial(shape) * levels[0]
-    x0 = dpmpp_2m(denoise, x, levels, callback=progress)  # or get_sampler("dpmpp_2m")
+levels = karras(process, steps)                      # 1-D float64, ends in 0
+noise = SeededNoise(seeds)                            # per-sample reproducible
+x = noise.initial(shape) * levels[0]
+x0 = dpmpp_2m(denoise, x, levels, callback=progress)  # or get_sampler("dpmpp_2m")
 """
 
 from diffuse.samplers.base import Callback, DenoiseFn, NoiseFn, StepInfo
+from diffuse.samplers.bespoke import (
+    BespokeCoefficients,
+    Candidate,
+    bespoke,
+    fit_bespoke,
+    fit_candidates,
+    fit_solver,
+    initial_coefficients,
+)
 from diffuse.samplers.fit import fit_schedule
-from diffuse.samplers.multistep import dpmpp_2m, dpmpp_3m, exponential_multistep, unipc
+from diffuse.samplers.multistep import deis, dpmpp_2m, dpmpp_3m, exponential_multistep, unipc
 from diffuse.samplers.noise import SeededNoise
 from diffuse.samplers.ode import ddim, euler, heun
 from diffuse.samplers.registry import (
@@ -28,6 +37,8 @@ from diffuse.samplers.stochastic import (
 
 __all__ = [
     "SAMPLERS",
+    "BespokeCoefficients",
+    "Candidate",
     "SCHEDULES",
     "STOCHASTIC",
     "Callback",
@@ -35,8 +46,10 @@ __all__ = [
     "NoiseFn",
     "SeededNoise",
     "StepInfo",
+    "bespoke",
     "ddim",
     "ddpm_ancestral",
+    "deis",
     "dpmpp_2m",
     "dpmpp_2m_sde",
     "dpmpp_3m",
@@ -44,11 +57,15 @@ __all__ = [
     "euler",
     "euler_ancestral",
     "exponential_multistep",
+    "fit_bespoke",
+    "fit_candidates",
     "fit_schedule",
+    "fit_solver",
     "flow_shift",
     "get_sampler",
     "get_schedule",
     "heun",
+    "initial_coefficients",
     "karras",
     "loglinear",
     "uniform_t",

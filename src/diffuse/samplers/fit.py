@@ -37,7 +37,8 @@ def _levels_from_theta(theta: list[float], level_min: float, level_max: float) -
     """Decreasing levels [level_max, ..., level_min, 0] from the free gap logits theta."""
     logits = torch.tensor([0.0, *theta], dtype=torch.float64)
     gaps = math.log(level_max / level_min) * torch.softmax(logits, dim=0)
-    log_levels = math.log(level_max) - torch.cat([torch.zeros(1, dtype=torch.float64), gaps.cumsum(0)])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.float64), gaps.cumsum(0)])
+    log_levels = math.log(level_max) - offsets
     levels = log_levels.exp()
     levels[0], levels[-1] = level_max, level_min
     return finish(levels)
@@ -88,8 +89,11 @@ def fit_schedule(
     options = dict(sampler_options or {})
     levels = karras(None, steps, level_min=level_min, level_max=level_max) if init is None else init
     levels = torch.as_tensor(levels, dtype=torch.float64)
-    if levels.shape != (steps + 1,) or steps > 1 and (
-        not math.isclose(float(levels[0]), level_max) or not math.isclose(float(levels[-2]), level_min)
+    ends = (float(levels[0]), float(levels[-2])) if levels.shape == (steps + 1,) else None
+    if (
+        ends is None
+        or steps > 1
+        and not (math.isclose(ends[0], level_max) and math.isclose(ends[1], level_min))
     ):
         raise ValueError(
             f"init must have {steps + 1} levels from level_max={level_max} to "
@@ -101,6 +105,7 @@ def fit_schedule(
         ref_levels = karras(None, reference_steps, level_min=level_min, level_max=level_max)
         target = unipc(denoise, x, ref_levels, order=3)
 
+    @torch.no_grad()
     def loss(theta: list[float]) -> float:
         out = sampler(denoise, x, _levels_from_theta(theta, level_min, level_max), **options)
         value = objective(out, target) if objective else float(((out - target) ** 2).mean())
@@ -136,7 +141,5 @@ def fit_schedule(
             if value >= best:
                 break
             base, theta, best = theta, trial, value
-    logger.info(
-        "fit_schedule: %d steps, mse %.3e -> %.3e in %d runs", steps, start, best, evals
-    )
+    logger.info("fit_schedule: %d steps, mse %.3e -> %.3e in %d runs", steps, start, best, evals)
     return _levels_from_theta(theta, level_min, level_max)

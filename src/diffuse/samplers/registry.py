@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 from torch import Tensor
 
-from diffuse.samplers.multistep import dpmpp_2m, dpmpp_3m, unipc
+from diffuse.samplers.multistep import deis, dpmpp_2m, dpmpp_3m, unipc
 from diffuse.samplers.ode import ddim, euler, heun
 from diffuse.samplers.schedules import flow_shift, karras, loglinear, uniform_t
 from diffuse.samplers.stochastic import (
@@ -43,6 +43,8 @@ SAMPLERS: Mapping[str, Sampler] = MappingProxyType(
         "unipc": unipc,  # UniP-2 + UniC: order 3, diffusers' UniPCMultistep default
         "unipc_1": _named(unipc, "unipc_1", order=1),  # UniP-1 + UniC: order 2
         "unipc_3": _named(unipc, "unipc_3", order=3),  # UniP-3 + UniC: order 4
+        "deis": deis,  # eps polynomial in log-level, order 3
+        "deis_2": _named(deis, "deis_2", order=2),
         "ddpm_ancestral": ddpm_ancestral,
         "euler_ancestral": euler_ancestral,
         "dpmpp_2m_sde": dpmpp_2m_sde,

@@ -166,8 +166,9 @@ def uniform_t(
         total = process.num_timesteps
         if steps > total:
             raise ValueError(f"steps must be <= num_timesteps={total} for {process}, got {steps}")
-        if spacing == "linspace":
-            t = torch.linspace(0, total - 1, steps, dtype=torch.float64).round().flip(0)
+        if spacing == "linspace":  # one step starts at the top, like the other schedules
+            t = torch.linspace(0, total - 1, max(steps, 2), dtype=torch.float64).round().flip(0)
+            t = t[:steps]
         elif spacing == "trailing":
             t = (total - torch.arange(steps, dtype=torch.float64) * (total / steps)).round() - 1
         else:

@@ -491,7 +491,6 @@ def mix_seeds(*values: int) -> int:
     return h >> 1
 
 
-@dataclass(frozen=True)
 class BatchOrder:
     """Deterministic, shardable, resumable order of global batches.
 
@@ -501,16 +500,16 @@ class BatchOrder:
         seed: the run's seed.
     """
 
-    num_items: int
-    batch_size: int
-    seed: int
-
-    def __post_init__(self) -> None:
-        if self.num_items < self.batch_size:
+    def __init__(self, num_items: int, batch_size: int, seed: int) -> None:
+        if num_items < batch_size:
             raise DataError(
-                f"the dataset has {self.num_items} items, fewer than one batch of "
-                f"{self.batch_size}; lower optim.batch_size"
+                f"the dataset has {num_items} items, fewer than one batch of "
+                f"{batch_size}; lower optim.batch_size"
             )
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self._epoch: tuple[int, np.ndarray] | None = None  # the current epoch's permutation
 
     @property
     def batches_per_epoch(self) -> int:
@@ -525,11 +524,9 @@ class BatchOrder:
     def global_batch(self, step: int) -> np.ndarray:
         """Dataset indices of global batch `step` (0-based), [batch_size]."""
         epoch, j = divmod(step, self.batches_per_epoch)
-        cached = getattr(self, "_cache", None)
-        if cached is None or cached[0] != epoch:
-            cached = (epoch, self.permutation(epoch))
-            object.__setattr__(self, "_cache", cached)
-        return cached[1][j * self.batch_size : (j + 1) * self.batch_size]
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, self.permutation(epoch))
+        return self._epoch[1][j * self.batch_size : (j + 1) * self.batch_size]
 
     def shard(self, step: int, rank: int, world_size: int) -> tuple[np.ndarray, int]:
         """Rank `rank`'s slice of global batch `step` and the slice's first global position."""

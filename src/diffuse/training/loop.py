@@ -411,6 +411,18 @@ def _train(
     elif info.distributed and info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
 
+    if cfg.sample.every_steps:  # a typo here should not surface only at the first grid
+        from diffuse.samplers.registry import get_sampler, get_schedule
+
+        for key, lookup, name in (
+            ("sample.sampler", get_sampler, cfg.sample.sampler),
+            ("sample.schedule", get_schedule, cfg.sample.schedule),
+        ):
+            try:
+                lookup(name)
+            except ValueError as err:
+                raise ConfigError(f"{key}: {err}") from None
+
     # Data first: a missing or corrupt file fails before anything is written.
     data = TrainData(build_dataset(cfg.data, seed=cfg.train.seed), cfg.data)
     order = BatchOrder(len(data), o.batch_size, cfg.train.seed)

@@ -1,0 +1,281 @@
+"""3x3 convolutions by Winograd's minimal filtering, F(4x4, 3x3), for CPU fp32 training and
+sampling (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks", sec. 4).
+
+oneDNN's direct convolution already runs a CPU core near its FMA peak, so on CPU the only way
+to make a conv-bound U-Net faster is to do fewer multiplications. Winograd's algorithm computes
+each 4x4 output tile of a 3x3 convolution from a 6x6 input tile with 36 multiplications per
+(input channel, output channel) pair instead of 144:
+
+    Y = A^T [ (G g G^T) (.) (B^T d B) ] A                       (Lavin & Gray, eq. 10)
+
+Summed over input channels, the elementwise product becomes 36 independent matrix products
+(tiles x C_in) @ (C_in x C_out), one per tile frequency; the input, kernel and output
+transforms are small matrix products along the tile axes. The backward pass reuses the same
+structure: the output transform transposed gives the gradient at each frequency, two batched
+matrix products give the gradients of the transformed input and kernel, and the transposed
+input and kernel transforms bring them back (overlapping input tiles add their gradients).
+
+The result equals the direct convolution up to fp32 rounding (relative error ~1e-5; the
+transforms' small integer coefficients keep it well conditioned, which is why F(4x4, 3x3) and
+not a larger tile is used). Used only where it is measurably faster: CPU, fp32 (or fp64),
+channels_last activations of at least 16x16 pixels and 32 channels, no autocast, not under torch.compile
+(Inductor and cuDNN choose their own algorithms).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Conv3x3", "conv3x3", "winograd_conv3x3", "winograd_applies"]
+
+# F(4, 3) with interpolation points 0, +-1, +-2 and infinity (Lavin & Gray 2016, sec. 4.2).
+_BT = [
+    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+]
+_G = [
+    [1 / 4, 0.0, 0.0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0.0, 0.0, 1.0],
+]
+_AT = [
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+]
+_M, _N = 4, 6  # output tile, input tile
+
+_MATRICES: dict[tuple[torch.device, torch.dtype], tuple[Tensor, ...]] = {}
+
+
+def _matrices(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """(B^T, B, A^T, A, G2 = G kron G) on a device, built once per (device, dtype)."""
+    key = (device, dtype)
+    if key not in _MATRICES:
+        bt = torch.tensor(_BT, dtype=torch.float64)
+        at = torch.tensor(_AT, dtype=torch.float64)
+        g = torch.tensor(_G, dtype=torch.float64)
+        mats = (bt, bt.t(), at, at.t(), torch.kron(g, g))  # G2: (36, 9)
+        _MATRICES[key] = tuple(m.to(device=device, dtype=dtype).contiguous() for m in mats)
+    return _MATRICES[key]
+
+
+def _kernel_transform(weight: Tensor, g2: Tensor) -> Tensor:
+    """U^T = (G g G^T) for every (out, in) pair: (K, C, 3, 3) -> (36, K, C)."""
+    K, C = weight.shape[:2]
+    return torch.mm(g2, weight.reshape(K * C, 9).t()).view(_N * _N, K, C)
+
+
+class _Workspace(threading.local):
+    """Reusable scratch buffers, one per name and thread.
+
+    Each Winograd call needs several tile-sized temporaries. Fresh allocations of that size
+    come from glibc's mmap (or a freshly trimmed heap) and cost a page fault per 4 KiB on
+    first touch, which measured ~8% of a CPU training step; reusing grown buffers avoids it.
+    Only temporaries that die before the call returns live here.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """An uninitialised tensor of `shape` with like's dtype and device."""
+        n = 1
+        for d in shape:
+            n *= d
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty(n, dtype=like.dtype, device=like.device)
+            self.buffers[name] = buf
+        return buf[:n].view(shape)
+
+
+_WS = _Workspace()
+
+
+def _along_both(mat: Tensor, t: Tensor, out: Tensor | None = None, name: str = "") -> Tensor:
+    """Apply `mat` (r x s) along the two leading tile axes of t (s, s, R): (r, r, R).
+
+    Two skinny matrix products (first axis, then second) instead of one with mat kron mat:
+    6 + 6 instead of 36 multiply-adds per element.
+    """
+    s, r = t.shape[0], mat.shape[0]
+    rest = t.numel() // (s * s)
+    first = torch.mm(mat, t.reshape(s, -1), out=_WS.get(name + ".1", (r, s * rest), t))
+    if out is None:
+        out = _WS.get(name + ".2", (r, r, rest), t)
+    return torch.matmul(mat, first.view(r, s, rest), out=out)  # contracts the second axis
+
+
+def _input_transform(x: Tensor, nh: int, nw: int) -> Tensor:
+    """B^T d B for every 6x6 tile d of the zero-padded input: (B, C, H, W) -> (36, P, C),
+    P = B * nh * nw tiles, in a workspace buffer (valid until the next call)."""
+    bt = _matrices(x.device, x.dtype)[0]
+    B, C, H, W = x.shape
+    P = B * nh * nw
+    hp, wp = _M * nh + 2, _M * nw + 2
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, wp - W - 1, 1, hp - H - 1))  # (B, hp, wp, C)
+    sb, sh, sw, sc = xp.stride()
+    # Overlapping 6x6 tiles at stride 4, tile axes first: (6, 6, B, nh, nw, C) -> (6, 6, P*C).
+    tiles = xp.as_strided((_N, _N, B, nh, nw, C), (sh, sw, sb, _M * sh, _M * sw, sc))
+    d = _WS.get("d", (_N, _N, P * C), x)
+    d.view(tiles.shape).copy_(tiles)
+    return _along_both(bt, d, name="v").view(_N * _N, P, C)
+
+
+class _Winograd3x3(torch.autograd.Function):
+    """conv2d(x, weight, bias, padding=1) for channels_last x, by F(4x4, 3x3)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, ut: Tensor | None) -> Tensor:  # noqa: ANN001
+        _, _, at, _, g2 = _matrices(x.device, x.dtype)
+        B, C, H, W = x.shape
+        K = weight.shape[0]
+        nh, nw = -(-H // _M), -(-W // _M)
+        P = B * nh * nw  # tiles
+        v = _input_transform(x, nh, nw)  # (36, P, C)
+        if ut is None:
+            ut = _kernel_transform(weight, g2)  # (36, K, C)
+        m = torch.bmm(v, ut.transpose(1, 2), out=_WS.get("m", (_N * _N, P, K), x))  # per frequency
+        y4 = _along_both(at, m.view(_N, _N, P * K), name="y")  # (4, 4, P*K): A^T M A
+        # The output is allocated as a channels_last (B, K, H, W) tensor (not a view, so that
+        # callers may update it in place) and filled through its (B, nh, 4, nw, 4, K) view.
+        y = torch.empty(
+            B, K, _M * nh, _M * nw, dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+        )
+        dst = y.permute(0, 2, 3, 1).view(B, nh, _M, nw, _M, K)
+        tile_view = y4.view(_M, _M, B, nh, nw, K).permute(2, 3, 0, 4, 1, 5)  # (B, nh, 4, nw, 4, K)
+        if bias is None:
+            dst.copy_(tile_view)
+        else:
+            torch.add(tile_view, bias, out=dst)
+        if (_M * nh, _M * nw) != (H, W):
+            y = y[:, :, :H, :W].contiguous(memory_format=torch.channels_last)
+        # The transformed input is 2.25x the input; recomputing it in the backward pass is
+        # cheaper than keeping it (the input itself is kept by autograd anyway).
+        ctx.save_for_backward(x, ut)
+        ctx.shape = (B, C, H, W, K, nh, nw)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, gy: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+        x, ut = ctx.saved_tensors
+        B, C, H, W, K, nh, nw = ctx.shape
+        P = B * nh * nw
+        _, b, _, a, g2 = _matrices(gy.device, gy.dtype)
+        g = gy.permute(0, 2, 3, 1)  # (B, H, W, K)
+        if (_M * nh, _M * nw) != (H, W):
+            g = F.pad(g, (0, 0, 0, _M * nw - W, 0, _M * nh - H))
+        # Non-overlapping 4x4 output tiles, tile axes first: (4, 4, P*K).
+        gt = _WS.get("gt", (_M, _M, P * K), gy)
+        gt.view(_M, _M, B, nh, nw, K).copy_(g.reshape(B, nh, _M, nw, _M, K).permute(2, 4, 0, 1, 3, 5))
+        gm = _along_both(a, gt, name="gm").view(_N * _N, P, K)  # gradient at each frequency
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gv = torch.bmm(gm, ut, out=_WS.get("gv", (_N * _N, P, C), gy))  # (36, P, C)
+            # (6, 6, P*C): per-tile input gradient
+            gd = _along_both(b, gv.view(_N, _N, P * C), name="gd")
+            # (B, nh, 6, nw, 6, C): tile rows/cols next to each other for the overlap-add.
+            gd = gd.view(_N, _N, B, nh, nw, C).permute(2, 3, 0, 4, 1, 5)
+            hp, wp = _M * nh + 2, _M * nw + 2
+            # Tile rows 0-3 land on padded rows 4i..4i+3, rows 4-5 on 4i+4, 4i+5 (the next
+            # tile's first rows); the same for columns. Two spare rows/cols keep the views even.
+            gxp = _WS.get("gxp", (B, hp + 2, wp + 2, C), gy)
+            gxp[:, _M * nh :].zero_()
+            gxp[:, : _M * nh, _M * nw :].zero_()
+            first = True
+            for r0, r1, rs in ((0, 4, 0), (4, 6, 4)):
+                for c0, c1, cs in ((0, 4, 0), (4, 6, 4)):
+                    dst = gxp[:, rs : rs + _M * nh, cs : cs + _M * nw].view(B, nh, _M, nw, _M, C)
+                    dst = dst[:, :, : r1 - r0, :, : c1 - c0]
+                    if first:
+                        dst.copy_(gd[:, :, r0:r1, :, c0:c1])
+                        first = False
+                    else:
+                        dst += gd[:, :, r0:r1, :, c0:c1]
+            gx = gxp[:, 1 : H + 1, 1 : W + 1].permute(0, 3, 1, 2)
+            gx = gx.contiguous(memory_format=torch.channels_last)
+        if ctx.needs_input_grad[1]:
+            v = _input_transform(x, nh, nw)
+            gut = torch.bmm(gm.transpose(1, 2), v)  # (36, K, C)
+            gw = torch.mm(gut.view(_N * _N, K * C).t(), g2).view(K, C, 3, 3)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = gy.sum(dim=(0, 2, 3))
+        return gx, gw, gb, None
+
+
+def winograd_applies(x: Tensor, weight: Tensor) -> bool:
+    """Whether `conv3x3` takes the Winograd path for this input (see the module docstring)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and weight.dtype == x.dtype
+        and x.dim() == 4
+        and min(x.shape[1], weight.shape[0]) >= 32  # few channels: transforms dominate
+        and x.shape[2] >= 16
+        and x.shape[3] >= 16
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
+def winograd_conv3x3(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, *, kernel: Tensor | None = None
+) -> Tensor:
+    """conv2d(x, weight, bias, padding=1) by Winograd F(4x4, 3x3).
+
+    Args:
+        x: (B, C, H, W), channels_last memory.
+        weight: (K, C, 3, 3).
+        bias: (K,) or None.
+        kernel: the transformed kernel (36, K, C) if already computed (sampling cache).
+    Returns:
+        (B, K, H, W), channels_last.
+    """
+    return _Winograd3x3.apply(x, weight, bias, kernel)
+
+
+def conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """A stride-1, padding-1 3x3 convolution, by Winograd where that is faster."""
+    if winograd_applies(x, weight):
+        return winograd_conv3x3(x, weight, bias)
+    return F.conv2d(x, weight, bias, padding=1)
+
+
+class Conv3x3(nn.Conv2d):
+    """nn.Conv2d(cin, cout, 3, padding=1) (same parameters and state dict) computed by
+    `conv3x3`; when no gradient is recorded the transformed kernel is cached until the weight
+    changes (its version counter moves on every in-place update, e.g. an optimiser step)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 3, padding=1)
+        self._cache: tuple[tuple, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, cin, H, W) -> (B, cout, H, W)."""
+        from diffuse.nets.layers import use_reference_kernels
+
+        w = self.weight
+        if use_reference_kernels() or not winograd_applies(x, w):
+            return F.conv2d(x, w, self.bias, padding=1)
+        if torch.is_grad_enabled() and w.requires_grad:
+            return winograd_conv3x3(x, w, self.bias)
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if self._cache is None or self._cache[0] != key:
+            g2 = _matrices(w.device, w.dtype)[4]
+            self._cache = (key, _kernel_transform(w.detach(), g2))
+        return winograd_conv3x3(x, w, self.bias, kernel=self._cache[1])

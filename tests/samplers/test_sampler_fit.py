@@ -1,0 +1,142 @@
+"""Fitted schedules and bespoke solvers: valid output, better than their start, validated input."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from diffuse.samplers import (
+    BespokeCoefficients,
+    bespoke,
+    deis,
+    dpmpp_2m,
+    exponential_multistep,
+    fit_bespoke,
+    fit_schedule,
+    initial_coefficients,
+    karras,
+)
+
+LO, HI = 0.02, 10.0
+
+
+@pytest.fixture(scope="module")
+def batches(smooth_mixture):
+    g = torch.Generator().manual_seed(9)
+    fit = HI * torch.randn(32, 3, generator=g, dtype=torch.float64)
+    held_out = HI * torch.randn(32, 3, generator=g, dtype=torch.float64)
+    targets = [
+        smooth_mixture.reference_endpoint(x, HI, LO, rtol=1e-9, atol=1e-9) for x in (fit, held_out)
+    ]
+    return fit, held_out, *targets
+
+
+def _mse(a, b):
+    return float(((a - b) ** 2).mean())
+
+
+def test_fit_schedule_keeps_the_range_and_improves(smooth_mixture, batches):
+    fit, held_out, target_fit, target_held = batches
+    levels = fit_schedule(
+        smooth_mixture.denoise,
+        dpmpp_2m,
+        fit,
+        6,
+        level_min=LO,
+        level_max=HI,
+        target=target_fit,
+        budget=60,
+    )
+    assert levels.shape == (7,) and levels[-1] == 0
+    assert bool(torch.all(levels[:-1] > levels[1:]))
+    assert levels[0] == HI and levels[-2] == LO
+    start = karras(None, 6, level_min=LO, level_max=HI)
+    assert _mse(dpmpp_2m(smooth_mixture.denoise, fit, levels), target_fit) <= _mse(
+        dpmpp_2m(smooth_mixture.denoise, fit, start), target_fit
+    )
+
+
+def test_fit_schedule_default_reference_and_short_schedules(smooth_mixture, batches):
+    fit = batches[0]
+    two = fit_schedule(smooth_mixture.denoise, dpmpp_2m, fit, 2, level_min=LO, level_max=HI)
+    assert two.tolist() == [HI, LO, 0.0]
+    levels = fit_schedule(
+        smooth_mixture.denoise,
+        dpmpp_2m,
+        fit,
+        4,
+        level_min=LO,
+        level_max=HI,
+        budget=10,
+        reference_steps=64,
+    )
+    assert levels.shape == (5,)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"budget": 0}, "budget"), ({"init": torch.tensor([5.0, 1.0, 0.0])}, "init")],
+)
+def test_fit_schedule_validation(smooth_mixture, batches, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit_schedule(
+            smooth_mixture.denoise, dpmpp_2m, batches[0], 3, level_min=LO, level_max=HI, **kwargs
+        )
+    with pytest.raises(ValueError, match="level_min=20.0 >= level_max=10.0"):
+        fit_schedule(smooth_mixture.denoise, dpmpp_2m, batches[0], 3, level_min=20.0, level_max=HI)
+
+
+@pytest.mark.parametrize(
+    ("base", "order", "sampler"),
+    [
+        ("deis", 1, functools.partial(deis, order=1)),
+        ("deis", 2, functools.partial(deis, order=2)),
+        ("deis", 3, deis),
+        ("dpmpp", 2, functools.partial(exponential_multistep, order=2)),
+        ("dpmpp", 3, exponential_multistep),
+    ],
+)
+def test_initial_coefficients_reproduce_the_base_sampler(
+    smooth_mixture, batches, base, order, sampler
+):
+    x = batches[0]
+    levels = karras(None, 8, level_min=LO, level_max=HI)
+    coefficients = initial_coefficients(levels, base=base, order=order)
+    out = bespoke(smooth_mixture.denoise, x, levels, coefficients=coefficients)
+    assert float((out - sampler(smooth_mixture.denoise, x, levels)).abs().max()) < 1e-10
+
+
+def test_fit_bespoke_improves_on_held_out_noise(smooth_mixture, batches):
+    fit, held_out, target_fit, target_held = batches
+    levels = karras(None, 5, level_min=LO, level_max=HI)
+    start = initial_coefficients(levels, base="deis", order=2)
+    fitted = fit_bespoke(smooth_mixture.denoise, fit, levels, target=target_fit, iterations=30)
+    before = _mse(
+        bespoke(smooth_mixture.denoise, held_out, levels, coefficients=start), target_held
+    )
+    with torch.no_grad():
+        after = _mse(
+            bespoke(smooth_mixture.denoise, held_out, levels, coefficients=fitted), target_held
+        )
+    assert after < 0.5 * before
+    assert BespokeCoefficients.from_dict(fitted.to_dict()) == fitted
+
+
+def test_bespoke_validation(smooth_mixture, batches):
+    levels = karras(None, 4, level_min=LO, level_max=HI)
+    coefficients = initial_coefficients(levels)
+    other = karras(None, 4, level_min=LO, level_max=5.0)
+    with pytest.raises(ValueError, match="differ"):
+        bespoke(smooth_mixture.denoise, batches[0], other, coefficients=coefficients)
+    with pytest.raises(ValueError, match="row lengths"):
+        BespokeCoefficients((1.0, 0.0), (1.0,), ((1.0, 2.0),))
+    with pytest.raises(ValueError, match="'heun'"):
+        initial_coefficients(levels, base="heun")
+
+    def frozen(x, level):
+        return smooth_mixture.denoise(x, level).detach()
+
+    with pytest.raises(ValueError, match="differentiate"):
+        fit_bespoke(frozen, batches[0], levels, target=batches[2], iterations=2)
