@@ -19,7 +19,7 @@ extra), fed the same noise and the same range, the exact denoiser wrapped as an 
 on their VP x_t scale; k-diffusion's samplers when `k_diffusion` imports (it needs torchvision;
 the script says so when it is missing).
 
-    python benchmarks/samplers.py --json samplers.json          # about 4 minutes, 1 thread
+    python benchmarks/samplers.py --json samplers.json          # 4-5 minutes, 1 thread
     python benchmarks/samplers.py --quick                        # a smoke run
 
 Prints a markdown table per problem and the best-per-NFE ratios; writes all rows as JSON.

@@ -126,7 +126,7 @@ class DataConfig:
     channels: Literal[0, 1, 3] = 0  # 0 keeps the data's own
     pad: int = 0
     flip: bool = False
-    holdout: int = 0  # the last `holdout` items are left out (validation split)
+    holdout: int = 0  # items left out by `data.heldout_indices` (validation split)
     limit: int = 0  # use only the first `limit` items (0: all)
 
     def __post_init__(self) -> None:

@@ -220,11 +220,12 @@ class GaussianMixture:
         z = (x @ self._basis).reshape(b, k, r) - self._mean_coords  # [B, K, r]
         var = self.evals + level2.unsqueeze(-1)  # [B or 1, K, r]
         iso = self.noise + level2  # [B or 1, K]
-        maha = (z * z / var).sum(-1)  # [B, K]
+        zz = z * z
+        maha = (zz / var).sum(-1)  # [B, K]
         log_det = var.log().sum(-1)
         if r < d:  # the isotropic complement: |x - mu|^2 - |z|^2 over tau^2 + level^2
             dist2 = (x * x).sum(1, keepdim=True) - 2 * x @ self.means.T + self._mean_sq
-            maha = maha + (dist2 - (z * z).sum(-1)).clamp(min=0) / iso
+            maha = maha + (dist2 - zz.sum(-1)).clamp(min=0) / iso
             log_det = log_det + (d - r) * iso.log()
         log_joint = self._log_weights - 0.5 * (maha + log_det + d * math.log(2 * math.pi))
         return log_joint, z, var, iso

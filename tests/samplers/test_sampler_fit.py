@@ -14,9 +14,12 @@ from diffuse.samplers import (
     dpmpp_2m,
     exponential_multistep,
     fit_bespoke,
+    fit_candidates,
     fit_schedule,
+    fit_solver,
     initial_coefficients,
     karras,
+    unipc,
 )
 
 LO, HI = 0.02, 10.0
@@ -51,17 +54,34 @@ def test_fit_schedule_keeps_the_range_and_improves(smooth_mixture, batches):
     )
     assert levels.shape == (7,) and levels[-1] == 0
     assert bool(torch.all(levels[:-1] > levels[1:]))
-    assert levels[0] == HI and levels[-2] == LO
+    assert levels[0] == HI and levels[-2] >= LO
     start = karras(None, 6, level_min=LO, level_max=HI)
     assert _mse(dpmpp_2m(smooth_mixture.denoise, fit, levels), target_fit) <= _mse(
         dpmpp_2m(smooth_mixture.denoise, fit, start), target_fit
     )
+    pinned = fit_schedule(
+        smooth_mixture.denoise,
+        dpmpp_2m,
+        fit,
+        6,
+        level_min=LO,
+        level_max=HI,
+        target=target_fit,
+        budget=30,
+        free_end=False,
+        init=start,
+    )
+    assert pinned[0] == HI and pinned[-2] == LO
 
 
 def test_fit_schedule_default_reference_and_short_schedules(smooth_mixture, batches):
     fit = batches[0]
-    two = fit_schedule(smooth_mixture.denoise, dpmpp_2m, fit, 2, level_min=LO, level_max=HI)
+    two = fit_schedule(
+        smooth_mixture.denoise, dpmpp_2m, fit, 2, level_min=LO, level_max=HI, free_end=False
+    )
     assert two.tolist() == [HI, LO, 0.0]
+    one = fit_schedule(smooth_mixture.denoise, dpmpp_2m, fit, 1, level_min=LO, level_max=HI)
+    assert one.tolist() == [HI, 0.0]
     levels = fit_schedule(
         smooth_mixture.denoise,
         dpmpp_2m,
@@ -96,6 +116,9 @@ def test_fit_schedule_validation(smooth_mixture, batches, kwargs, match):
         ("deis", 3, deis),
         ("dpmpp", 2, functools.partial(exponential_multistep, order=2)),
         ("dpmpp", 3, exponential_multistep),
+        ("unipc", 1, functools.partial(unipc, order=1)),
+        ("unipc", 2, unipc),
+        ("unipc", 3, functools.partial(unipc, order=3)),
     ],
 )
 def test_initial_coefficients_reproduce_the_base_sampler(
@@ -140,3 +163,22 @@ def test_bespoke_validation(smooth_mixture, batches):
 
     with pytest.raises(ValueError, match="differentiate"):
         fit_bespoke(frozen, batches[0], levels, target=batches[2], iterations=2)
+
+
+def test_fit_solver_picks_the_best_validated_candidate(smooth_mixture, batches):
+    fit, held_out, target_fit, target_held = batches
+    kwargs = {"level_min": LO, "level_max": HI, "target": target_fit, "budget": 12, "iterations": 6}
+    found = fit_candidates(smooth_mixture.denoise, fit, 4, **kwargs)
+    assert [(c.base, c.order) for c in found] == [("deis", 2), ("deis", 3), ("unipc", 2)]
+    chosen = fit_solver(smooth_mixture.denoise, fit, 4, **kwargs)
+    best = min(found, key=lambda c: c.validation_mse)
+    assert chosen == best.coefficients
+    levels = torch.tensor(chosen.levels, dtype=torch.float64)
+    with torch.no_grad():
+        out = bespoke(smooth_mixture.denoise, held_out, levels, coefficients=chosen)
+    start = karras(None, 4, level_min=LO, level_max=HI)
+    assert _mse(out, target_held) < _mse(
+        dpmpp_2m(smooth_mixture.denoise, held_out, start), target_held
+    )
+    with pytest.raises(ValueError, match="1.5"):
+        fit_solver(smooth_mixture.denoise, fit, 4, validation_fraction=1.5, **kwargs)

@@ -16,6 +16,7 @@ from diffuse.training.data import (
     ProceduralDataset,
     TrainData,
     build_dataset,
+    heldout_indices,
     prepare_image,
     shared_data_dir,
     shared_data_file,
@@ -46,7 +47,13 @@ def _npz(path, n=12, size=6, channels=1, **extra):
 def test_npz_dataset_and_its_errors(tmp_path):
     ds = NpzDataset(_npz(tmp_path / "d.npz"), holdout=2)
     assert len(ds) == 10 and ds.num_classes == 3 and ds.class_names == ["a", "b", "c"]
-    assert ds[4].label == 1 and ds[4].image.shape == (6, 6, 1)
+    train_idx, held_idx = heldout_indices(12, 2)
+    assert ds[4].label == train_idx[4] % 3 and ds[4].image.shape == (6, 6, 1)
+    # Exactly the held-out rule's images are left out (the same ones `diffuse eval` uses).
+    kept = {bytes(ds[i].image.tobytes()) for i in range(len(ds))}
+    with np.load(tmp_path / "d.npz") as archive:
+        held = {bytes(archive["images"][j].tobytes()) for j in held_idx}
+    assert not kept & held
     with pytest.raises(FileNotFoundError, match="does not exist"):
         NpzDataset(tmp_path / "missing.npz")
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
@@ -155,4 +162,7 @@ def test_the_shared_mnist_archive_loads_through_the_one_setting():
     assert path.parent == shared_data_dir()
     assert len(data) == 55_000 and data.num_classes == 10 and data.channels == 1
     x, labels, _ = data.batch([0, 1])
-    assert x.shape == (2, 1, 28, 28) and labels.tolist() == [5, 0]  # MNIST's first labels
+    train_idx, _ = heldout_indices(60_000, 5000)
+    with np.load(path) as archive:
+        expected = archive["labels"][train_idx[:2]].tolist()
+    assert x.shape == (2, 1, 28, 28) and labels.tolist() == expected

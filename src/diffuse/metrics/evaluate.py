@@ -21,7 +21,7 @@ import torch
 from diffuse.metrics.classifier import Classifier, load_classifier
 from diffuse.metrics.frechet import feature_stats, frechet_distance
 from diffuse.metrics.kid import kid
-from diffuse.training.data import shared_data_dir
+from diffuse.training.data import HELDOUT_SEED, HELDOUT_SIZE, heldout_indices, shared_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +41,12 @@ __all__ = [
     "sample_model_for_eval",
 ]
 
-HELDOUT_SEED = 0
-HELDOUT_SIZE = 5000
 # Dataset name -> archive in the shared data folder (see shared/data/README.md).
 DATASET_FILES: dict[str, str] = {
     "mnist": "mnist-train.npz",
     "fashion-mnist": "fashion-mnist-train.npz",
     "cifar10": "cifar10-train.npz",
 }
-
-
-def heldout_indices(
-    n: int, heldout: int = HELDOUT_SIZE, seed: int = HELDOUT_SEED
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split `range(n)` into (train, held-out) index arrays by the module's rule.
-
-    Args:
-        n: dataset size.
-        heldout: size of the held-out part (the last `heldout` permuted indices).
-        seed: seed of the permutation.
-
-    Returns:
-        (train_idx (n - heldout,), heldout_idx (heldout,)) int64 arrays.
-    """
-    if not 0 < heldout < n:
-        raise ValueError(f"heldout={heldout} must be in (0, n={n})")
-    perm = np.random.default_rng(seed).permutation(n)
-    return perm[: n - heldout], perm[n - heldout :]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Conv3x3", "conv3x3", "winograd_conv3x3", "winograd_applies"]
+__all__ = ["Conv3x3", "SavedInput", "conv3x3", "winograd_applies", "winograd_conv3x3"]
 
 # F(4, 3) with interpolation points 0, +-1, +-2 and infinity (Lavin & Gray 2016, sec. 4.2).
 _BT = [
@@ -119,9 +119,46 @@ def _along_both(mat: Tensor, t: Tensor, out: Tensor | None = None, name: str = "
     return torch.matmul(mat, first.view(r, s, rest), out=out)  # contracts the second axis
 
 
-def _input_transform(x: Tensor, nh: int, nw: int) -> Tensor:
+class SavedInput:
+    """Per-layer storage for the transformed input between a training forward and backward.
+
+    Keeping B^T d B for the backward pass saves recomputing it, but a fresh 2.25x-input
+    allocation per layer and step page-faults (glibc returns such blocks to the system). A
+    layer therefore reuses one buffer across steps. `token` identifies the forward call that
+    wrote it: if the layer ran again before the backward (weight sharing, checkpointing),
+    the backward sees another token and recomputes from the saved input instead.
+    """
+
+    def __init__(self) -> None:
+        self.tensor: Tensor | None = None
+        self.token = 0
+
+    def claim(self, shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, int]:
+        """A (grown if needed) view of the buffer to write into, and the token of this write."""
+        n = 1
+        for d in shape:
+            n *= d
+        buf = self.tensor
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self.tensor = torch.empty(n, dtype=like.dtype, device=like.device)
+        self.token += 1
+        return buf[:n].view(shape), self.token
+
+    def load(self, token: int, shape: tuple[int, ...]) -> Tensor | None:
+        """The stored tensor if `token` is still the latest write, else None."""
+        if self.tensor is None or token != self.token:
+            return None
+        n = 1
+        for d in shape:
+            n *= d
+        return self.tensor[:n].view(shape)
+
+
+def _input_transform(
+    x: Tensor, nh: int, nw: int, out: Tensor | None = None
+) -> Tensor:
     """B^T d B for every 6x6 tile d of the zero-padded input: (B, C, H, W) -> (36, P, C),
-    P = B * nh * nw tiles, in a workspace buffer (valid until the next call)."""
+    P = B * nh * nw tiles, in `out` or a workspace buffer (valid until the next call)."""
     bt = _matrices(x.device, x.dtype)[0]
     B, C, H, W = x.shape
     P = B * nh * nw
@@ -132,20 +169,34 @@ def _input_transform(x: Tensor, nh: int, nw: int) -> Tensor:
     tiles = xp.as_strided((_N, _N, B, nh, nw, C), (sh, sw, sb, _M * sh, _M * sw, sc))
     d = _WS.get("d", (_N, _N, P * C), x)
     d.view(tiles.shape).copy_(tiles)
-    return _along_both(bt, d, name="v").view(_N * _N, P, C)
+    if out is not None:
+        out = out.view(_N, _N, P * C)
+    return _along_both(bt, d, out=out, name="v").view(_N * _N, P, C)
 
 
 class _Winograd3x3(torch.autograd.Function):
     """conv2d(x, weight, bias, padding=1) for channels_last x, by F(4x4, 3x3)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, ut: Tensor | None) -> Tensor:  # noqa: ANN001
+    def forward(  # noqa: ANN001
+        ctx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        ut: Tensor | None,
+        saved: SavedInput | None,
+    ) -> Tensor:
         _, _, at, _, g2 = _matrices(x.device, x.dtype)
         B, C, H, W = x.shape
         K = weight.shape[0]
         nh, nw = -(-H // _M), -(-W // _M)
         P = B * nh * nw  # tiles
-        v = _input_transform(x, nh, nw)  # (36, P, C)
+        # Keep the transformed input for the weight gradient, in the layer's reusable buffer
+        # when there is one (x is kept too, to recompute it if that buffer was overwritten).
+        ctx.saved, ctx.token, out = saved, None, None
+        if saved is not None and weight.requires_grad:
+            out, ctx.token = saved.claim((_N * _N, P, C), x)
+        v = _input_transform(x, nh, nw, out=out)  # (36, P, C)
         if ut is None:
             ut = _kernel_transform(weight, g2)  # (36, K, C)
         m = torch.bmm(v, ut.transpose(1, 2), out=_WS.get("m", (_N * _N, P, K), x))  # per frequency
@@ -163,8 +214,6 @@ class _Winograd3x3(torch.autograd.Function):
             torch.add(tile_view, bias, out=dst)
         if (_M * nh, _M * nw) != (H, W):
             y = y[:, :, :H, :W].contiguous(memory_format=torch.channels_last)
-        # The transformed input is 2.25x the input; recomputing it in the backward pass is
-        # cheaper than keeping it (the input itself is kept by autograd anyway).
         ctx.save_for_backward(x, ut)
         ctx.shape = (B, C, H, W, K, nh, nw)
         ctx.has_bias = bias is not None
@@ -209,12 +258,16 @@ class _Winograd3x3(torch.autograd.Function):
             gx = gxp[:, 1 : H + 1, 1 : W + 1].permute(0, 3, 1, 2)
             gx = gx.contiguous(memory_format=torch.channels_last)
         if ctx.needs_input_grad[1]:
-            v = _input_transform(x, nh, nw)
+            v = None
+            if ctx.saved is not None and ctx.token is not None:
+                v = ctx.saved.load(ctx.token, (_N * _N, P, C))
+            if v is None:
+                v = _input_transform(x, nh, nw)
             gut = torch.bmm(gm.transpose(1, 2), v)  # (36, K, C)
             gw = torch.mm(gut.view(_N * _N, K * C).t(), g2).view(K, C, 3, 3)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum(dim=(0, 2, 3))
-        return gx, gw, gb, None
+        return gx, gw, gb, None, None
 
 
 def winograd_applies(x: Tensor, weight: Tensor) -> bool:
@@ -234,7 +287,12 @@ def winograd_applies(x: Tensor, weight: Tensor) -> bool:
 
 
 def winograd_conv3x3(
-    x: Tensor, weight: Tensor, bias: Tensor | None = None, *, kernel: Tensor | None = None
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    kernel: Tensor | None = None,
+    saved: SavedInput | None = None,
 ) -> Tensor:
     """conv2d(x, weight, bias, padding=1) by Winograd F(4x4, 3x3).
 
@@ -243,10 +301,11 @@ def winograd_conv3x3(
         weight: (K, C, 3, 3).
         bias: (K,) or None.
         kernel: the transformed kernel (36, K, C) if already computed (sampling cache).
+        saved: a layer's reusable buffer for the backward pass (see SavedInput).
     Returns:
         (B, K, H, W), channels_last.
     """
-    return _Winograd3x3.apply(x, weight, bias, kernel)
+    return _Winograd3x3.apply(x, weight, bias, kernel, saved)
 
 
 def conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -264,6 +323,7 @@ class Conv3x3(nn.Conv2d):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, 3, padding=1)
         self._cache: tuple[tuple, Tensor] | None = None
+        self._saved = SavedInput()
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, cin, H, W) -> (B, cout, H, W)."""
@@ -273,7 +333,7 @@ class Conv3x3(nn.Conv2d):
         if use_reference_kernels() or not winograd_applies(x, w):
             return F.conv2d(x, w, self.bias, padding=1)
         if torch.is_grad_enabled() and w.requires_grad:
-            return winograd_conv3x3(x, w, self.bias)
+            return winograd_conv3x3(x, w, self.bias, saved=self._saved)
         key = (w.data_ptr(), w._version, w.dtype, w.device)
         if self._cache is None or self._cache[0] != key:
             g2 = _matrices(w.device, w.dtype)[4]

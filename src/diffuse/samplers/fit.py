@@ -7,14 +7,17 @@ sampler:
 
 1. a reference: the end points of the probability-flow ODE from a batch of starting noises,
    solved accurately (UniPC order 3 with `reference_steps` Karras steps, unless given);
-2. the interior levels, in log space, parametrised so that they always decrease: the gaps
-   log(level_i / level_{i+1}) are (log(level_max / level_min)) * softmax(theta), theta_0 = 0;
+2. the levels in log space, parametrised so that they always decrease inside the range: the
+   log-gaps between consecutive levels, plus the unused gap between the last level and
+   level_min when the end is free, are log(level_max / level_min) * softmax(theta), theta_0 = 0;
 3. theta minimises the mean squared error between the sampler's end points and the reference,
-   by a derivative-free pattern search (Hooke and Jeeves 1961) started from Karras' schedule,
-   with a fixed budget of sampler runs.
+   by a derivative-free pattern search (Hooke and Jeeves 1961) with a fixed budget of sampler
+   runs, started from the best of Karras (rho = 7), log-linear and flow-uniform schedules.
 
-The end levels stay at level_max and level_min, so the fitted schedule covers the same range as
-the schedule it starts from. Fit on one batch of noises and evaluate on another.
+The first level stays at level_max. With `free_end` the last level before the jump to zero may
+stop above level_min (as DDIM's "trailing" timesteps do): the jump from a slightly higher level
+can be a better use of a call than resolving the last, finest noise levels. Fit on one batch of
+noises and evaluate on another.
 """
 
 from __future__ import annotations
@@ -28,26 +31,36 @@ from torch import Tensor
 
 from diffuse.samplers.base import DenoiseFn
 from diffuse.samplers.multistep import unipc
-from diffuse.samplers.schedules import check_range, finish, karras
+from diffuse.samplers.schedules import check_range, finish, flow_shift, karras, loglinear
 
 logger = logging.getLogger(__name__)
 
+_SLACK = 0.01  # share of the log range left unused by the initial schedules when the end is free
 
-def _levels_from_theta(theta: list[float], level_min: float, level_max: float) -> Tensor:
-    """Decreasing levels [level_max, ..., level_min, 0] from the free gap logits theta."""
+
+def _levels_from_theta(theta: list[float], level_min: float, level_max: float, free_end: bool):
+    """Decreasing levels [level_max, ..., >= level_min, 0] from the gap logits theta."""
     logits = torch.tensor([0.0, *theta], dtype=torch.float64)
     gaps = math.log(level_max / level_min) * torch.softmax(logits, dim=0)
+    if free_end:
+        gaps = gaps[:-1]  # the last share is the slack between the last level and level_min
     offsets = torch.cat([torch.zeros(1, dtype=torch.float64), gaps.cumsum(0)])
-    log_levels = math.log(level_max) - offsets
-    levels = log_levels.exp()
-    levels[0], levels[-1] = level_max, level_min
+    levels = (math.log(level_max) - offsets).exp()
+    levels[0] = level_max
+    if not free_end:
+        levels[-1] = level_min
     return finish(levels)
 
 
-def _theta_from_levels(levels: Tensor) -> list[float]:
-    """Inverse of `_levels_from_theta` for levels [level_max, ..., level_min, 0]."""
+def _theta_from_levels(levels: Tensor, level_min: float, free_end: bool) -> list[float]:
+    """Inverse of `_levels_from_theta`."""
     log_levels = levels[:-1].log()
     gaps = log_levels[:-1] - log_levels[1:]
+    if free_end:
+        used = float(gaps.sum())
+        total = float(log_levels[0]) - math.log(level_min)
+        slack = max(total - used, _SLACK * total)
+        gaps = torch.cat([gaps * (total - slack) / used, torch.tensor([slack])])
     return (gaps[1:] / gaps[0]).log().tolist()
 
 
@@ -61,59 +74,64 @@ def fit_schedule(
     level_max: float,
     init: Tensor | None = None,
     target: Tensor | None = None,
+    free_end: bool = True,
     reference_steps: int = 256,
     budget: int = 200,
     sampler_options: Mapping[str, object] | None = None,
-    objective: Callable[[Tensor, Tensor], float] | None = None,
 ) -> Tensor:
     """Levels for `sampler` with `steps` steps, fitted to `denoise` on the noises `x`.
 
     Args:
         denoise: denoise(x, level) -> x0 estimate (any model; called on `x`'s batch).
-        sampler: a deterministic sampler function (e.g. `unipc`, `dpmpp_2m`).
+        sampler: a deterministic sampler function (e.g. `unipc`, `deis`).
         x: starting samples [B, ...] at level_max (a fitting batch, kept apart from evaluation).
         steps: number of sampler steps (levels has steps + 1 entries).
-        level_min, level_max: the range; both ends are kept.
-        init: starting levels [steps + 1] with these ends (default: Karras, rho = 7).
+        level_min, level_max: the range; level_max is kept, level_min too unless `free_end`.
+        init: starting levels [steps + 1] in the range (default: the best of Karras rho = 7,
+            log-linear and flow-uniform on the fitting batch).
         target: reference end points for `x` [B, ...] (default: UniPC-3 with
-            `reference_steps` Karras steps).
+            `reference_steps` Karras steps), i.e. D(x(level_min), level_min).
+        free_end: let the last level before 0 rise above level_min.
         reference_steps: steps of the default reference solve.
         budget: number of sampler runs the search may spend.
         sampler_options: extra keyword options for the sampler.
     Returns:
-        float64 levels [steps + 1], level_max first, level_min second to last, 0 last.
+        float64 levels [steps + 1], level_max first, 0 last.
     """
     level_min, level_max = check_range(None, steps, level_min, level_max)
     if budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget!r}")
     options = dict(sampler_options or {})
-    levels = karras(None, steps, level_min=level_min, level_max=level_max) if init is None else init
-    levels = torch.as_tensor(levels, dtype=torch.float64)
-    ends = (float(levels[0]), float(levels[-2])) if levels.shape == (steps + 1,) else None
-    if (
-        ends is None
-        or steps > 1
-        and not (math.isclose(ends[0], level_max) and math.isclose(ends[1], level_min))
-    ):
-        raise ValueError(
-            f"init must have {steps + 1} levels from level_max={level_max} to "
-            f"level_min={level_min} then 0, got {levels.tolist()}"
-        )
-    if steps < 3:  # nothing between the two fixed ends
-        return levels
+    span = {"level_min": level_min, "level_max": level_max}
+    if init is None:
+        starts = [karras(None, steps, **span), loglinear(None, steps, **span)]
+        starts.append(flow_shift(None, steps, **span, shift=1.0))
+    else:
+        init = torch.as_tensor(init, dtype=torch.float64)
+        bad = init.shape != (steps + 1,) or not math.isclose(float(init[0]), level_max)
+        if bad or float(init[-2]) < level_min * (1 - 1e-9):
+            raise ValueError(
+                f"init must have {steps + 1} levels from level_max={level_max} down to at least "
+                f"level_min={level_min} then 0, got {init.tolist()}"
+            )
+        starts = [init]
+    if steps < 2 or steps == 2 and not free_end:  # nothing to move between the fixed ends
+        return starts[0]
     if target is None:
-        ref_levels = karras(None, reference_steps, level_min=level_min, level_max=level_max)
-        target = unipc(denoise, x, ref_levels, order=3)
+        ref_levels = karras(None, reference_steps, **span)
+        with torch.no_grad():
+            target = unipc(denoise, x, ref_levels, order=3)
 
     @torch.no_grad()
     def loss(theta: list[float]) -> float:
-        out = sampler(denoise, x, _levels_from_theta(theta, level_min, level_max), **options)
-        value = objective(out, target) if objective else float(((out - target) ** 2).mean())
+        levels = _levels_from_theta(theta, level_min, level_max, free_end)
+        out = sampler(denoise, x, levels, **options)
+        value = float(((out - target) ** 2).mean())
         return value if math.isfinite(value) else math.inf
 
-    theta = _theta_from_levels(levels)
-    best = loss(theta)
-    start, evals, delta = best, 1, 0.5
+    tried = [(loss(t), t) for t in (_theta_from_levels(s, level_min, free_end) for s in starts)]
+    best, theta = min(tried, key=lambda item: item[0])
+    start, evals, delta = best, len(tried), 0.5
     # Hooke-Jeeves: exploratory moves along each coordinate, then a pattern move along the
     # total displacement while it keeps improving; halve the step when nothing helps.
     while evals < budget and delta > 1e-3:
@@ -142,4 +160,4 @@ def fit_schedule(
                 break
             base, theta, best = theta, trial, value
     logger.info("fit_schedule: %d steps, mse %.3e -> %.3e in %d runs", steps, start, best, evals)
-    return _levels_from_theta(theta, level_min, level_max)
+    return _levels_from_theta(theta, level_min, level_max, free_end)

@@ -101,12 +101,37 @@ class Example:
     caption: str | None = None
 
 
+# The held-out rule, one for every dataset (training excludes exactly what evaluation uses):
+# permute range(N) with numpy's default_rng(HELDOUT_SEED), hold out the LAST `heldout` indices.
+# A permutation, not the plain tail, because Fashion-MNIST and CIFAR-10 are stored sorted by class.
+HELDOUT_SEED = 0
+HELDOUT_SIZE = 5000
+
+
+def heldout_indices(
+    n: int, heldout: int = HELDOUT_SIZE, seed: int = HELDOUT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split `range(n)` into (train, held-out) index arrays by the rule above.
+
+    Args:
+        n: dataset size.
+        heldout: size of the held-out part.
+        seed: seed of the permutation.
+    Returns:
+        (train_idx [n - heldout], heldout_idx [heldout]) int64 arrays, in permuted order.
+    """
+    if not 0 < heldout < n:
+        raise ValueError(f"heldout={heldout} must be in (0, n={n})")
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[: n - heldout], perm[n - heldout :]
+
+
 class NpzDataset:
     """An npz archive with `images` (uint8 NHWC), `labels` (int) and `classes` (names).
 
     Args:
         path: the archive.
-        holdout: leave out the last `holdout` images (kept for evaluation).
+        holdout: leave out `holdout` images by the held-out rule (`heldout_indices`).
         limit: keep only the first `limit` images (0: all).
     Raises:
         FileNotFoundError: the file does not exist.
@@ -139,13 +164,13 @@ class NpzDataset:
             )
         if labels.shape != (images.shape[0],):
             raise DataError(f"{path}: labels shape {list(labels.shape)} != [{images.shape[0]}]")
-        n = images.shape[0] - holdout
-        if limit:
-            n = min(n, limit)
-        if n <= 0:
+        if holdout >= images.shape[0]:
             raise DataError(f"{path}: no images left after holdout={holdout} of {len(images)}")
-        self.images = images[:n]
-        self.labels = labels[:n].astype(np.int64)
+        keep = heldout_indices(len(images), holdout)[0] if holdout else np.arange(len(images))
+        if limit:
+            keep = keep[:limit]
+        self.images = images[keep]
+        self.labels = labels[keep].astype(np.int64)
         if classes is not None:
             self.class_names = [str(c) for c in classes]
         else:
@@ -194,13 +219,11 @@ class FolderDataset:
         if not readable:
             raise DataError(f"none of the {len(files)} image files under {root} could be read")
         self.skipped = len(bad)
-        n = len(readable) - holdout
-        if limit:
-            n = min(n, limit)
-        if n <= 0:
+        if holdout >= len(readable):
             raise DataError(f"{root}: no images left after holdout={holdout} of {len(readable)}")
+        keep = heldout_indices(len(readable), holdout)[0] if holdout else range(len(readable))
         self.root = root
-        self.files = readable[:n]
+        self.files = [readable[i] for i in keep][: limit or None]
         rel = [p.relative_to(root) for p in self.files]
         if all(len(r.parts) > 1 for r in rel):
             self.class_names = sorted({r.parts[0] for r in rel})
