@@ -164,10 +164,15 @@ def run_pair(pair: Pair, args: argparse.Namespace, device: torch.device) -> dict
 
     x1, t1, y1, _ = inputs(1)
     record: dict = {"name": pair.name}
-    for who, net, call in (("ours", pair.ours, pair.call_ours), ("theirs", pair.theirs, pair.call_theirs)):
+    for who, net, call in (
+        ("ours", pair.ours, pair.call_ours),
+        ("theirs", pair.theirs, pair.call_theirs),
+    ):
         net.to(device)
         record[f"params_{who}"] = sum(p.numel() for p in net.parameters())
-        record[f"gflops_{who}"] = count_flops(lambda n=net, f=call: f(n, x1, t1, y1), who == "ours") / 1e9
+        record[f"gflops_{who}"] = (
+            count_flops(lambda n=net, f=call: f(n, x1, t1, y1), who == "ours") / 1e9
+        )
 
     amp = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -198,7 +203,10 @@ def run_pair(pair: Pair, args: argparse.Namespace, device: torch.device) -> dict
         return train, sample
 
     fns = {}
-    for who, net, call in (("ours", pair.ours, pair.call_ours), ("theirs", pair.theirs, pair.call_theirs)):
+    for who, net, call in (
+        ("ours", pair.ours, pair.call_ours),
+        ("theirs", pair.theirs, pair.call_theirs),
+    ):
         fns[f"train_{who}"], fns[f"sample_{who}"] = make(net, call)
     for _ in range(args.warmup):
         for fn in fns.values():
@@ -232,10 +240,14 @@ def run_pair(pair: Pair, args: argparse.Namespace, device: torch.device) -> dict
         if device.type == "cuda":
             peak = _bf16_peak(device)
             if peak:
-                # A training step is about 3 forward passes (forward + backward of inputs and weights).
+                # A training step is ~3 forward passes (forward; backward for inputs, weights).
                 fl = record[f"gflops_{who}"] * 1e9
-                record[f"train_mfu_{who}"] = 3 * fl * record[f"train_images_per_s_{who}"] / (peak * 1e12)
-                record[f"sample_mfu_{who}"] = fl * args.sample_batch / med[f"sample_{who}"] / (peak * 1e12)
+                record[f"train_mfu_{who}"] = (
+                    3 * fl * record[f"train_images_per_s_{who}"] / (peak * 1e12)
+                )
+                record[f"sample_mfu_{who}"] = (
+                    fl * args.sample_batch / med[f"sample_{who}"] / (peak * 1e12)
+                )
     record["train_ratio"] = record["train_images_per_s_ours"] / record["train_images_per_s_theirs"]
     record["sample_ratio"] = record["sample_ms_theirs"] / record["sample_ms_ours"]
     record["params_ratio"] = record["params_ours"] / record["params_theirs"]
@@ -267,7 +279,10 @@ def print_table(records: list[dict], meta: dict) -> None:
         f"{meta['threads']}, train batch {meta['train_batch']}, sample batch "
         f"{meta['sample_batch']}, {meta['repeats']} rounds (medians)"
     )
-    head = f"{'network':<12} {'':<8} {'params':>12} {'GFLOPs':>8} {'train img/s':>12} {'sample ms':>10}"
+    head = (
+        f"{'network':<12} {'':<8} {'params':>12} {'GFLOPs':>8} {'train img/s':>12} "
+        f"{'sample ms':>10}"
+    )
     mfu = meta["device"] == "cuda"
     if mfu:
         head += f" {'train MFU':>10} {'sample MFU':>10}"
@@ -280,7 +295,9 @@ def print_table(records: list[dict], meta: dict) -> None:
                 f"{r[f'sample_ms_{who}']:>10.1f}"
             )
             if mfu and f"train_mfu_{who}" in r:
-                line += f" {100 * r[f'train_mfu_{who}']:>9.1f}% {100 * r[f'sample_mfu_{who}']:>9.1f}%"
+                line += (
+                    f" {100 * r[f'train_mfu_{who}']:>9.1f}% {100 * r[f'sample_mfu_{who}']:>9.1f}%"
+                )
             print(line)
         print(
             f"{'':<12} {'ratio':<8} {r['params_ratio']:>12.3f} {r['gflops_ratio']:>8.3f} "
@@ -293,7 +310,9 @@ def print_table(records: list[dict], meta: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--only", choices=["unet", "dit"], default=None, help="run one pair")
     p.add_argument("--train-batch", type=int, default=8)
@@ -314,9 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("--device cuda: no CUDA device")
     torch.manual_seed(0)
     meta = {
-        "command": "python benchmarks/networks.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python benchmarks/networks.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
         "threads": torch.get_num_threads(),
         "train_batch": args.train_batch,
@@ -338,7 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
-    print(json.dumps({"meta": meta, "results": [{k: v for k, v in r.items() if "_all_" not in k} for r in records]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "meta": meta,
+                "results": [{k: v for k, v in r.items() if "_all_" not in k} for r in records],
+            },
+            indent=2,
+        )
+    )
     print_table(records, meta)
     return 0
 

@@ -107,12 +107,17 @@ class Problem:
     def score(self, out: Tensor) -> tuple[float, float]:
         rmse = float(((out - self.ref_eval) ** 2).mean().sqrt())
         g = torch.Generator().manual_seed(11)
-        sw2 = sliced_wasserstein(out, self.exact, projections=128, generator=g)
+        sw2 = sliced_wasserstein(out, self.exact, projections=64, generator=g)
         return rmse, sw2
 
 
 def make_problem(name: str, mixture: GaussianMixture, n_eval: int, n_fit: int) -> Problem:
-    """Noises (evaluation seed 0, fitting seed 1), DOP853 references and exact samples."""
+    """Noises (evaluation seed 0, fitting seed 1), references and exact samples.
+
+    The evaluation references are DOP853 solutions (rtol 1e-10). The fitting references are
+    what `fit_solver` computes by default from the denoiser alone (UniPC-3, 256 Karras steps):
+    the fitting never uses the oracle's ODE solver.
+    """
     lo, hi = PROCESS.level_min, PROCESS.level_max
     d = mixture.dim
     x_eval = hi * torch.randn(
@@ -123,12 +128,12 @@ def make_problem(name: str, mixture: GaussianMixture, n_eval: int, n_fit: int) -
     )
     t0 = time.perf_counter()
     ref_eval = mixture.reference_endpoint(x_eval, hi, lo)
-    ref_fit = mixture.reference_endpoint(x_fit, hi, lo)
     logger.info("%s: DOP853 references in %.1f s", name, time.perf_counter() - t0)
+    ref_fit = unipc(mixture.denoise, x_fit, karras(None, 256, level_min=lo, level_max=hi), order=3)
     g = torch.Generator().manual_seed(2)
     exact, other = mixture.sample(n_eval, g), mixture.sample(n_eval, g)
     sw2 = sliced_wasserstein(
-        exact, other, projections=128, generator=torch.Generator().manual_seed(11)
+        exact, other, projections=64, generator=torch.Generator().manual_seed(11)
     )
     return Problem(name, mixture, x_eval, x_fit, ref_eval, ref_fit, exact, sw2)
 
@@ -149,10 +154,15 @@ SCHEDULES = {
 }
 
 
+CROSS_SKIP = ("unipc_1", "deis_2")  # registry aliases for other orders, left out to save time
+
+
 def run_diffuse(problem: Problem, nfes: tuple[int, ...]) -> list[Row]:
-    """Every registered sampler with every schedule."""
+    """Every registered sampler (but the two order aliases) with every schedule."""
     rows = []
     for name, sampler in SAMPLERS.items():
+        if name in CROSS_SKIP:
+            continue
         for sched_name, schedule in SCHEDULES.items():
             for nfe in nfes:
                 levels = schedule(PROCESS, steps_for(name, nfe))
@@ -440,10 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="samplers_benchmark.json", help="where to write rows")
     parser.add_argument("--eval", type=int, default=2000, help="evaluation samples (64-D)")
-    parser.add_argument("--fit", type=int, default=512, help="fitting samples (1/4 validation)")
-    parser.add_argument("--budget", type=int, default=100, help="fit_schedule sampler runs")
-    parser.add_argument("--iterations", type=int, default=48, help="fit_bespoke L-BFGS evals")
+    parser.add_argument("--eval-2d", type=int, default=1000, help="evaluation samples (ring)")
+    parser.add_argument("--fit", type=int, default=1024, help="fitting samples (1/4 validation)")
+    parser.add_argument("--budget", type=int, default=80, help="fit_schedule sampler runs")
+    parser.add_argument("--iterations", type=int, default=40, help="fit_bespoke L-BFGS evals")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--mixture-seed", type=int, default=0, help="seed of the 64-D mixture")
+    parser.add_argument("--no-cross", action="store_true", help="skip the sampler x schedule grid")
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -455,19 +468,25 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     nfes, fit_nfes = NFES, FIT_NFES
     if args.quick:
-        args.eval, args.fit, args.budget, args.iterations = 200, 64, 20, 10
+        args.eval, args.eval_2d, args.fit, args.budget, args.iterations = 200, 200, 64, 20, 10
         nfes, fit_nfes = (5, 10), (5,)
     start = time.perf_counter()
     problems = [
         make_problem(
             "mixture64",
             GaussianMixture.random(
-                64, 10, seed=0, rank=16, mean_scale=0.5, std_range=(0.1, 0.5), noise_std=0.05
+                64,
+                10,
+                seed=args.mixture_seed,
+                rank=16,
+                mean_scale=0.5,
+                std_range=(0.1, 0.5),
+                noise_std=0.05,
             ),
             args.eval,
             args.fit,
         ),
-        make_problem("ring8", GaussianMixture.ring(8, radius=1.0, std=0.1), args.eval, args.fit),
+        make_problem("ring8", GaussianMixture.ring(8, radius=1.0, std=0.1), args.eval_2d, args.fit),
     ]
     has_diffusers = importlib.util.find_spec("diffusers") is not None
     has_kd = importlib.util.find_spec("k_diffusion") is not None
@@ -482,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     timings = {}
     for problem in problems:
         for label, run in [
-            ("diffuse", lambda p=problem: run_diffuse(p, nfes)),
+            ("diffuse", None if args.no_cross else lambda p=problem: run_diffuse(p, nfes)),
             ("fitted", lambda p=problem: run_fitted(p, fit_nfes, args.budget, args.iterations)),
             ("diffusers", (lambda p=problem: run_diffusers(p, nfes)) if has_diffusers else None),
             ("k-diffusion", (lambda p=problem: run_k_diffusion(p, nfes)) if has_kd else None),

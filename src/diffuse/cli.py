@@ -223,9 +223,8 @@ def _run_info(args: argparse.Namespace) -> int:
         f"  GFLOPs / forward     {info.gflops:>14.3f}  (one sample; x{info.batch}: "
         f"{info.gflops * info.batch:.1f})"
     )
-    print(
-        f"  activations (train)  {info.activation_bytes / gib:>14.3f} GiB  (batch {info.batch}, fp32)"
-    )
+    act = info.activation_bytes / gib
+    print(f"  activations (train)  {act:>14.3f} GiB  (batch {info.batch}, fp32)")
     print(f"  weights+grads+AdamW  {info.train_state_bytes / gib:>14.3f} GiB")
     return 0
 

@@ -166,3 +166,12 @@ def test_the_shared_mnist_archive_loads_through_the_one_setting():
     with np.load(path) as archive:
         expected = archive["labels"][train_idx[:2]].tolist()
     assert x.shape == (2, 1, 28, 28) and labels.tolist() == expected
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    a = NpzDataset(_npz(tmp_path / "a.npz"))
+    b = NpzDataset(_npz(tmp_path / "b.npz", labels=np.arange(12) % 2))
+    assert a.fingerprint() == NpzDataset(tmp_path / "a.npz").fingerprint() != b.fingerprint()
+    state = BatchOrder(12, 4, 0, a.fingerprint()).state_dict(5)
+    with pytest.raises(DataError, match="fingerprint"):
+        BatchOrder(12, 4, 0, b.fingerprint()).check_resumable(state)

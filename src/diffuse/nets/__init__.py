@@ -12,8 +12,8 @@ from __future__ import annotations
 from torch import nn
 
 from diffuse.nets import io
-from diffuse.nets.dit import DiT, DiTConfig, DiTControl, dit_preset
 from diffuse.nets.dit import PRESETS as DIT_PRESETS
+from diffuse.nets.dit import DiT, DiTConfig, DiTControl, dit_preset
 from diffuse.nets.unet import PRESETS as UNET_PRESETS
 from diffuse.nets.unet import UNet, UNetConfig, UNetControl, unet_preset
 

@@ -114,7 +114,9 @@ class DiTConfig:
                 f"image_size={self.image_size}"
             )
         if self.text_mode not in ("cross", "joint"):
-            raise ValueError(f"DiTConfig.text_mode must be 'cross' or 'joint', got {self.text_mode!r}")
+            raise ValueError(
+                f"DiTConfig.text_mode must be 'cross' or 'joint', got {self.text_mode!r}"
+            )
         if self.pos_embed not in ("sincos", "rope"):
             raise ValueError(
                 f"DiTConfig.pos_embed must be 'sincos' or 'rope', got {self.pos_embed!r}"
@@ -388,7 +390,11 @@ class DiT(nn.Module):
         cfg = self.config
         g = cfg.image_size // cfg.patch_size
         if cfg.pos_embed == "sincos":
-            pos = self.pos if (h, w) == (g, g) else sincos_2d(h, w, cfg.hidden_size, device=x.device)[None]
+            pos = (
+                self.pos
+                if (h, w) == (g, g)
+                else sincos_2d(h, w, cfg.hidden_size, device=x.device)[None]
+            )
             return pos.to(x.dtype), None
         if (h, w) == (g, g):
             return None, (self.rope_cos, self.rope_sin)
@@ -420,7 +426,9 @@ class DiT(nn.Module):
             raise ValueError(f"c_noise must have shape ({B},), got {tuple(c_noise.shape)}")
         if class_labels is not None:
             if not cfg.num_classes:
-                raise ValueError("class_labels given to a DiT without class conditioning (num_classes=0)")
+                raise ValueError(
+                    "class_labels given to a DiT without class conditioning (num_classes=0)"
+                )
             if class_labels.shape != (B,):
                 raise ValueError(
                     f"class_labels must have shape ({B},), got {tuple(class_labels.shape)}"
@@ -452,12 +460,13 @@ class DiT(nn.Module):
                 raise ValueError(
                     f"pooled must have shape ({B}, {cfg.pooled_dim}), got {tuple(pooled.shape)}"
                 )
-        if control is not None:
-            if not isinstance(control, DiTControl) or len(control.blocks) > cfg.depth:
-                got = len(control.blocks) if isinstance(control, DiTControl) else type(control)
-                raise ValueError(
-                    f"control must be a DiTControl with at most {cfg.depth} residuals, got {got}"
-                )
+        if control is not None and (
+            not isinstance(control, DiTControl) or len(control.blocks) > cfg.depth
+        ):
+            got = len(control.blocks) if isinstance(control, DiTControl) else type(control)
+            raise ValueError(
+                f"control must be a DiTControl with at most {cfg.depth} residuals, got {got}"
+            )
 
     def forward(
         self,

@@ -136,12 +136,17 @@ def _saved_activation_bytes(net: nn.Module, x: Tensor, c_noise: Tensor, cond: di
         _FlashAttentionMemory(record),
     ):
         out = net(x, c_noise, **cond)
-    del out, keep
+    del out
+    keep.clear()
     return sum(seen.values())
 
 
 def network_info(
-    config: object, *, size: int | None = None, channels: int | None = None, batch: int = 64,
+    config: object,
+    *,
+    size: int | None = None,
+    channels: int | None = None,
+    batch: int = 64,
     name: str | None = None,
 ) -> NetworkInfo:
     """Parameters, FLOPs and memory of a network config at an input size.

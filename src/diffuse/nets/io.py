@@ -94,15 +94,15 @@ def save_network(net: nn.Module, folder: str | os.PathLike) -> Path:
     meta = config_to_dict(net.config)
     # safetensors needs dense, unshared tensors; channels_last weights are stored contiguous.
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    _atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"kind": meta["kind"]}))
+    _atomic_write(
+        folder / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"kind": meta["kind"]})
+    )
     text = json.dumps(meta, indent=2) + "\n"
     _atomic_write(folder / CONFIG_FILE, lambda p: p.write_text(text))
     return folder
 
 
-def load_network(
-    folder: str | os.PathLike, *, device: str | torch.device = "cpu"
-) -> UNet | DiT:
+def load_network(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -> UNet | DiT:
     """Rebuild a network written by `save_network`.
 
     Args:

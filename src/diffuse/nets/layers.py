@@ -177,7 +177,9 @@ def sinusoidal_embedding(
         raise ValueError(f"sinusoidal embedding size must be even, got dim={dim}")
     half = dim // 2
     freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=c_noise.device, dtype=torch.float32) / half
+        -math.log(max_period)
+        * torch.arange(half, device=c_noise.device, dtype=torch.float32)
+        / half
     )
     args = (c_noise.float() * scale)[:, None] * freqs[None]  # (B, half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
@@ -202,7 +204,9 @@ class NoiseEmbedding(nn.Module):
 
     def forward(self, c_noise: Tensor) -> Tensor:
         """(B,) -> (B, dim)."""
-        f = sinusoidal_embedding(c_noise, self.freq_dim, max_period=self.max_period, scale=self.scale)
+        f = sinusoidal_embedding(
+            c_noise, self.freq_dim, max_period=self.max_period, scale=self.scale
+        )
         return self.fc2(F.silu(self.fc1(f.to(self.fc1.weight.dtype))))
 
 
@@ -213,7 +217,9 @@ class NoiseEmbedding(nn.Module):
 
 def _sincos_1d(pos: Tensor, dim: int) -> Tensor:
     """(N,) positions -> (N, dim) [sin, cos] features with periods up to 2 pi 10^4."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64, device=pos.device) / (dim / 2))
+    omega = 1.0 / 10000 ** (
+        torch.arange(dim // 2, dtype=torch.float64, device=pos.device) / (dim / 2)
+    )
     out = pos.double()[:, None] * omega[None]  # (N, dim/2)
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
@@ -236,7 +242,12 @@ def sincos_2d(h: int, w: int, dim: int, *, device: torch.device | str | None = N
 
 
 def rope_2d(
-    h: int, w: int, head_dim: int, *, theta: float = 10000.0, device: torch.device | str | None = None
+    h: int,
+    w: int,
+    head_dim: int,
+    *,
+    theta: float = 10000.0,
+    device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Axial 2-D rotary position angles (RoFormer, Su et al. 2021; 2-D split as in FLUX).
 
@@ -323,8 +334,10 @@ class SelfAttention(nn.Module):
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, N, D) -> q, k, v each (B, heads, N, D / heads), normalised if configured."""
-        qkv = self.qkv(x).unflatten(-1, (3, self.heads, -1))  # (B, N, 3, heads, hd)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, N, hd) strided views
+        qkv = self.qkv(x)  # (B, N, 3 D)
+        # Split (not unbind) so that the backward pass concatenates the three gradients
+        # straight into the (B, N, 3 D) layout of the projection's output: one copy, not two.
+        q, k, v = (_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))  # (B, heads, N, hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
@@ -368,7 +381,7 @@ class CrossAttention(nn.Module):
             (B, N, dim).
         """
         q = _heads(self.q(x), self.heads)  # (B, heads, N, hd)
-        k, v = self.kv(context).unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+        k, v = (_heads(t, self.heads) for t in self.kv(context).chunk(2, dim=-1))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         attn_mask = None if mask is None else key_padding_mask(mask)
@@ -504,7 +517,8 @@ def conv3x3_upsample2x(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
         weight: (K, C, 3, 3) kernel of the 3x3 convolution (padding 1).
         bias: (K,) or None.
     Returns:
-        (B, K, 2H, 2W), equal to F.conv2d(F.interpolate(x, scale_factor=2), weight, bias, padding=1).
+        (B, K, 2H, 2W), equal to
+        F.conv2d(F.interpolate(x, scale_factor=2), weight, bias, padding=1).
     """
     w4 = _fold_3tap(_fold_3tap(weight, 2), 3)  # (K, C, 4, 4)
     return F.conv_transpose2d(x, w4.transpose(0, 1), bias, stride=2, padding=1)

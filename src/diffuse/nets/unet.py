@@ -514,7 +514,9 @@ class UNet(nn.Module):
                 )
         if context is not None:
             if not cfg.context_dim:
-                raise ValueError("context given to a U-Net without text conditioning (context_dim=0)")
+                raise ValueError(
+                    "context given to a U-Net without text conditioning (context_dim=0)"
+                )
             if context.ndim != 3 or context.shape[0] != B or context.shape[2] != cfg.context_dim:
                 raise ValueError(
                     f"context must have shape ({B}, L, {cfg.context_dim}), got "
@@ -529,7 +531,9 @@ class UNet(nn.Module):
             raise ValueError("context_mask given without context")
         if pooled is not None:
             if not cfg.pooled_dim:
-                raise ValueError("pooled given to a U-Net without a pooled embedding (pooled_dim=0)")
+                raise ValueError(
+                    "pooled given to a U-Net without a pooled embedding (pooled_dim=0)"
+                )
             if pooled.shape != (B, cfg.pooled_dim):
                 raise ValueError(
                     f"pooled must have shape ({B}, {cfg.pooled_dim}), got {tuple(pooled.shape)}"
@@ -538,7 +542,9 @@ class UNet(nn.Module):
             n = len(cfg.skip_channels())
             if not isinstance(control, UNetControl) or len(control.skips) != n:
                 got = len(control.skips) if isinstance(control, UNetControl) else type(control)
-                raise ValueError(f"control must be a UNetControl with {n} skip residuals, got {got}")
+                raise ValueError(
+                    f"control must be a UNetControl with {n} skip residuals, got {got}"
+                )
 
     def forward(
         self,

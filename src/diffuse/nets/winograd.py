@@ -18,8 +18,8 @@ input and kernel transforms bring them back (overlapping input tiles add their g
 The result equals the direct convolution up to fp32 rounding (relative error ~1e-5; the
 transforms' small integer coefficients keep it well conditioned, which is why F(4x4, 3x3) and
 not a larger tile is used). Used only where it is measurably faster: CPU, fp32 (or fp64),
-channels_last activations of at least 16x16 pixels and 32 channels, no autocast, not under torch.compile
-(Inductor and cuDNN choose their own algorithms).
+channels_last activations of at least 16x16 pixels and 32 channels, no autocast, not under
+torch.compile (Inductor and cuDNN choose their own algorithms).
 """
 
 from __future__ import annotations
@@ -29,8 +29,16 @@ import threading
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
-__all__ = ["Conv3x3", "SavedInput", "conv3x3", "winograd_applies", "winograd_conv3x3"]
+__all__ = [
+    "Conv3x3",
+    "SavedInput",
+    "conv3x3",
+    "release_workspace",
+    "winograd_applies",
+    "winograd_conv3x3",
+]
 
 # F(4, 3) with interpolation points 0, +-1, +-2 and infinity (Lavin & Gray 2016, sec. 4.2).
 _BT = [
@@ -78,6 +86,18 @@ def _kernel_transform(weight: Tensor, g2: Tensor) -> Tensor:
     return torch.mm(g2, weight.reshape(K * C, 9).t()).view(_N * _N, K, C)
 
 
+def _fits(buf: Tensor | None, n: int, like: Tensor) -> bool:
+    """Whether a scratch buffer can hold n elements for `like` (tensors made under
+    torch.inference_mode cannot be written outside it, so that must match too)."""
+    return (
+        buf is not None
+        and buf.numel() >= n
+        and buf.dtype == like.dtype
+        and buf.device == like.device
+        and buf.is_inference() == torch.is_inference_mode_enabled()
+    )
+
+
 class _Workspace(threading.local):
     """Reusable scratch buffers, one per name and thread.
 
@@ -88,21 +108,28 @@ class _Workspace(threading.local):
     """
 
     def __init__(self) -> None:
-        self.buffers: dict[str, Tensor] = {}
+        self.buffers: dict[tuple[str, bool], Tensor] = {}
 
     def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """An uninitialised tensor of `shape` with like's dtype and device."""
         n = 1
         for d in shape:
             n *= d
-        buf = self.buffers.get(name)
-        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+        key = (name, torch.is_inference_mode_enabled())
+        buf = self.buffers.get(key)
+        if not _fits(buf, n, like):
             buf = torch.empty(n, dtype=like.dtype, device=like.device)
-            self.buffers[name] = buf
+            self.buffers[key] = buf
         return buf[:n].view(shape)
 
 
 _WS = _Workspace()
+
+
+def release_workspace() -> None:
+    """Free this thread's Winograd scratch buffers (they are kept, grown to the largest layer
+    seen, to avoid page faults on every call; with a large batch they hold hundreds of MB)."""
+    _WS.buffers.clear()
 
 
 def _along_both(mat: Tensor, t: Tensor, out: Tensor | None = None, name: str = "") -> Tensor:
@@ -139,7 +166,7 @@ class SavedInput:
         for d in shape:
             n *= d
         buf = self.tensor
-        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+        if not _fits(buf, n, like):
             buf = self.tensor = torch.empty(n, dtype=like.dtype, device=like.device)
         self.token += 1
         return buf[:n].view(shape), self.token
@@ -154,9 +181,7 @@ class SavedInput:
         return self.tensor[:n].view(shape)
 
 
-def _input_transform(
-    x: Tensor, nh: int, nw: int, out: Tensor | None = None
-) -> Tensor:
+def _input_transform(x: Tensor, nh: int, nw: int, out: Tensor | None = None) -> Tensor:
     """B^T d B for every 6x6 tile d of the zero-padded input: (B, C, H, W) -> (36, P, C),
     P = B * nh * nw tiles, in `out` or a workspace buffer (valid until the next call)."""
     bt = _matrices(x.device, x.dtype)[0]
@@ -204,7 +229,13 @@ class _Winograd3x3(torch.autograd.Function):
         # The output is allocated as a channels_last (B, K, H, W) tensor (not a view, so that
         # callers may update it in place) and filled through its (B, nh, 4, nw, 4, K) view.
         y = torch.empty(
-            B, K, _M * nh, _M * nw, dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+            B,
+            K,
+            _M * nh,
+            _M * nw,
+            dtype=x.dtype,
+            device=x.device,
+            memory_format=torch.channels_last,
         )
         dst = y.permute(0, 2, 3, 1).view(B, nh, _M, nw, _M, K)
         tile_view = y4.view(_M, _M, B, nh, nw, K).permute(2, 3, 0, 4, 1, 5)  # (B, nh, 4, nw, 4, K)
@@ -220,6 +251,7 @@ class _Winograd3x3(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
         x, ut = ctx.saved_tensors
         B, C, H, W, K, nh, nw = ctx.shape
@@ -230,7 +262,9 @@ class _Winograd3x3(torch.autograd.Function):
             g = F.pad(g, (0, 0, 0, _M * nw - W, 0, _M * nh - H))
         # Non-overlapping 4x4 output tiles, tile axes first: (4, 4, P*K).
         gt = _WS.get("gt", (_M, _M, P * K), gy)
-        gt.view(_M, _M, B, nh, nw, K).copy_(g.reshape(B, nh, _M, nw, _M, K).permute(2, 4, 0, 1, 3, 5))
+        gt.view(_M, _M, B, nh, nw, K).copy_(
+            g.reshape(B, nh, _M, nw, _M, K).permute(2, 4, 0, 1, 3, 5)
+        )
         gm = _along_both(a, gt, name="gm").view(_N * _N, P, K)  # gradient at each frequency
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:

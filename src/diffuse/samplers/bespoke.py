@@ -282,8 +282,8 @@ def fit_bespoke(
     return best
 
 
-CANDIDATES: tuple[tuple[Base, int], ...] = (("deis", 2), ("deis", 3), ("unipc", 2))
-"""The classical samplers `fit_solver` starts from: DEIS-2, DEIS-3 and UniPC-2 (order 3)."""
+CANDIDATES: tuple[tuple[Base, int], ...] = (("deis", 2), ("unipc", 2))
+"""The classical samplers `fit_solver` starts from: DEIS-2 and UniPC-2 (order 3)."""
 
 
 @dataclass(frozen=True)
@@ -388,7 +388,7 @@ def fit_solver(
 
     1. Hold out the last `validation_fraction` of the starting samples `x` for validation.
     2. Reference end points: `target`, or UniPC-3 with `reference_steps` Karras steps.
-    3. For each candidate base sampler (default DEIS-2, DEIS-3, UniPC-2): fit its schedule
+    3. For each candidate base sampler (default DEIS-2 and UniPC-2): fit its schedule
        (`fit_schedule`, `budget` runs) on the fitting part, then bespoke coefficients on that
        schedule (`fit_bespoke`, `iterations` L-BFGS evaluations, early-stopped on validation).
     4. Return the candidate with the lowest validation error.

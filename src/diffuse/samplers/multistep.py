@@ -146,7 +146,10 @@ def dpmpp_3m(
     """DPM-Solver++(3M): third-order multistep on the probability-flow ODE.
 
     The quadratic through D_i, D_{i-1}, D_{i-2} in lambda is integrated exactly against e^{-(h-s)}
-    (Lu et al. 2022, eq. 9; `exponential_multistep` with order 3, eta 0). Warm-up: orders 1, 2.
+    (Lu et al. 2022, eq. 9; `exponential_multistep` with order 3, eta 0). Warm-up: orders 1, 2,
+    as in DPM-Solver++. The first-order first step has a local error O(h^2), so on a schedule
+    with equal steps in log-level the global order falls back to 2 at very many steps; on Karras
+    schedules, whose first steps are in the nearly linear high-noise region, order 3 holds.
 
     Args:
         as in `dpmpp_2m`.
@@ -240,7 +243,7 @@ def deis(
 
     Args:
         denoise, x, levels, callback: as in `dpmpp_2m`.
-        order: 1, 2 or 3 (number of outputs in the interpolant); order q converges at order q.
+        order: 1 to 4 (number of outputs in the interpolant); order q converges at order q.
         noise: unused (deterministic).
     Returns:
         the final sample [B, ...].

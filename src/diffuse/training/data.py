@@ -12,6 +12,7 @@ union of the ranks' batches is the one-process batch, and resuming needs only th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -183,6 +185,10 @@ class NpzDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    def fingerprint(self) -> str:
+        """A short hash of which images (by label sequence and shape) this dataset holds."""
+        return _digest(str(self.images.shape), self.labels.tobytes())
+
     def __getitem__(self, i: int) -> Example:
         return Example(self.images[i], int(self.labels[i]))
 
@@ -239,6 +245,10 @@ class FolderDataset:
     def __len__(self) -> int:
         return len(self.files)
 
+    def fingerprint(self) -> str:
+        """A short hash of the file list (relative paths, in order)."""
+        return _digest(*(p.relative_to(self.root).as_posix() for p in self.files))
+
     def __getitem__(self, i: int) -> Example:
         from PIL import Image, ImageOps
 
@@ -256,6 +266,14 @@ class FolderDataset:
                 raise DataError(f"no image under {self.root} decodes") from None
             return self[(i + 1) % len(self)]
         return Example(pixels, self.labels[i], self.captions.get(path))
+
+
+def _digest(*parts: object) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
 def _image_ok(path: Path) -> bool:
@@ -324,6 +342,12 @@ class ProceduralDataset:
 
     def __len__(self) -> int:
         return self.size
+
+    def fingerprint(self) -> str:
+        """A short hash of the generator's parameters."""
+        return _digest(
+            self.generator, self.size, self.resolution, self.num_classes, self.channels, self.seed
+        )
 
     def __getitem__(self, i: int) -> Example:
         rng = np.random.default_rng([self.seed, i, 0x5EED])
@@ -523,7 +547,7 @@ class BatchOrder:
         seed: the run's seed.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int) -> None:
+    def __init__(self, num_items: int, batch_size: int, seed: int, fingerprint: str = "") -> None:
         if num_items < batch_size:
             raise DataError(
                 f"the dataset has {num_items} items, fewer than one batch of "
@@ -532,6 +556,7 @@ class BatchOrder:
         self.num_items = num_items
         self.batch_size = batch_size
         self.seed = seed
+        self.fingerprint = fingerprint  # of the dataset's contents; checked on resume
         self._epoch: tuple[int, np.ndarray] | None = None  # the current epoch's permutation
 
     @property
@@ -557,7 +582,7 @@ class BatchOrder:
         start = rank * per_rank
         return self.global_batch(step)[start : start + per_rank], start
 
-    def state_dict(self, step: int) -> dict[str, int]:
+    def state_dict(self, step: int) -> dict[str, Any]:
         """What a checkpoint records about the order (the step is the whole position)."""
         epoch, j = divmod(step, self.batches_per_epoch)
         return {
@@ -567,12 +592,13 @@ class BatchOrder:
             "step": step,
             "epoch": epoch,
             "batch_in_epoch": j,
+            "fingerprint": self.fingerprint,
         }
 
-    def check_resumable(self, state: dict[str, int]) -> None:
+    def check_resumable(self, state: dict[str, Any]) -> None:
         """Raise DataError if a checkpoint's order state does not describe this order."""
-        for key in ("num_items", "batch_size", "seed"):
-            if int(state[key]) != getattr(self, key):
+        for key in ("num_items", "batch_size", "seed", "fingerprint"):
+            if key in state and state[key] != getattr(self, key):
                 raise DataError(
                     f"cannot resume: the checkpoint's data order has {key}={state[key]}, this "
                     f"run has {getattr(self, key)} (the dataset or recipe changed)"

@@ -425,7 +425,7 @@ def _train(
 
     # Data first: a missing or corrupt file fails before anything is written.
     data = TrainData(build_dataset(cfg.data, seed=cfg.train.seed), cfg.data)
-    order = BatchOrder(len(data), o.batch_size, cfg.train.seed)
+    order = BatchOrder(len(data), o.batch_size, cfg.train.seed, data.dataset.fingerprint())
     has_run = _collective_check(info, lambda: prepare_run_dir(out, cfg, resume))
     if info.is_main and has_run:
         removed = ckpt.remove_stale_temporaries(out)
