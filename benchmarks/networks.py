@@ -75,6 +75,7 @@ class Pair:
     call_theirs: Callable[[nn.Module, Tensor, Tensor, Tensor | None], Tensor]
     shape: tuple[int, int, int]
     num_classes: int
+    published: dict | None = None  # the paper's parameters and GFLOPs (2 per multiply-add)
 
 
 def unet_pair(dropout: float) -> Pair:
@@ -132,6 +133,10 @@ def dit_pair() -> Pair:
         lambda m, x, t, y: m(x, timestep=t.long(), class_labels=y).sample,
         (cfg.in_channels, cfg.image_size, cfg.image_size),
         cfg.num_classes,
+        # Peebles & Xie 2023, table 1: 33.0M parameters (with the learned-sigma output, which
+        # adds 6k), 6.06 GFLOPs counted as multiply-adds. diffusers' DiTTransformer2DModel
+        # re-creates the timestep and label embedders in every block, hence its 39.8M.
+        {"params": 33.0e6, "gflops": 2 * 6.06},
     )
 
 
@@ -164,6 +169,9 @@ def run_pair(pair: Pair, args: argparse.Namespace, device: torch.device) -> dict
 
     x1, t1, y1, _ = inputs(1)
     record: dict = {"name": pair.name}
+    if pair.published:
+        record["params_published"] = pair.published["params"]
+        record["gflops_published"] = pair.published["gflops"]
     for who, net, call in (
         ("ours", pair.ours, pair.call_ours),
         ("theirs", pair.theirs, pair.call_theirs),
@@ -255,6 +263,16 @@ def run_pair(pair: Pair, args: argparse.Namespace, device: torch.device) -> dict
     return record
 
 
+def _cpu_name() -> str:
+    """The CPU model and core count, from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        return f"{names[0]}, {len(names)} cores"
+    except (OSError, IndexError):
+        return platform.processor() or platform.machine()
+
+
 def _loadavg() -> float | None:
     """1-minute load average of the machine (other work running beside the benchmark)."""
     try:
@@ -303,6 +321,13 @@ def print_table(records: list[dict], meta: dict) -> None:
             f"{'':<12} {'ratio':<8} {r['params_ratio']:>12.3f} {r['gflops_ratio']:>8.3f} "
             f"{r['train_ratio']:>11.2f}x {r['sample_ratio']:>9.2f}x"
         )
+        if "params_published" in r:
+            print(
+                f"{'':<12} {'paper':<8} {r['params_published']:>12,.0f} "
+                f"{r['gflops_published']:>8.2f}   (ours/paper: params "
+                f"{r['params_ours'] / r['params_published']:.3f}, GFLOPs "
+                f"{r['gflops_ours'] / r['gflops_published']:.3f})"
+            )
         print(
             f"{'':<12} {'cpu-time':<8} {'':>12} {'':>8} {r['train_cpu_ratio']:>11.2f}x "
             f"{r['sample_cpu_ratio']:>9.2f}x   (load average {r['load_average']})"
@@ -336,9 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/networks.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
         "threads": torch.get_num_threads(),
         "train_batch": args.train_batch,

@@ -72,9 +72,14 @@ class ModelConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     class_conditional: bool = True
     label_dropout: float = 0.1  # probability of the null class in training (enables CFG)
+    # Std of the initial class embedding; 0 keeps the network's own (DiT's 0.02, made for
+    # 400k-step runs). Short runs need EDM's unit-variance label map (~1.0): measured on MNIST,
+    # 84% vs 15% of CFG samples of the asked digit after 400 steps.
+    class_embed_std: float = 0.0
 
     def __post_init__(self) -> None:
         _require(bool(self.preset), "model.preset", self.preset, "name a preset")
+        _require(self.class_embed_std >= 0, "model.class_embed_std", self.class_embed_std, ">= 0")
         _require(
             0.0 <= self.label_dropout < 1.0,
             "model.label_dropout",

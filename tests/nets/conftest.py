@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -22,7 +24,7 @@ def _seed() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> None:
+def _one_thread() -> Iterator[None]:
     # Tiny networks gain nothing from a second thread, and on a shared machine an OpenMP
     # region can wait a whole scheduler slice for a descheduled worker.
     n = torch.get_num_threads()

@@ -128,3 +128,17 @@ def test_linear_route_equals_f_linear(shape: tuple[int, ...]) -> None:
     want = torch.autograd.grad(ref, (x, w, b), g)
     for a, r in zip(got, want):
         torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+
+
+def test_deepcopy_starts_with_empty_scratch() -> None:
+    import copy
+
+    conv = Conv3x3(32, 32).double()
+    x = _cl(1, 32, 16, 16)
+    with torch.no_grad():
+        conv(x)
+    assert conv._scratch.kernel is not None
+    twin = copy.deepcopy(conv)
+    assert twin._scratch.kernel is None and twin._scratch.saved.tensor is None
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), conv(x))

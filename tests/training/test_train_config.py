@@ -133,3 +133,17 @@ def test_build_errors_name_the_key():
             image_size=8,
             num_classes=0,
         )
+
+
+def test_class_embedding_init_can_be_set_by_the_recipe():
+    from diffuse.training.model import build_network
+
+    sets = ["model.preset='unet-tiny'", "model.class_embed_std=1.0"]
+    net, _ = build_network(
+        load_recipe(None, sets).model, in_channels=1, image_size=8, num_classes=10
+    )
+    assert 0.8 < float(net.class_embed.weight.std()) < 1.2
+    net, _ = build_network(
+        load_recipe(None, sets[:1]).model, in_channels=1, image_size=8, num_classes=10
+    )
+    assert float(net.class_embed.weight.std()) < 0.05  # the network's own init otherwise

@@ -49,9 +49,11 @@ _REFERENCE = False
 def reference_kernels(enabled: bool = True) -> Iterator[None]:
     """Run networks with their textbook formulation instead of the fast, equivalent kernels.
 
-    The fast paths compute the same function with fewer operations (e.g. nearest upsampling
-    followed by a 3x3 convolution as one stride-2 transposed convolution). FLOP counts are
-    taken under this context so that they describe the architecture, as papers count them.
+    The fast paths compute the same function with fewer multiplications (nearest upsampling
+    followed by a 3x3 convolution as one stride-2 transposed convolution; 3x3 convolutions by
+    Winograd's algorithm on CPU, see `nets.winograd`). FLOP counts are taken under this
+    context so that they describe the architecture, as papers count them; tests use it to
+    check that both paths agree.
     """
     global _REFERENCE
     old, _REFERENCE = _REFERENCE, enabled

@@ -227,7 +227,9 @@ PRESETS: dict[str, UNetConfig] = {
         scale_shift=False,
         image_size=32,
     ),
-    # ADM's ImageNet 64x64 network (Dhariwal & Nichol 2021, table 10): about 296M parameters.
+    # ADM's ImageNet 64x64 layout (Dhariwal & Nichol 2021): 192 channels x (1, 2, 3, 4), three
+    # blocks per level, attention at 32/16/8 px with 64-channel heads: 276M parameters (ADM's
+    # 296M adds residual up/down-sampling blocks and a learned-variance output).
     "unet-b": UNetConfig(
         base_channels=192,
         channel_mult=(1, 2, 3, 4),
@@ -463,7 +465,7 @@ class UNet(nn.Module):
         """
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+                nn.init.xavier_uniform_(m.weight)  # fans include the 3x3 window
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         nn.init.normal_(self.time_embed.fc1.weight, std=0.02)

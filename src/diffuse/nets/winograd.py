@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from diffuse.nets.layers import use_reference_kernels
+
 __all__ = [
     "Conv3x3",
     "SavedInput",
@@ -80,10 +82,12 @@ def _matrices(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
     return _MATRICES[key]
 
 
-def _kernel_transform(weight: Tensor, g2: Tensor) -> Tensor:
+def _kernel_transform(weight: Tensor, g2: Tensor, out: Tensor | None = None) -> Tensor:
     """U^T = (G g G^T) for every (out, in) pair: (K, C, 3, 3) -> (36, K, C)."""
     K, C = weight.shape[:2]
-    return torch.mm(g2, weight.reshape(K * C, 9).t()).view(_N * _N, K, C)
+    if out is not None:
+        out = out.view(_N * _N, K * C)
+    return torch.mm(g2, weight.reshape(K * C, 9).t(), out=out).view(_N * _N, K, C)
 
 
 def _fits(buf: Tensor | None, n: int, like: Tensor) -> bool:
@@ -109,6 +113,16 @@ class _Workspace(threading.local):
 
     def __init__(self) -> None:
         self.buffers: dict[tuple[str, bool], Tensor] = {}
+        self.pads: dict[tuple, Tensor] = {}
+
+    def padded(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A zero-initialised buffer of exactly `shape`, one per shape: callers write only
+        its inside, so the border written once stays zero."""
+        key = (shape, like.dtype, like.device, torch.is_inference_mode_enabled())
+        buf = self.pads.get(key)
+        if buf is None:
+            buf = self.pads[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        return buf
 
     def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """An uninitialised tensor of `shape` with like's dtype and device."""
@@ -130,6 +144,7 @@ def release_workspace() -> None:
     """Free this thread's Winograd scratch buffers (they are kept, grown to the largest layer
     seen, to avoid page faults on every call; with a large batch they hold hundreds of MB)."""
     _WS.buffers.clear()
+    _WS.pads.clear()
 
 
 def _along_both(mat: Tensor, t: Tensor, out: Tensor | None = None, name: str = "") -> Tensor:
@@ -147,7 +162,8 @@ def _along_both(mat: Tensor, t: Tensor, out: Tensor | None = None, name: str = "
 
 
 class SavedInput:
-    """Per-layer storage for the transformed input between a training forward and backward.
+    """Per-layer storage for a transformed tensor (input or kernel) between a training
+    forward and backward.
 
     Keeping B^T d B for the backward pass saves recomputing it, but a fresh 2.25x-input
     allocation per layer and step page-faults (glibc returns such blocks to the system). A
@@ -188,7 +204,10 @@ def _input_transform(x: Tensor, nh: int, nw: int, out: Tensor | None = None) -> 
     B, C, H, W = x.shape
     P = B * nh * nw
     hp, wp = _M * nh + 2, _M * nw + 2
-    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, wp - W - 1, 1, hp - H - 1))  # (B, hp, wp, C)
+    # Zero-padded input (B, hp, wp, C): a buffer per shape whose border stays zero, so only
+    # the inside is written (one pass instead of F.pad's fill and copy).
+    xp = _WS.padded((B, hp, wp, C), x)
+    xp[:, 1 : H + 1, 1 : W + 1].copy_(x.permute(0, 2, 3, 1))
     sb, sh, sw, sc = xp.stride()
     # Overlapping 6x6 tiles at stride 4, tile axes first: (6, 6, B, nh, nw, C) -> (6, 6, P*C).
     tiles = xp.as_strided((_N, _N, B, nh, nw, C), (sh, sw, sb, _M * sh, _M * sw, sc))
@@ -210,6 +229,7 @@ class _Winograd3x3(torch.autograd.Function):
         bias: Tensor | None,
         ut: Tensor | None,
         saved: SavedInput | None,
+        saved_kernel: SavedInput | None,
     ) -> Tensor:
         _, _, at, _, g2 = _matrices(x.device, x.dtype)
         B, C, H, W = x.shape
@@ -222,8 +242,14 @@ class _Winograd3x3(torch.autograd.Function):
         if saved is not None and weight.requires_grad:
             out, ctx.token = saved.claim((_N * _N, P, C), x)
         v = _input_transform(x, nh, nw, out=out)  # (36, P, C)
+        # The transformed kernel, also needed by the backward pass: given (sampling cache),
+        # or computed into the layer's reusable buffer (checked by token like the input).
+        ctx.kernel, ctx.saved_kernel, ctx.ktoken = ut, saved_kernel, None
         if ut is None:
-            ut = _kernel_transform(weight, g2)  # (36, K, C)
+            kout = None
+            if saved_kernel is not None:
+                kout, ctx.ktoken = saved_kernel.claim((_N * _N, K, C), x)
+            ut = _kernel_transform(weight, g2, out=kout)  # (36, K, C)
         m = torch.bmm(v, ut.transpose(1, 2), out=_WS.get("m", (_N * _N, P, K), x))  # per frequency
         y4 = _along_both(at, m.view(_N, _N, P * K), name="y")  # (4, 4, P*K): A^T M A
         # The output is allocated as a channels_last (B, K, H, W) tensor (not a view, so that
@@ -245,7 +271,7 @@ class _Winograd3x3(torch.autograd.Function):
             torch.add(tile_view, bias, out=dst)
         if (_M * nh, _M * nw) != (H, W):
             y = y[:, :, :H, :W].contiguous(memory_format=torch.channels_last)
-        ctx.save_for_backward(x, ut)
+        ctx.save_for_backward(x, weight)
         ctx.shape = (B, C, H, W, K, nh, nw)
         ctx.has_bias = bias is not None
         return y
@@ -253,10 +279,15 @@ class _Winograd3x3(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
-        x, ut = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         B, C, H, W, K, nh, nw = ctx.shape
         P = B * nh * nw
         _, b, _, a, g2 = _matrices(gy.device, gy.dtype)
+        ut = ctx.kernel
+        if ut is None and ctx.ktoken is not None:
+            ut = ctx.saved_kernel.load(ctx.ktoken, (_N * _N, K, C))
+        if ut is None:
+            ut = _kernel_transform(weight, g2)
         g = gy.permute(0, 2, 3, 1)  # (B, H, W, K)
         if (_M * nh, _M * nw) != (H, W):
             g = F.pad(g, (0, 0, 0, _M * nw - W, 0, _M * nh - H))
@@ -298,10 +329,12 @@ class _Winograd3x3(torch.autograd.Function):
             if v is None:
                 v = _input_transform(x, nh, nw)
             gut = torch.bmm(gm.transpose(1, 2), v)  # (36, K, C)
-            gw = torch.mm(gut.view(_N * _N, K * C).t(), g2).view(K, C, 3, 3)
+            # G2^T gU as (9, K*C), then one transposing copy: a wide product with 36-long
+            # rows runs far faster than a (K*C, 36) @ (36, 9) one.
+            gw = torch.mm(g2.t(), gut.view(_N * _N, K * C)).t().reshape(K, C, 3, 3)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum(dim=(0, 2, 3))
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
 
 
 def winograd_applies(x: Tensor, weight: Tensor) -> bool:
@@ -327,6 +360,7 @@ def winograd_conv3x3(
     *,
     kernel: Tensor | None = None,
     saved: SavedInput | None = None,
+    saved_kernel: SavedInput | None = None,
 ) -> Tensor:
     """conv2d(x, weight, bias, padding=1) by Winograd F(4x4, 3x3).
 
@@ -335,11 +369,12 @@ def winograd_conv3x3(
         weight: (K, C, 3, 3).
         bias: (K,) or None.
         kernel: the transformed kernel (36, K, C) if already computed (sampling cache).
-        saved: a layer's reusable buffer for the backward pass (see SavedInput).
+        saved, saved_kernel: a layer's reusable buffers for the transformed input and kernel,
+            kept for the backward pass (see SavedInput).
     Returns:
         (B, K, H, W), channels_last.
     """
-    return _Winograd3x3.apply(x, weight, bias, kernel, saved)
+    return _Winograd3x3.apply(x, weight, bias, kernel, saved, saved_kernel)
 
 
 def conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -349,6 +384,20 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.conv2d(x, weight, bias, padding=1)
 
 
+class _LayerScratch:
+    """A layer's buffers that are not model state: the saved transformed input between a
+    training forward and backward, and the transformed kernel cached for sampling. Copies of
+    the layer (EMA, copy.deepcopy) start with empty ones."""
+
+    def __init__(self) -> None:
+        self.saved = SavedInput()
+        self.saved_kernel = SavedInput()
+        self.kernel: tuple[tuple, Tensor] | None = None  # (weight key, (36, K, C))
+
+    def __deepcopy__(self, memo: dict) -> _LayerScratch:
+        return _LayerScratch()
+
+
 class Conv3x3(nn.Conv2d):
     """nn.Conv2d(cin, cout, 3, padding=1) (same parameters and state dict) computed by
     `conv3x3`; when no gradient is recorded the transformed kernel is cached until the weight
@@ -356,20 +405,20 @@ class Conv3x3(nn.Conv2d):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, 3, padding=1)
-        self._cache: tuple[tuple, Tensor] | None = None
-        self._saved = SavedInput()
+        self._scratch = _LayerScratch()
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, cin, H, W) -> (B, cout, H, W)."""
-        from diffuse.nets.layers import use_reference_kernels
-
         w = self.weight
         if use_reference_kernels() or not winograd_applies(x, w):
             return F.conv2d(x, w, self.bias, padding=1)
+        scratch = self._scratch
         if torch.is_grad_enabled() and w.requires_grad:
-            return winograd_conv3x3(x, w, self.bias, saved=self._saved)
+            return winograd_conv3x3(
+                x, w, self.bias, saved=scratch.saved, saved_kernel=scratch.saved_kernel
+            )
         key = (w.data_ptr(), w._version, w.dtype, w.device)
-        if self._cache is None or self._cache[0] != key:
+        if scratch.kernel is None or scratch.kernel[0] != key:
             g2 = _matrices(w.device, w.dtype)[4]
-            self._cache = (key, _kernel_transform(w.detach(), g2))
-        return winograd_conv3x3(x, w, self.bias, kernel=self._cache[1])
+            scratch.kernel = (key, _kernel_transform(w.detach(), g2))
+        return winograd_conv3x3(x, w, self.bias, kernel=scratch.kernel[1])

@@ -91,6 +91,14 @@ def build_network(
         net = nets.build_network(net_cfg)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model {cfg.preset!r} with {cfg.overrides}: {err}") from None
+    if cfg.class_embed_std > 0 and num_classes:
+        # The one initialisation a recipe may change (see ModelConfig.class_embed_std): EDM maps
+        # labels with unit-variance weights (Karras et al. 2022, DhariwalUNet map_label).
+        embedding = getattr(net, "class_embed", None)
+        if not isinstance(embedding, nn.Embedding):
+            raise ConfigError(f"model.class_embed_std: {cfg.preset!r} has no class embedding")
+        with torch.no_grad():
+            nn.init.normal_(embedding.weight, std=cfg.class_embed_std)
     return net, net_cfg
 
 
