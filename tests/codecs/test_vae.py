@@ -1,0 +1,54 @@
+"""The KL autoencoder codec: shapes, latent normalisation round trip, save/load, errors."""
+
+import pytest
+import torch
+
+from diffuse.codecs.vae import VAE, VAEConfig, load_vae, save_vae
+
+TINY = VAEConfig(base_channels=8, channel_mult=(1, 1, 2), num_groups=4)
+
+
+def test_encode_decode_shapes_and_latent_scale_round_trip():
+    torch.manual_seed(0)
+    vae = VAE(TINY).eval()
+    images = torch.rand(6, 3, 16, 16) * 2 - 1
+    assert vae.latent_shape(16) == (4, 4, 4)
+    stats = vae.fit_latent_stats(images)
+    z = vae.encode(images)
+    assert z.shape == (6, 4, 4, 4)
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-4, rtol=0)
+    raw = vae.posterior(images).mean
+    shift = torch.tensor(stats.shift).reshape(1, 4, 1, 1)
+    scale = torch.tensor(stats.scale).reshape(1, 4, 1, 1)
+    torch.testing.assert_close(z * scale + shift, raw, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        assert vae.decode(z).shape == images.shape
+        recon, post = vae(images, torch.Generator().manual_seed(0))
+    assert recon.shape == images.shape and post.kl().shape == (6,)
+
+
+def test_save_load_round_trip(tmp_path):
+    vae = VAE(TINY).eval()
+    vae.fit_latent_stats(torch.rand(4, 3, 16, 16) * 2 - 1)
+    z = torch.randn(2, 4, 4, 4)
+    with torch.no_grad():
+        expected = vae.decode(z)
+        loaded = load_vae(save_vae(vae, tmp_path / "vae"))
+        torch.testing.assert_close(loaded.decode(z), expected)
+
+
+def test_bad_inputs_name_the_values(tmp_path):
+    vae = VAE(TINY)
+    with pytest.raises(ValueError, match="18"):
+        vae.latent_shape(18)
+    with pytest.raises(ValueError, match=r"\(2, 3, 4, 4\)"):
+        vae.decode(torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="downsample must be 4 or 8, got 2"):
+        VAEConfig(downsample=2)
+    with pytest.raises(FileNotFoundError, match="vae.json"):
+        load_vae(tmp_path)
+    (tmp_path / "vae.json").write_text("{broken")
+    (tmp_path / "vae.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="damaged"):
+        load_vae(tmp_path)
