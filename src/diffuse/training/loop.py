@@ -426,6 +426,7 @@ def _train(
     # Data first: a missing or corrupt file fails before anything is written.
     data = TrainData(build_dataset(cfg.data, seed=cfg.train.seed), cfg.data)
     order = BatchOrder(len(data), o.batch_size, cfg.train.seed, data.dataset.fingerprint())
+    loaded_text_encoder = _text_encoder(cfg, data) if cfg.model.text_encoder else None
     has_run = _collective_check(info, lambda: prepare_run_dir(out, cfg, resume))
     if info.is_main and has_run:
         removed = ckpt.remove_stale_temporaries(out)
@@ -433,9 +434,20 @@ def _train(
             logger.info("removed %d interrupted checkpoint write(s)", removed)
 
     num_classes = data.num_classes if cfg.model.class_conditional else 0
+    text_encoder, captions = None, None
+    if cfg.model.text_encoder:
+        from diffuse.training.captions import CaptionBank
+
+        text_encoder, texts = loaded_text_encoder
+        captions = CaptionBank(text_encoder, texts, cache_dir=out if info.is_main else None)
+    text_dims = {"context_dim": captions.dim, "pooled_dim": captions.pooled_dim} if captions else {}
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     net, net_cfg = net_builder(
-        cfg.model, in_channels=data.channels, image_size=data.image_size, num_classes=num_classes
+        cfg.model,
+        in_channels=data.channels,
+        image_size=data.image_size,
+        num_classes=num_classes,
+        **text_dims,
     )
     net.to(info.device)
     process = build_process(cfg.process)
@@ -501,6 +513,8 @@ def _train(
     null_label = num_classes  # the network's reserved "no class" index
     flip_p = 0.5 if cfg.data.flip else 0.0
     drop_p = cfg.model.label_dropout if num_classes else 0.0
+    if captions is not None:
+        drop_p = cfg.model.caption_dropout
 
     def save(at_step: int) -> None:
         model_state = replica.full_state(net)
@@ -541,12 +555,22 @@ def _train(
         )
         if not (replica.fsdp or info.is_main):
             return  # under FSDP every rank takes part in the sharded forward passes
+        text_cond, text_uncond = None, None
+        if text_encoder is not None:
+            prompts = [s.prompts[i % len(s.prompts)] if s.prompts else "" for i in s.seeds]
+            text_cond = {
+                k: v.to(info.device) for k, v in text_encoder.encode(prompts).as_cond().items()
+            }
+            empty = text_encoder.encode([""]).as_cond()
+            text_uncond = {k: v.to(info.device) for k, v in empty.items()}
         images = generate(
             ema_denoiser,
             image_shape,
             list(s.seeds),
             labels=labels,
             null_label=null_label,
+            cond=text_cond,
+            uncond=text_uncond,
             sampler=s.sampler,
             schedule=s.schedule,
             steps=s.steps,
@@ -595,6 +619,9 @@ def _train(
                 if num_classes:
                     lab = torch.where(draws.drop_label[sl], null_label, labels[sl])
                     cond = {"class_labels": lab.to(info.device)}
+                if captions is not None:
+                    text = captions.batch(indices[sl], draws.drop_label[sl])
+                    cond = {**(cond or {}), **{k: v.to(info.device) for k, v in text.items()}}
                 with replica.no_sync(last=i == len(slices) - 1), precision:
                     losses = denoising_loss(
                         denoiser,
@@ -698,11 +725,30 @@ def _train(
                 in_channels=data.channels,
                 image_size=data.image_size,
                 num_classes=num_classes,
+                **text_dims,
             )[0]
             plain.load_state_dict(ema_state)
         _write_model(model_dir, plain, cfg, config_record, data)
     dist.barrier(info)
     return TrainResult(out, step, model_dir, last_loss, nonfinite_total)
+
+
+def _text_encoder(cfg: TrainConfig, data: TrainData) -> tuple[Any, list[str | None]]:
+    """The frozen text encoder of `model.text_encoder` and the data's captions (checked before
+    the run folder is touched)."""
+    from diffuse.codecs.text_encoder import TextEncoder
+
+    name = cfg.model.text_encoder
+    try:
+        encoder = TextEncoder(None if name == "default" else name)
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        raise ConfigError(f"model.text_encoder = {name!r}: {err}") from None
+    texts = data.captions()
+    if not any(texts):
+        raise ConfigError(
+            f"model.text_encoder is set but the data ({cfg.data.source}) has no captions"
+        )
+    return encoder, texts
 
 
 def _write_model(
@@ -725,6 +771,7 @@ def _write_model(
         "null_label": len(config_record["class_names"]),
         "channels": data.channels,
         "image_size": data.image_size,
+        "text_encoder": cfg.model.text_encoder,
         "sample": to_dict(cfg.sample),
         "recipe": config_record["recipe"],
     }

@@ -64,7 +64,13 @@ def preset(name: str) -> Any:
 
 
 def build_network(
-    cfg: ModelConfig, *, in_channels: int, image_size: int, num_classes: int
+    cfg: ModelConfig,
+    *,
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    context_dim: int = 0,
+    pooled_dim: int = 0,
 ) -> tuple[nn.Module, Any]:
     """The network of a [model] section, shaped for the data.
 
@@ -74,6 +80,7 @@ def build_network(
         image_size: side of the (square) training images.
         num_classes: classes for class conditioning (0: unconditional). The network reserves
             index `num_classes` as the null class for classifier-free guidance.
+        context_dim, pooled_dim: text token / pooled embedding widths (0: no text).
     Returns:
         (network, its config dataclass).
     """
@@ -82,6 +89,10 @@ def build_network(
     base = preset(cfg.preset)
     data_fields = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
     names = {f.name for f in dataclasses.fields(base)}
+    if context_dim:
+        if "context_dim" not in names:
+            raise ConfigError(f"model.text_encoder: {cfg.preset!r} takes no text conditioning")
+        data_fields.update(context_dim=context_dim, pooled_dim=pooled_dim)
     _check_options(type(base), cfg.overrides, "model.overrides", tuple(data_fields))
     fields = {k: v for k, v in data_fields.items() if k in names}
     if "out_channels" in names:
