@@ -356,7 +356,8 @@ def run_diffusers(problem: Problem, nfes: tuple[int, ...]) -> list[Row]:
 
 
 def run_k_diffusion(problem: Problem, nfes: tuple[int, ...]) -> list[Row]:
-    """k-diffusion's samplers on Karras sigmas (its model convention is the level axis)."""
+    """k-diffusion's samplers on its Karras and exponential sigmas (its model convention is
+    the level axis)."""
     import k_diffusion.sampling as ks
 
     samplers = {
@@ -368,30 +369,30 @@ def run_k_diffusion(problem: Problem, nfes: tuple[int, ...]) -> list[Row]:
     }
     if hasattr(ks, "sample_dpmpp_3m_sde"):
         samplers["dpmpp_3m_sde(eta=0)"] = functools.partial(ks.sample_dpmpp_3m_sde, eta=0.0)
+    schedules = {"karras": ks.get_sigmas_karras, "exponential": ks.get_sigmas_exponential}
     rows = []
     for name, fn in samplers.items():
-        for nfe in nfes:
-            steps = (nfe + 1) // 2 if name in ("heun", "dpm_2") else nfe
-            sigmas = ks.get_sigmas_karras(
-                steps, PROCESS.level_min, PROCESS.level_max, dtype=torch.float64
-            )
-            counter = Counter(problem.mixture.denoise)
+        for schedule, make_sigmas in schedules.items():
+            for nfe in nfes:
+                steps = (nfe + 1) // 2 if name in ("heun", "dpm_2") else nfe
+                sigmas = make_sigmas(steps, PROCESS.level_min, PROCESS.level_max)
+                counter = Counter(problem.mixture.denoise)
 
-            def model(x: Tensor, sigma: Tensor, counter: Counter = counter) -> Tensor:
-                return counter(x, sigma.reshape(-1)[0])
+                def model(x: Tensor, sigma: Tensor, counter: Counter = counter) -> Tensor:
+                    return counter(x, sigma.reshape(-1)[0])
 
-            out = fn(model, problem.x_eval.clone(), sigmas, disable=True)
-            rows.append(
-                Row(
-                    problem.name,
-                    "k-diffusion",
-                    name,
-                    "karras",
-                    nfe,
-                    counter.calls,
-                    *problem.score(out),
+                out = fn(model, problem.x_eval.clone(), sigmas.double(), disable=True)
+                rows.append(
+                    Row(
+                        problem.name,
+                        "k-diffusion",
+                        name,
+                        schedule,
+                        nfe,
+                        counter.calls,
+                        *problem.score(out),
+                    )
                 )
-            )
     return rows
 
 

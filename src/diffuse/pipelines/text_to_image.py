@@ -193,28 +193,14 @@ class TextToImagePipeline:
         prompt: str,
         negative_prompt: str = "",
         *,
-        seeds: Sequence[int] | None = None,
-        n: int | None = None,
-        sampler: str | None = None,
-        schedule: str | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        size: int | None = None,
         callback: Callback | None = None,
+        **settings: Any,
     ) -> list:
-        """Generate one PIL image per seed (default seeds 0 .. n-1) for `prompt`."""
-        params = self.params(
-            prompt,
-            negative_prompt,
-            seeds=seeds,
-            n=n,
-            sampler=sampler,
-            schedule=schedule,
-            steps=steps,
-            guidance=guidance,
-            size=size,
-        )
-        return to_pil(self.generate(params, callback))
+        """Generate one PIL image per seed (default seeds 0 .. n-1) for `prompt`.
+
+        `settings` are those of `params`: seeds, n, sampler, schedule, steps, guidance, size.
+        """
+        return to_pil(self.generate(self.params(prompt, negative_prompt, **settings), callback))
 
 
 def to_pil(images: Tensor) -> list:
