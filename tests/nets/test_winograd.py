@@ -45,9 +45,9 @@ def test_gradcheck() -> None:
 
 
 def test_float32_error_is_small() -> None:
-    x = _cl(2, 32, 16, 16, dtype=torch.float32).requires_grad_()
-    conv = Conv3x3(32, 48)
-    g = torch.randn(2, 48, 16, 16)
+    x = _cl(2, 96, 16, 16, dtype=torch.float32).requires_grad_()
+    conv = Conv3x3(96, 112)
+    g = torch.randn(2, 112, 16, 16)
     assert winograd_applies(x, conv.weight)
     y = conv(x)
     y.backward(g)
@@ -61,8 +61,8 @@ def test_float32_error_is_small() -> None:
 
 
 def test_module_paths_give_the_same_gradients() -> None:
-    conv = Conv3x3(32, 32).double()
-    x1, x2 = _cl(2, 32, 16, 16).requires_grad_(), _cl(2, 32, 16, 16).requires_grad_()
+    conv = Conv3x3(96, 96).double()
+    x1, x2 = _cl(2, 96, 16, 16).requires_grad_(), _cl(2, 96, 16, 16).requires_grad_()
     assert winograd_applies(x1, conv.weight)
     # Two calls before one backward: the second overwrites the layer's saved buffer, so the
     # first call's backward must notice and recompute.
@@ -75,8 +75,8 @@ def test_module_paths_give_the_same_gradients() -> None:
 
 
 def test_sampling_cache_follows_weight_updates() -> None:
-    conv = Conv3x3(32, 32).double()
-    x = _cl(1, 32, 16, 16)
+    conv = Conv3x3(96, 96).double()
+    x = _cl(1, 96, 16, 16)
     with torch.inference_mode():
         conv(x)
     with torch.no_grad():
@@ -87,22 +87,24 @@ def test_sampling_cache_follows_weight_updates() -> None:
 
 
 def test_applies_only_where_faster() -> None:
-    w = torch.randn(32, 32, 3, 3)
-    assert winograd_applies(_cl(1, 32, 16, 16, dtype=torch.float32), w)
-    assert not winograd_applies(torch.randn(1, 32, 16, 16), w)  # NCHW memory
-    assert not winograd_applies(_cl(1, 32, 8, 8, dtype=torch.float32), w)  # small image
-    assert not winograd_applies(_cl(1, 3, 16, 16, dtype=torch.float32), torch.randn(32, 3, 3, 3))
+    w = torch.randn(96, 96, 3, 3)
+    assert winograd_applies(_cl(1, 96, 16, 16, dtype=torch.float32), w)
+    assert not winograd_applies(torch.randn(1, 96, 16, 16), w)  # NCHW memory
+    few = torch.randn(64, 64, 3, 3)  # < 96 channels: oneDNN's direct convolution is faster
+    assert not winograd_applies(_cl(8, 64, 32, 32, dtype=torch.float32), few)
+    assert not winograd_applies(_cl(1, 96, 8, 8, dtype=torch.float32), w)  # small image
+    assert not winograd_applies(_cl(1, 3, 16, 16, dtype=torch.float32), torch.randn(96, 3, 3, 3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not winograd_applies(_cl(1, 32, 16, 16, dtype=torch.float32), w)
-    x = torch.randn(1, 32, 8, 8)
+        assert not winograd_applies(_cl(1, 96, 16, 16, dtype=torch.float32), w)
+    x = torch.randn(1, 96, 8, 8)
     torch.testing.assert_close(conv3x3(x, w), F.conv2d(x, w, padding=1))
 
 
 def test_unet_with_winograd_layers_matches_reference() -> None:
-    cfg = dataclasses.replace(unet_preset("unet-tiny"), base_channels=32, num_groups=8)
+    cfg = dataclasses.replace(unet_preset("unet-tiny"), base_channels=96, num_groups=8)
     net = randomize(UNet(cfg)).double().train()
     x, t = torch.randn(2, 3, 16, 16, dtype=torch.double), torch.rand(2) * 1000
-    assert winograd_applies(_cl(2, 32, 16, 16), net.down[0].res.conv1.weight)
+    assert winograd_applies(_cl(2, 96, 16, 16), net.down[0].res.conv1.weight)
     out = net(x, t)
     out.square().sum().backward()
     grads = [p.grad.clone() for p in net.parameters()]
@@ -133,8 +135,8 @@ def test_linear_route_equals_f_linear(shape: tuple[int, ...]) -> None:
 def test_deepcopy_starts_with_empty_scratch() -> None:
     import copy
 
-    conv = Conv3x3(32, 32).double()
-    x = _cl(1, 32, 16, 16)
+    conv = Conv3x3(96, 96).double()
+    x = _cl(1, 96, 16, 16)
     with torch.no_grad():
         conv(x)
     assert conv._scratch.kernel is not None
