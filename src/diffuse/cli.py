@@ -69,7 +69,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if args.n is not None and args.n < 2:
         raise CliError(f"-n must be at least 2, got {args.n}")
-    ev.dataset_archive(args.dataset)  # a missing archive fails now, not after sampling
+    split = ev.load_split(args.dataset)  # a missing archive fails now, not after sampling
     if args.samples:
         images, labels = ev.load_samples(args.samples)
         if args.n is not None:
@@ -88,7 +88,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             device=args.device,
         )
     r = ev.evaluate_images(
-        images, labels, args.dataset, batch_size=args.batch_size, device=args.device
+        images, labels, args.dataset, batch_size=args.batch_size, device=args.device, split=split
     )
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))

@@ -85,3 +85,13 @@ def test_eval_model_samples_through_the_pipeline(tiny_world, monkeypatch, capsys
     assert images[9, 0, 0, 0] == 255 and images[10, 0, 0, 0] == 0
     assert main(["eval", "--model", "x", "--dataset", "mnist", "-n", "20", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 20
+
+
+def test_eval_checks_the_dataset_before_sampling(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DIFFUSE_DATA", str(tmp_path))  # no archive there
+    sampled = []
+    monkeypatch.setattr(ev, "sample_model_for_eval", lambda *a, **k: sampled.append(1))
+    assert main(["eval", "--model", str(tmp_path), "--dataset", "mnist", "-n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "mnist-train.npz not found" in err and "DIFFUSE_DATA" in err
+    assert not sampled  # it failed before any sampling

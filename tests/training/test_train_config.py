@@ -94,17 +94,26 @@ def test_shipped_recipes_load_and_build(recipe):
     from diffuse.training.model import build_network, build_process
 
     cfg = load_recipe(recipe)
-    assert cfg.train.steps > 0 and cfg.data.channels in (1, 3)
-    assert cfg.data.path.startswith("shared:")
+    assert cfg.train.steps > 0
+    text = bool(cfg.model.text_encoder)
+    if text:  # captioned scenes: RGB, no classes, 384-d MiniLM tokens
+        assert cfg.data.source == "scenes" and not cfg.model.class_conditional
+        assert not cfg.data.flip  # a flip would make "left" / "right" captions false
+    else:
+        assert cfg.data.channels in (1, 3) and cfg.data.path.startswith("shared:")
     build_process(cfg.process)
+    num_classes = 0 if text else 10
     with torch.device("meta"):  # shapes and config checks only, no memory
         net, net_cfg = build_network(
             cfg.model,
-            in_channels=cfg.data.channels,
+            in_channels=cfg.data.channels or 3,
             image_size=cfg.data.image_size,
-            num_classes=10,
+            num_classes=num_classes,
+            context_dim=384 if text else 0,
+            pooled_dim=384 if text else 0,
         )
-    assert net_cfg.num_classes == 10 and net_cfg.image_size == cfg.data.image_size
+    assert net_cfg.num_classes == num_classes and net_cfg.image_size == cfg.data.image_size
+    assert net_cfg.context_dim == (384 if text else 0)
 
 
 def test_build_errors_name_the_key():
