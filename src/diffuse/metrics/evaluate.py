@@ -32,7 +32,6 @@ __all__ = [
     "DatasetSplit",
     "EvalResult",
     "balanced_labels",
-    "dataset_archive",
     "classifier_outputs",
     "evaluate_images",
     "images_to_tensor",
@@ -62,8 +61,13 @@ class DatasetSplit:
     classes: tuple[str, ...]
 
 
-def dataset_archive(name: str, root: str | os.PathLike | None = None) -> Path:
-    """Path of a shared dataset archive; raises before any work when the name or file is bad.
+def load_split(name: str, root: str | os.PathLike | None = None) -> DatasetSplit:
+    """Load a shared dataset archive and split it by the module's held-out rule.
+
+    Args:
+        name: one of `DATASET_FILES`.
+        root: folder of the archives; defaults to `diffuse.training.data.shared_data_dir()`
+            ($DIFFUSE_DATA, else ../shared/data beside the repository root).
 
     Raises:
         ValueError: unknown dataset name.
@@ -77,22 +81,6 @@ def dataset_archive(name: str, root: str | os.PathLike | None = None) -> Path:
             f"dataset archive {path} not found; set DIFFUSE_DATA to the folder holding "
             f"{DATASET_FILES[name]}"
         )
-    return path
-
-
-def load_split(name: str, root: str | os.PathLike | None = None) -> DatasetSplit:
-    """Load a shared dataset archive and split it by the module's held-out rule.
-
-    Args:
-        name: one of `DATASET_FILES`.
-        root: folder of the archives; defaults to `diffuse.training.data.shared_data_dir()`
-            ($DIFFUSE_DATA, else ../shared/data beside the repository root).
-
-    Raises:
-        ValueError: unknown dataset name.
-        FileNotFoundError: the archive is missing (the message names the path and DIFFUSE_DATA).
-    """
-    path = dataset_archive(name, root)
     with np.load(path) as d:
         images, labels, classes = d["images"], d["labels"], d["classes"]
     train_idx, held_idx = heldout_indices(len(images))

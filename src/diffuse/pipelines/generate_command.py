@@ -48,12 +48,12 @@ def _request(args: argparse.Namespace) -> dict:
     if args.prompt is None:
         raise ValueError('give a PROMPT (use "" for an unconditional image) or --from-png FILE')
     if args.seeds is not None:
+        from diffuse.training.commands import parse_seeds
+
         try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise ValueError(
-                f"--seeds must be comma-separated integers, got {args.seeds!r}"
-            ) from None
+            seeds = parse_seeds([args.seeds])
+        except ValueError as err:
+            raise ValueError(f"--seeds {args.seeds!r}: {err}") from None
         if args.n is not None and args.n != len(seeds):
             raise ValueError(f"-n {args.n} does not match the {len(seeds)} --seeds")
     else:
@@ -78,7 +78,7 @@ def _request(args: argparse.Namespace) -> dict:
 
 def run_generate(args: argparse.Namespace) -> int:
     """`diffuse generate`: prompt -> PNG(s) carrying their generation parameters."""
-    from diffuse.pipelines.sample import to_grid
+    from diffuse.pipelines.sample import save_grid
     from diffuse.pipelines.text_to_image import load_pipeline, to_pil
     from diffuse.pngmeta import save_png
 
@@ -113,17 +113,14 @@ def run_generate(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if grid:
-        from PIL import Image
-
         nrow = nrow or max(1, round(len(params.seeds) ** 0.5))
-        picture = Image.fromarray(to_grid(images, nrow))
         meta = params.for_seed(params.seeds[0]) | {
             "seeds": list(params.seeds),
             "grid": True,
             "nrow": nrow,
         }
         meta.pop("seed")
-        written = [save_png(picture, paths[0], meta, overwrite=args.overwrite)]
+        written = [save_grid(images, paths[0], nrow, meta, overwrite=args.overwrite)]
     else:
         written = [
             save_png(picture, path, params.for_seed(seed), overwrite=args.overwrite)

@@ -29,7 +29,7 @@ from diffuse.denoiser import Cond, Denoiser
 from diffuse.guidance import cfg as guided
 from diffuse.samplers.base import Callback
 
-__all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid"]
+__all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid", "to_uint8"]
 
 MODEL_INFO = "diffusion.json"
 
@@ -182,14 +182,19 @@ def generate(
     return torch.cat(outputs)
 
 
+def to_uint8(images: Tensor) -> np.ndarray:
+    """Images [N, C, H, W] in [-1, 1] -> uint8 pixels [N, H, W, C] (round to nearest)."""
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
 def to_grid(images: Tensor, nrow: int, padding: int = 2) -> np.ndarray:
     """Tile images [N, C, H, W] in [-1, 1] into one uint8 picture [rows, cols, C]."""
     n, c, h, w = images.shape
     ncol = max(1, nrow)
     nrows = math.ceil(n / ncol)
     grid = np.zeros((nrows * (h + padding) + padding, ncol * (w + padding) + padding, c), np.uint8)
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    pixels = pixels.permute(0, 2, 3, 1).numpy()  # [N, H, W, C]
+    pixels = to_uint8(images)
     for i in range(n):
         r, col = divmod(i, ncol)
         top, left = padding + r * (h + padding), padding + col * (w + padding)
@@ -198,13 +203,18 @@ def to_grid(images: Tensor, nrow: int, padding: int = 2) -> np.ndarray:
 
 
 def save_grid(
-    images: Tensor, path: str | Path, nrow: int = 8, params: dict[str, Any] | None = None
+    images: Tensor,
+    path: str | Path,
+    nrow: int = 8,
+    params: dict[str, Any] | None = None,
+    overwrite: bool = True,
 ) -> Path:
-    """Write images [N, C, H, W] in [-1, 1] as a PNG grid (atomically, parameters embedded)."""
+    """Write images [N, C, H, W] in [-1, 1] as a PNG grid (atomically, parameters embedded;
+    an existing file is an error unless `overwrite`)."""
     from PIL import Image
 
     from diffuse.pngmeta import save_png
 
     grid = to_grid(images, nrow)
     picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    return save_png(picture, path, params or {}, overwrite=True)
+    return save_png(picture, path, params or {}, overwrite=overwrite)

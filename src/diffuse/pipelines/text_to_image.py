@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffuse.pipelines.sample import TrainedModel, generate, load_trained
+from diffuse.pipelines.sample import TrainedModel, generate, load_trained, to_uint8
 from diffuse.samplers.base import Callback
 
 __all__ = ["DEFAULT_MODEL", "GenerationParams", "TextToImagePipeline", "load_pipeline"]
@@ -207,9 +207,7 @@ def to_pil(images: Tensor) -> list:
     """Images [N, C, H, W] in [-1, 1] -> PIL images (uint8, round to nearest)."""
     from PIL import Image
 
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
+    return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in to_uint8(images)]
 
 
 def load_pipeline(
