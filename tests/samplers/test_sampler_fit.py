@@ -21,6 +21,7 @@ from diffuse.samplers import (
     karras,
     unipc,
 )
+from diffuse.samplers.fit import stratified_noises, weighted_mse
 
 LO, HI = 0.02, 10.0
 
@@ -182,3 +183,59 @@ def test_fit_solver_picks_the_best_validated_candidate(smooth_mixture, batches):
     )
     with pytest.raises(ValueError, match="1.5"):
         fit_solver(smooth_mixture.denoise, fit, 4, validation_fraction=1.5, **kwargs)
+
+
+def test_weighted_mse_weights_whole_samples():
+    out = torch.tensor([[1.0, 1.0], [3.0, 3.0]], dtype=torch.float64)
+    target = torch.zeros_like(out)
+    assert float(weighted_mse(out, target)) == pytest.approx(5.0)
+    assert float(weighted_mse(out, target, torch.tensor([3.0, 1.0]))) == pytest.approx(3.0)
+
+
+def test_stratified_noises_keep_the_sensitive_ones_and_estimate_the_pool_mean(smooth_mixture):
+    pool = HI * torch.randn(400, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x, w = stratified_noises(
+        smooth_mixture.denoise, pool, 4, level_min=LO, level_max=HI, hard=20, typical=100
+    )
+    assert x.shape == (120, 3) and w.shape == (120,)
+    assert float(w.sum()) == pytest.approx(400.0)  # weights count the pool
+    assert int((w == 1).sum()) == 20
+    # the hard noises are those where a coarse and a finer solve disagree most
+    coarse = unipc(smooth_mixture.denoise, pool, karras(None, 4, level_min=LO, level_max=HI))
+    fine = unipc(smooth_mixture.denoise, pool, karras(None, 8, level_min=LO, level_max=HI), order=3)
+    gap = ((coarse - fine) ** 2).mean(1)
+    hard_gap = (
+        (
+            unipc(smooth_mixture.denoise, x[w == 1], karras(None, 4, level_min=LO, level_max=HI))
+            - unipc(
+                smooth_mixture.denoise,
+                x[w == 1],
+                karras(None, 8, level_min=LO, level_max=HI),
+                order=3,
+            )
+        )
+        ** 2
+    ).mean(1)
+    assert float(hard_gap.min()) >= float(torch.sort(gap, descending=True).values[19]) - 1e-12
+    assert bool((w[:60] == 1).any()) and bool((w[60:] == 1).any())  # spread through the batch
+    with pytest.raises(ValueError, match="hard"):
+        stratified_noises(
+            smooth_mixture.denoise, pool, 4, level_min=LO, level_max=HI, hard=300, typical=200
+        )
+
+
+def test_fit_candidates_takes_weights(smooth_mixture, batches):
+    fit, _, target_fit, _ = batches
+    weights = torch.linspace(1.0, 2.0, fit.shape[0], dtype=torch.float64)
+    found = fit_candidates(
+        smooth_mixture.denoise,
+        fit,
+        4,
+        level_min=LO,
+        level_max=HI,
+        target=target_fit,
+        budget=10,
+        iterations=4,
+        weights=weights,
+    )
+    assert len(found) == 2 and all(c.validation_mse >= 0 for c in found)

@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -260,3 +261,12 @@ def test_no_cache_dir_writes_nothing(encoder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     CaptionBank(encoder, ["a red circle"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_scenes_render_in_worker_processes_like_in_one(monkeypatch):
+    serial = ScenesDataset(40, 32, seed=3)
+    images, captions = serial.render_all(workers=1), serial.captions()
+    monkeypatch.setattr(ScenesDataset, "PARALLEL_FROM", 10)
+    parallel = ScenesDataset(40, 32, seed=3)
+    assert np.array_equal(parallel.render_all(workers=2), images)
+    assert parallel.captions() == captions

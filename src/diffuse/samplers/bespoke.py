@@ -26,6 +26,7 @@ from torch import Tensor
 
 from diffuse.samplers.base import Callback, DenoiseFn, NoiseFn, check_inputs, emit
 from diffuse.samplers.expint import integration_weights
+from diffuse.samplers.fit import weighted_mse
 from diffuse.samplers.multistep import exponential_multistep, unipc
 from diffuse.samplers.ode import level_tensor
 from diffuse.samplers.schedules import karras
@@ -195,10 +196,11 @@ def fit_bespoke(
     base: Base = "deis",
     order: int = 2,
     target: Tensor | None = None,
-    validation: tuple[Tensor, Tensor] | None = None,
+    validation: tuple[Tensor, ...] | None = None,
     reference_steps: int = 256,
     iterations: int = 60,
     rounds: int = 6,
+    weights: Tensor | None = None,
 ) -> BespokeCoefficients:
     """Fit bespoke coefficients on the levels `levels` to the denoiser `denoise`.
 
@@ -216,7 +218,9 @@ def fit_bespoke(
         base, order: the classical sampler the fit starts from.
         target: accurate end points for x (default: UniPC-3 with `reference_steps` Karras steps
             over [levels[-2], levels[0]]).
-        validation: (starting samples, their accurate end points) held out from the fit.
+        validation: (starting samples, their accurate end points[, weights]) held out from
+            the fit.
+        weights: per-sample weights [B] of the fitting error (default: equal).
         reference_steps: steps of the default reference solve.
         iterations: L-BFGS function evaluations in total.
         rounds: validation checks.
@@ -239,13 +243,14 @@ def fit_bespoke(
         [v for row in start.b for v in row], dtype=torch.float64, requires_grad=True
     )
     offsets = [i * (i + 1) // 2 for i in range(len(start.a))]
-    x_val, target_val = (x, target) if validation is None else validation
+    x_val, target_val, *rest = (x, target, weights) if validation is None else validation
+    weights_val = rest[0] if rest else None
 
     def rows() -> list[Tensor]:
         return [b_flat[o : o + i + 1] for i, o in enumerate(offsets)]
 
-    def error(inputs: Tensor, goal: Tensor) -> Tensor:
-        return ((_run(denoise, inputs, sig, a, rows()) - goal) ** 2).mean()
+    def error(inputs: Tensor, goal: Tensor, w: Tensor | None) -> Tensor:
+        return weighted_mse(_run(denoise, inputs, sig, a, rows()), goal, w)
 
     def snapshot() -> BespokeCoefficients:
         values = b_flat.detach().tolist()
@@ -262,18 +267,18 @@ def fit_bespoke(
 
     def closure() -> Tensor:
         optimizer.zero_grad()
-        value = error(x, target)
+        value = error(x, target, weights)
         value.backward()
         return value
 
     with torch.no_grad():
-        best_value, best = float(error(x_val, target_val)), start
+        best_value, best = float(error(x_val, target_val, weights_val)), start
     first = best_value
     for _ in range(max(rounds, 1)):
         with torch.enable_grad():
             optimizer.step(closure)
         with torch.no_grad():
-            value = float(error(x_val, target_val))
+            value = float(error(x_val, target_val, weights_val))
         if math.isfinite(value) and value < best_value:
             best_value, best = value, snapshot()
     logger.info(
@@ -317,6 +322,7 @@ def fit_candidates(
     budget: int = 100,
     iterations: int = 48,
     reference_steps: int = 256,
+    weights: Tensor | None = None,
 ) -> list[Candidate]:
     """Steps 1-3 of `fit_solver` (see there); returns every candidate with its validation error."""
     from diffuse.samplers.fit import fit_schedule
@@ -334,6 +340,7 @@ def fit_candidates(
     held = max(1, round(validation_fraction * x.shape[0]))
     x_fit, x_val = x[:-held], x[-held:]
     t_fit, t_val = target[:-held], target[-held:]
+    w_fit, w_val = (None, None) if weights is None else (weights[:-held], weights[-held:])
     samplers = {"deis": deis, "unipc": unipc, "dpmpp": exponential_multistep}
     results = []
     for base, order in candidates:
@@ -349,6 +356,7 @@ def fit_candidates(
             level_max=level_max,
             target=t_fit,
             budget=budget,
+            weights=w_fit,
         )
         coefficients = fit_bespoke(
             denoise,
@@ -357,12 +365,13 @@ def fit_candidates(
             base=base,
             order=order,
             target=t_fit,
-            validation=(x_val, t_val),
+            validation=(x_val, t_val, w_val),
             iterations=iterations,
+            weights=w_fit,
         )
         with torch.no_grad():
             out = bespoke(denoise, x_val, levels, coefficients=coefficients)
-        value = float(((out - t_val) ** 2).mean())
+        value = float(weighted_mse(out, t_val, w_val))
         logger.info(
             "fit_candidates: %s-%d, %d steps, validation mse %.3e", base, order, steps, value
         )

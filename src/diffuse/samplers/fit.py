@@ -78,6 +78,7 @@ def fit_schedule(
     reference_steps: int = 256,
     budget: int = 200,
     sampler_options: Mapping[str, object] | None = None,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Levels for `sampler` with `steps` steps, fitted to `denoise` on the noises `x`.
 
@@ -95,6 +96,8 @@ def fit_schedule(
         reference_steps: steps of the default reference solve.
         budget: number of sampler runs the search may spend.
         sampler_options: extra keyword options for the sampler.
+        weights: per-sample weights [B] of the squared error (default: equal), e.g. from
+            `stratified_noises`.
     Returns:
         float64 levels [steps + 1], level_max first, 0 last.
     """
@@ -126,7 +129,7 @@ def fit_schedule(
     def loss(theta: list[float]) -> float:
         levels = _levels_from_theta(theta, level_min, level_max, free_end)
         out = sampler(denoise, x, levels, **options)
-        value = float(((out - target) ** 2).mean())
+        value = float(weighted_mse(out, target, weights))
         return value if math.isfinite(value) else math.inf
 
     tried = [(loss(t), t) for t in (_theta_from_levels(s, level_min, free_end) for s in starts)]
@@ -161,3 +164,74 @@ def fit_schedule(
             base, theta, best = theta, trial, value
     logger.info("fit_schedule: %d steps, mse %.3e -> %.3e in %d runs", steps, start, best, evals)
     return _levels_from_theta(theta, level_min, level_max, free_end)
+
+
+def weighted_mse(out: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean squared error, per sample averaged over its elements, then over the batch with
+    `weights` [B] (normalised; None: equal weights)."""
+    per_sample = ((out - target) ** 2).flatten(1).mean(1)
+    if weights is None:
+        return per_sample.mean()
+    return (per_sample * weights).sum() / weights.sum()
+
+
+def stratified_noises(
+    denoise: DenoiseFn,
+    pool: Tensor,
+    steps: int,
+    *,
+    level_min: float,
+    level_max: float,
+    hard: int,
+    typical: int,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """A fitting batch whose weighted mean error estimates the error over a large pool.
+
+    With few steps the error over many noises is dominated by rare ones: noises near a boundary
+    between modes, where a small error early on sends the trajectory to another mode. A plain
+    random batch rarely holds them, so a solver fitted on it can be worse than a classical one
+    on them. Here every noise of `pool` is screened cheaply: the gap between UniPC-2 with
+    `steps` Karras steps and UniPC-3 with twice as many marks the sensitive ones. The `hard`
+    noises with the largest gap are all kept (weight 1); `typical` of the others are drawn at
+    random and weighted (len(pool) - hard) / typical. The weighted mean squared error over the
+    batch is then an unbiased estimate of the mean over the pool, with the rare noises counted
+    exactly (stratified sampling).
+
+    Args:
+        denoise: denoise(x, level) -> x0 estimate.
+        pool: candidate starting noises [N, ...] at level_max (kept apart from evaluation).
+        steps: the denoiser calls of the solver to be fitted.
+        level_min, level_max: the range.
+        hard, typical: noises of each stratum, hard + typical <= N.
+        seed: draws the typical noises.
+    Returns:
+        (noises [hard + typical, ...], weights [hard + typical]), hard and typical noises
+        interleaved so that any contiguous split (e.g. validation) holds both kinds.
+    """
+    n = pool.shape[0]
+    if hard < 0 or typical < 1 or hard + typical > n:
+        raise ValueError(f"need hard >= 0, typical >= 1, hard + typical <= {n}: {hard}, {typical}")
+    span = {"level_min": level_min, "level_max": level_max}
+    with torch.no_grad():
+        coarse = unipc(denoise, pool, karras(None, steps, **span), order=2)
+        fine = unipc(denoise, pool, karras(None, 2 * steps, **span), order=3)
+    gap = ((coarse - fine) ** 2).flatten(1).mean(1)
+    order = torch.argsort(gap, descending=True)
+    rest = order[hard:]
+    g = torch.Generator().manual_seed(seed)
+    picked = rest[torch.randperm(rest.numel(), generator=g)[:typical]]
+    hard_idx = order[:hard]
+    weight_typical = (n - hard) / typical
+    # interleave: hard noises spread evenly through the batch
+    index, weights = [], []
+    every = max(1, (hard + typical) // max(hard, 1))
+    h, t = 0, 0
+    for k in range(hard + typical):
+        if h < hard and (k % every == 0 or t >= typical):
+            index.append(int(hard_idx[h])), weights.append(1.0)
+            h += 1
+        else:
+            index.append(int(picked[t])), weights.append(weight_typical)
+            t += 1
+    return pool[index], torch.tensor(weights, dtype=torch.float64)

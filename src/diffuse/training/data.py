@@ -390,6 +390,8 @@ class ScenesDataset:
     of the held-out split stay unseen.
     """
 
+    PARALLEL_FROM = 20_000  # render in worker processes from this many scenes on
+
     def __init__(self, size: int, resolution: int, seed: int = 0) -> None:
         from diffuse.shapes.dataset import ShapesDataset
 
@@ -397,10 +399,37 @@ class ScenesDataset:
         self.num_classes, self.class_names, self.channels = 0, [], 3
         self.size, self.resolution, self.seed = size, resolution, seed
         self.labels = np.full(size, -1, dtype=np.int64)
+        self._captions: list[str] | None = None
 
-    def render_all(self) -> np.ndarray:
-        """Every image, uint8 [N, H, W, 3] (about 0.4 ms each at 32 px)."""
-        return np.stack([self.scenes.image_uint8(i) for i in range(self.size)])
+    def render_all(self, workers: int | None = None) -> np.ndarray:
+        """Every image, uint8 [N, H, W, 3] (about 0.5 ms each at 32 px); many scenes are
+        rendered in `workers` processes (default: one per CPU), captions alongside."""
+        workers = workers or os.cpu_count() or 1
+        if workers == 1 or self.size < self.PARALLEL_FROM:
+            return np.stack([self.scenes.image_uint8(i) for i in range(self.size)])
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        bounds = np.linspace(0, self.size, 4 * workers + 1).astype(int).tolist()
+        ranges = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        # fork: the workers run numpy and Python only, and spawn cannot re-import a __main__
+        # read from stdin or a notebook
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            parts = list(
+                pool.map(
+                    _render_scenes,
+                    *zip(*[(self.size, self.resolution, self.seed, a, b) for a, b in ranges]),
+                )
+            )
+        self._captions = [text for _, texts in parts for text in texts]
+        return np.concatenate([images for images, _ in parts])
+
+    def captions(self) -> list[str]:
+        """Every item's caption (kept from `render_all` when it ran in workers)."""
+        if self._captions is None:
+            self._captions = [self.scenes.caption(i) for i in range(self.size)]
+        return self._captions
 
     def __len__(self) -> int:
         return self.size
@@ -411,6 +440,17 @@ class ScenesDataset:
 
     def __getitem__(self, i: int) -> Example:
         return Example(self.scenes.image_uint8(i), -1, self.scenes.caption(i))
+
+
+def _render_scenes(
+    size: int, resolution: int, seed: int, start: int, stop: int
+) -> tuple[np.ndarray, list[str]]:
+    """Images and captions of scenes [start, stop) (a worker process's share)."""
+    from diffuse.shapes.dataset import ShapesDataset
+
+    scenes = ShapesDataset(resolution, split="train", length=size, seed=seed)
+    images = np.stack([scenes.image_uint8(i) for i in range(start, stop)])
+    return images, [scenes.caption(i) for i in range(start, stop)]
 
 
 AnyDataset = NpzDataset | FolderDataset | ProceduralDataset | ScenesDataset
@@ -509,7 +549,7 @@ class TrainData:
         """The caption of every item (None where an item has none)."""
         ds = self.dataset
         if isinstance(ds, ScenesDataset):
-            return [ds.scenes.caption(i) for i in range(len(ds))]
+            return list(ds.captions())
         if isinstance(ds, FolderDataset):
             return [ds.captions.get(path) for path in ds.files]
         return [None] * len(ds)

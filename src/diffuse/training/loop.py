@@ -439,6 +439,7 @@ def _train(
         from diffuse.training.captions import CaptionBank
 
         text_encoder, texts = loaded_text_encoder
+        text_encoder.to(info.device)  # encoding every caption is its heavy use
         captions = CaptionBank(text_encoder, texts, cache_dir=out if info.is_main else None)
     text_dims = {"context_dim": captions.dim, "pooled_dim": captions.pooled_dim} if captions else {}
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
