@@ -49,7 +49,7 @@ from diffuse.samplers import (
     STOCHASTIC,
     bespoke,
     deis,
-    fit_candidates,
+    fit_candidates_stratified,
     flow_shift,
     karras,
     loglinear,
@@ -99,6 +99,7 @@ class Problem:
     mixture: GaussianMixture
     x_eval: Tensor
     x_fit: Tensor
+    x_pool: Tensor
     ref_eval: Tensor
     ref_fit: Tensor
     exact: Tensor
@@ -111,8 +112,11 @@ class Problem:
         return rmse, sw2
 
 
-def make_problem(name: str, mixture: GaussianMixture, n_eval: int, n_fit: int) -> Problem:
-    """Noises (evaluation seed 0, fitting seed 1), references and exact samples.
+def make_problem(
+    name: str, mixture: GaussianMixture, n_eval: int, n_fit: int, n_pool: int
+) -> Problem:
+    """Noises (evaluation seed 0, fitting seed 1, fitting pool seed 3), references and exact
+    samples.
 
     The evaluation references are DOP853 solutions (rtol 1e-10). The fitting references are
     what `fit_solver` computes by default from the denoiser alone (UniPC-3, 256 Karras steps):
@@ -126,6 +130,9 @@ def make_problem(name: str, mixture: GaussianMixture, n_eval: int, n_fit: int) -
     x_fit = hi * torch.randn(
         n_fit, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64
     )
+    x_pool = hi * torch.randn(
+        n_pool, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
     t0 = time.perf_counter()
     ref_eval = mixture.reference_endpoint(x_eval, hi, lo)
     logger.info("%s: DOP853 references in %.1f s", name, time.perf_counter() - t0)
@@ -135,7 +142,7 @@ def make_problem(name: str, mixture: GaussianMixture, n_eval: int, n_fit: int) -
     sw2 = sliced_wasserstein(
         exact, other, projections=64, generator=torch.Generator().manual_seed(11)
     )
-    return Problem(name, mixture, x_eval, x_fit, ref_eval, ref_fit, exact, sw2)
+    return Problem(name, mixture, x_eval, x_fit, x_pool, ref_eval, ref_fit, exact, sw2)
 
 
 def steps_for(method: str, nfe: int) -> int:
@@ -187,22 +194,29 @@ def run_diffuse(problem: Problem, nfes: tuple[int, ...]) -> list[Row]:
     return rows
 
 
-def run_fitted(problem: Problem, nfes: tuple[int, ...], budget: int, iterations: int) -> list[Row]:
-    """`fit_candidates` on the fitting batch (a quarter held out); scored on the eval batch.
+def run_fitted(
+    problem: Problem, nfes: tuple[int, ...], budget: int, iterations: int, strata: tuple[int, int]
+) -> list[Row]:
+    """`fit_candidates_stratified` (the `fit_solver` procedure with a pool of noises); scored on
+    the eval batch.
 
-    Rows: each candidate base sampler on its fitted schedule ("<base>+fit", the schedule-only
-    procedure) and "bespoke": the candidate solver with the lowest validation error, i.e.
-    exactly what `fit_solver` returns.
+    Rows: each candidate base sampler on its schedule fitted to the random batch ("<base>+fit",
+    the schedule-only procedure) and "bespoke": the candidate with the lowest stratified
+    validation error, i.e. exactly what `fit_solver(..., pool=...)` returns.
     """
     rows = []
     lo, hi = PROCESS.level_min, PROCESS.level_max
     samplers = {"deis": deis, "unipc": unipc}
+    hard, typical = strata
     for nfe in nfes:
         t0 = time.perf_counter()
-        found = fit_candidates(
+        found = fit_candidates_stratified(
             problem.mixture.denoise,
             problem.x_fit,
             nfe,
+            pool=problem.x_pool,
+            hard=hard,
+            typical=typical,
             level_min=lo,
             level_max=hi,
             target=problem.ref_fit,
@@ -210,6 +224,8 @@ def run_fitted(problem: Problem, nfes: tuple[int, ...], budget: int, iterations:
             iterations=iterations,
         )
         for cand in found:
+            if cand.batch != "random":
+                continue
             counter = Counter(problem.mixture.denoise)
             sampler = samplers[cand.base]
             out = sampler(counter, problem.x_eval, cand.levels, order=cand.order)
@@ -233,7 +249,7 @@ def run_fitted(problem: Problem, nfes: tuple[int, ...], budget: int, iterations:
                 problem.name,
                 "diffuse",
                 "bespoke",
-                f"fitted ({chosen.base}-{chosen.order})",
+                f"fitted ({chosen.base}-{chosen.order}, {chosen.batch})",
                 nfe,
                 counter.calls,
                 *problem.score(out),
@@ -453,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", type=int, default=2000, help="evaluation samples (64-D)")
     parser.add_argument("--eval-2d", type=int, default=1000, help="evaluation samples (ring)")
     parser.add_argument("--fit", type=int, default=1024, help="fitting samples (1/4 validation)")
+    parser.add_argument("--pool", type=int, default=65536, help="noises for the stratified batches")
+    parser.add_argument("--hard", type=int, default=256, help="hard noises per stratified batch")
+    parser.add_argument("--typical", type=int, default=768, help="others per stratified batch")
     parser.add_argument("--budget", type=int, default=80, help="fit_schedule sampler runs")
     parser.add_argument("--iterations", type=int, default=40, help="fit_bespoke L-BFGS evals")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -470,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     nfes, fit_nfes = NFES, FIT_NFES
     if args.quick:
         args.eval, args.eval_2d, args.fit, args.budget, args.iterations = 200, 200, 64, 20, 10
+        args.pool, args.hard, args.typical = 512, 16, 48
         nfes, fit_nfes = (5, 10), (5,)
+    strata = (args.hard, args.typical)
     start = time.perf_counter()
     problems = [
         make_problem(
@@ -486,8 +507,15 @@ def main(argv: list[str] | None = None) -> int:
             ),
             args.eval,
             args.fit,
+            args.pool,
         ),
-        make_problem("ring8", GaussianMixture.ring(8, radius=1.0, std=0.1), args.eval_2d, args.fit),
+        make_problem(
+            "ring8",
+            GaussianMixture.ring(8, radius=1.0, std=0.1),
+            args.eval_2d,
+            args.fit,
+            args.pool,
+        ),
     ]
     has_diffusers = importlib.util.find_spec("diffusers") is not None
     has_kd = importlib.util.find_spec("k_diffusion") is not None
@@ -503,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         for label, run in [
             ("diffuse", None if args.no_cross else lambda p=problem: run_diffuse(p, nfes)),
-            ("fitted", lambda p=problem: run_fitted(p, fit_nfes, args.budget, args.iterations)),
+            (
+                "fitted",
+                lambda p=problem: run_fitted(p, fit_nfes, args.budget, args.iterations, strata),
+            ),
             ("diffusers", (lambda p=problem: run_diffusers(p, nfes)) if has_diffusers else None),
             ("k-diffusion", (lambda p=problem: run_k_diffusion(p, nfes)) if has_kd else None),
         ]:

@@ -294,6 +294,47 @@ class TrainConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
+@dataclass(frozen=True)
+class VAELossConfig:
+    """The autoencoder's training loss: weights of its terms."""
+
+    l1: float = 1.0  # mean absolute pixel error
+    ssim: float = 0.2  # (1 - SSIM), the structural term
+    kl: float = 1e-6  # KL(q(z|x) || N(0, I)) summed over the latent, per image element
+    disc: float = 0.0  # hinge patch discriminator (0: off)
+    disc_start: int = 2000  # steps before the discriminator switches on
+
+    def __post_init__(self) -> None:
+        for key in ("l1", "ssim", "kl", "disc"):
+            value = getattr(self, key)
+            _require(value >= 0 and math.isfinite(value), f"loss.{key}", value, ">= 0")
+        _require(self.l1 + self.ssim > 0, "loss.l1", self.l1, "l1 + ssim must be > 0")
+        _require(self.disc_start >= 0, "loss.disc_start", self.disc_start, ">= 0")
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    """A whole autoencoder recipe (a TOML with a [vae] table): `diffuse train` dispatches on it."""
+
+    vae: Any = None  # diffuse.codecs.vae.VAEConfig; filled in by __post_init__
+    loss: VAELossConfig = field(default_factory=VAELossConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="scenes", resolution=64))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: RunSection = field(default_factory=RunSection)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        from diffuse.codecs.vae import VAEConfig
+
+        if not isinstance(self.vae, VAEConfig):
+            try:
+                vae = from_dict(VAEConfig, self.vae or {}, prefix="vae")
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"vae: {err}") from None
+            object.__setattr__(self, "vae", vae)
+
+
 # Sections whose changes do not alter the training trajectory, so a resumed run may differ
 # from the original in them (e.g. training for more steps, checkpointing more often).
 RESUMABLE_CHANGES = (
@@ -504,10 +545,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def apply_overrides(tables: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+def apply_overrides(
+    tables: dict[str, Any], overrides: Sequence[str], cls: type | None = None
+) -> dict[str, Any]:
     """Apply `--set` overrides to raw recipe tables (a new dict; unknown keys fail later)."""
     out = json.loads(json.dumps(tables))  # deep copy of plain data
-    sections = [f.name for f in dataclasses.fields(TrainConfig)]
+    sections = [f.name for f in dataclasses.fields(cls or TrainConfig)]
     for text in overrides:
         parts, value = parse_override(text)
         if parts[0] not in sections:
@@ -523,8 +566,11 @@ def apply_overrides(tables: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return out
 
 
-def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a recipe (.toml or .json) and apply `--set` overrides.
+def load_recipe(
+    path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> TrainConfig | VAETrainConfig:
+    """Read a recipe (.toml or .json) and apply `--set` overrides: a `VAETrainConfig` when it
+    has a [vae] table, else a diffusion `TrainConfig`.
 
     Args:
         path: the recipe file; None starts from the defaults.
@@ -547,8 +593,9 @@ def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(
                 f"recipe {path} is not valid {path.suffix[1:].upper()}: {err}"
             ) from None
-    tables = apply_overrides(tables, overrides)
-    return from_dict(TrainConfig, tables)
+    cls = VAETrainConfig if "vae" in tables else TrainConfig
+    tables = apply_overrides(tables, overrides, cls)
+    return from_dict(cls, tables)
 
 
 def config_diff(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:

@@ -15,6 +15,7 @@ from diffuse.samplers import (
     exponential_multistep,
     fit_bespoke,
     fit_candidates,
+    fit_candidates_stratified,
     fit_schedule,
     fit_solver,
     initial_coefficients,
@@ -239,3 +240,38 @@ def test_fit_candidates_takes_weights(smooth_mixture, batches):
         weights=weights,
     )
     assert len(found) == 2 and all(c.validation_mse >= 0 for c in found)
+
+
+def test_fit_solver_with_a_pool_judges_every_candidate_on_a_stratified_batch(
+    smooth_mixture, batches
+):
+    fit, held_out, target_fit, target_held = batches
+    pool = HI * torch.randn(200, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    kwargs = {"level_min": LO, "level_max": HI, "budget": 8, "iterations": 4}
+    strata = {"pool": pool, "hard": 10, "typical": 30}
+    found = fit_candidates_stratified(
+        smooth_mixture.denoise, fit, 4, target=target_fit, **strata, **kwargs
+    )
+    assert [(c.base, c.batch) for c in found] == [
+        ("deis", "random"),
+        ("unipc", "random"),
+        ("deis", "stratified"),
+        ("unipc", "stratified"),
+    ]
+    chosen = fit_solver(smooth_mixture.denoise, fit, 4, target=target_fit, **strata, **kwargs)
+    assert chosen == min(found, key=lambda c: c.validation_mse).coefficients
+    with torch.no_grad():
+        out = bespoke(
+            smooth_mixture.denoise,
+            held_out,
+            torch.tensor(chosen.levels, dtype=torch.float64),
+            coefficients=chosen,
+        )
+    start = karras(None, 4, level_min=LO, level_max=HI)
+    assert _mse(out, target_held) < _mse(
+        dpmpp_2m(smooth_mixture.denoise, held_out, start), target_held
+    )
+    with pytest.raises(ValueError, match="too small"):
+        fit_candidates_stratified(
+            smooth_mixture.denoise, fit, 4, pool=pool[:50], hard=10, typical=30, **kwargs
+        )

@@ -8,6 +8,7 @@ import torch
 from diffuse.config import (
     ConfigError,
     TrainConfig,
+    VAETrainConfig,
     apply_overrides,
     config_diff,
     from_dict,
@@ -95,6 +96,13 @@ def test_shipped_recipes_load_and_build(recipe):
 
     cfg = load_recipe(recipe)
     assert cfg.train.steps > 0
+    if isinstance(cfg, VAETrainConfig):  # an autoencoder recipe
+        from diffuse.codecs.vae import VAE
+
+        with torch.device("meta"):
+            vae = VAE(cfg.vae)
+        assert vae.latent_shape(cfg.data.image_size)[0] == cfg.vae.latent_channels
+        return
     text = bool(cfg.model.text_encoder)
     if text:  # captioned scenes: RGB, no classes, 384-d MiniLM tokens
         assert cfg.data.source == "scenes" and not cfg.model.class_conditional

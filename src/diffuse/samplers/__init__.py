@@ -13,10 +13,11 @@ from diffuse.samplers.bespoke import (
     bespoke,
     fit_bespoke,
     fit_candidates,
+    fit_candidates_stratified,
     fit_solver,
     initial_coefficients,
 )
-from diffuse.samplers.fit import fit_schedule
+from diffuse.samplers.fit import fit_schedule, stratified_noises, weighted_mse
 from diffuse.samplers.multistep import deis, dpmpp_2m, dpmpp_3m, exponential_multistep, unipc
 from diffuse.samplers.noise import SeededNoise
 from diffuse.samplers.ode import ddim, euler, heun
@@ -59,6 +60,7 @@ __all__ = [
     "exponential_multistep",
     "fit_bespoke",
     "fit_candidates",
+    "fit_candidates_stratified",
     "fit_schedule",
     "fit_solver",
     "flow_shift",
@@ -69,5 +71,7 @@ __all__ = [
     "karras",
     "loglinear",
     "uniform_t",
+    "stratified_noises",
     "unipc",
+    "weighted_mse",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from diffuse.samplers.base import Callback, DenoiseFn, NoiseFn, check_inputs, emit
 from diffuse.samplers.expint import integration_weights
-from diffuse.samplers.fit import weighted_mse
+from diffuse.samplers.fit import stratified_noises, weighted_mse
 from diffuse.samplers.multistep import exponential_multistep, unipc
 from diffuse.samplers.ode import level_tensor
 from diffuse.samplers.schedules import karras
@@ -299,7 +299,8 @@ class Candidate:
         base, order: the classical sampler it started from.
         levels: the fitted schedule (on which the base sampler itself is the "+fit" sampler).
         coefficients: the bespoke solver fitted on those levels.
-        validation_mse: the solver's error on the held-out samples.
+        validation_mse: the solver's error on the held-out samples (weighted where they are).
+        batch: "random" (fitted on the noises given) or "stratified" (`stratified_noises`).
     """
 
     base: str
@@ -307,6 +308,7 @@ class Candidate:
     levels: Tensor
     coefficients: BespokeCoefficients
     validation_mse: float
+    batch: str = "random"  # the fitting batch: "random" or "stratified" (`stratified_noises`)
 
 
 def fit_candidates(
@@ -392,6 +394,9 @@ def fit_solver(
     budget: int = 100,
     iterations: int = 48,
     reference_steps: int = 256,
+    pool: Tensor | None = None,
+    hard: int = 256,
+    typical: int = 768,
 ) -> BespokeCoefficients:
     """The whole fitting procedure for one denoiser and a budget of `steps` calls.
 
@@ -402,6 +407,11 @@ def fit_solver(
        schedule (`fit_bespoke`, `iterations` L-BFGS evaluations, early-stopped on validation).
     4. Return the candidate with the lowest validation error.
 
+    With `pool` (many more starting noises, [N, ...] with N >= 2 (hard + typical)) the
+    candidates are also fitted on a stratified batch from its first half, and every candidate
+    is judged on a stratified batch from its second half (`fit_candidates_stratified`): the
+    rare noises that dominate the error at 8-10 steps are then in the fit and in the choice.
+
     Args:
         denoise: a differentiable denoise(x, level) -> x0 estimate.
         x: starting samples [B, ...] at level_max, B >= 2 (kept apart from evaluation).
@@ -411,21 +421,97 @@ def fit_solver(
         candidates: (base, order) pairs for `initial_coefficients`.
         validation_fraction: share of x held out, in (0, 1).
         budget, iterations, reference_steps: as in `fit_schedule` and `fit_bespoke`.
+        pool, hard, typical: extra noises and the strata sizes (see above).
     Returns:
         the fitted `BespokeCoefficients`; sample with
         `bespoke(denoise, x, torch.tensor(c.levels), coefficients=c)`.
     """
-    found = fit_candidates(
-        denoise,
-        x,
-        steps,
-        level_min=level_min,
-        level_max=level_max,
-        target=target,
-        candidates=candidates,
-        validation_fraction=validation_fraction,
-        budget=budget,
-        iterations=iterations,
-        reference_steps=reference_steps,
-    )
+    options = {
+        "level_min": level_min,
+        "level_max": level_max,
+        "target": target,
+        "candidates": candidates,
+        "validation_fraction": validation_fraction,
+        "budget": budget,
+        "iterations": iterations,
+        "reference_steps": reference_steps,
+    }
+    if pool is None:
+        found = fit_candidates(denoise, x, steps, **options)
+    else:
+        found = fit_candidates_stratified(
+            denoise, x, steps, pool=pool, hard=hard, typical=typical, **options
+        )
     return min(found, key=lambda c: c.validation_mse).coefficients
+
+
+def fit_candidates_stratified(
+    denoise: DenoiseFn,
+    x: Tensor,
+    steps: int,
+    *,
+    pool: Tensor,
+    level_min: float,
+    level_max: float,
+    hard: int = 256,
+    typical: int = 768,
+    target: Tensor | None = None,
+    reference_steps: int = 256,
+    **options: object,
+) -> list[Candidate]:
+    """`fit_candidates` on the random batch `x` and on a stratified batch (`stratified_noises`
+    from the first half of `pool`), every candidate then judged on a stratified batch from the
+    second half: its `validation_mse` is that batch's weighted error, an estimate of the error
+    over all noises in which the rare, sensitive ones are counted exactly. Fitting on a random
+    batch is better for the typical noise, on the stratified one for the rare ones; which
+    matters more depends on the denoiser and `steps`, so the held-out estimate decides.
+
+    Args:
+        denoise, x, steps, level_min, level_max, target, reference_steps: as in
+            `fit_candidates`; other keyword `options` are passed on to it.
+        pool: extra starting noises [N, ...] at level_max, N >= 2 (hard + typical), apart
+            from `x` and from any evaluation.
+        hard, typical: strata sizes of each stratified batch.
+    Returns:
+        every candidate (random-batch ones first), with the stratified validation error.
+    """
+    half = pool.shape[0] // 2
+    if half < hard + typical:
+        raise ValueError(
+            f"pool of {pool.shape[0]} noises is too small for two stratified batches of "
+            f"{hard} + {typical}"
+        )
+    span = {"level_min": level_min, "level_max": level_max}
+    ref_levels = karras(None, reference_steps, **span)
+
+    def reference(noises: Tensor) -> Tensor:
+        with torch.no_grad():
+            return unipc(denoise, noises, ref_levels, order=3)
+
+    strata = {"hard": hard, "typical": typical}
+    x_strat, w_strat = stratified_noises(denoise, pool[:half], steps, **span, **strata)
+    x_val, w_val = stratified_noises(denoise, pool[half:], steps, **span, **strata, seed=1)
+    t_val = reference(x_val)
+    common = {**span, "reference_steps": reference_steps, **options}
+    found = fit_candidates(denoise, x, steps, target=target, **common)
+    found += [
+        replace(c, batch="stratified")
+        for c in fit_candidates(
+            denoise, x_strat, steps, target=reference(x_strat), weights=w_strat, **common
+        )
+    ]
+    judged = []
+    for c in found:
+        with torch.no_grad():
+            out = bespoke(denoise, x_val, c.levels, coefficients=c.coefficients)
+        judged.append(replace(c, validation_mse=float(weighted_mse(out, t_val, w_val))))
+        logger.info(
+            "fit_candidates_stratified: %s-%d on the %s batch, %d steps, stratified "
+            "validation mse %.3e",
+            c.base,
+            c.order,
+            c.batch,
+            steps,
+            judged[-1].validation_mse,
+        )
+    return judged

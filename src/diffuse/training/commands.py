@@ -25,9 +25,11 @@ def _setup_logging() -> None:
 def run_train(args: argparse.Namespace) -> int:
     """`diffuse train`: load the recipe, then print it (--dry-run) or train it."""
     from diffuse.cli import CliError
-    from diffuse.config import load_recipe, to_toml
+    from diffuse.config import VAETrainConfig, load_recipe, to_toml
 
     cfg = load_recipe(args.recipe, args.set)
+    if isinstance(cfg, VAETrainConfig):
+        return _run_train_vae(cfg, args)
     if args.dry_run:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         per_rank = cfg.optim.batch_size // world
@@ -51,6 +53,30 @@ def run_train(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     if result.model_dir is not None:
         print(f"trained {result.step} steps; model in {result.model_dir}")
+    return 0
+
+
+def _run_train_vae(cfg: object, args: argparse.Namespace) -> int:
+    """`diffuse train` on an autoencoder recipe (a [vae] table)."""
+    from diffuse.cli import CliError
+    from diffuse.config import to_toml
+
+    if args.dry_run:
+        print(f"# resolved autoencoder recipe {args.recipe}")
+        print(to_toml(cfg))
+        return 0
+    _setup_logging()
+    from diffuse.training.loop import NonFiniteError
+    from diffuse.training.vae_loop import train_vae
+
+    out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
+    try:
+        result = train_vae(
+            cfg, out, resume=args.resume, progress=False if args.no_progress else None
+        )
+    except (NonFiniteError, ValueError) as err:
+        raise CliError(str(err)) from None
+    print(f"trained {result.step} steps; autoencoder in {result.model_dir}")
     return 0
 
 

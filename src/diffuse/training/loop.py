@@ -143,7 +143,7 @@ def prepare_run_dir(out: Path, cfg: TrainConfig, resume: bool) -> bool:
     if run_file.is_file():
         try:
             record = json.loads(run_file.read_text())
-            old = from_dict(TrainConfig, record["config"])
+            old = from_dict(type(cfg), record["config"])
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{run_file} is damaged or from another version ({err})") from None
         if not resume:
