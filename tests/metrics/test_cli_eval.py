@@ -67,7 +67,12 @@ def test_eval_model_samples_through_the_pipeline(tiny_world, monkeypatch, capsys
 
     calls = []
     model = SimpleNamespace(
-        denoiser=None, shape=(1, 8, 8), num_classes=10, null_label=10, info={"sample": {"steps": 3}}
+        denoiser=None,
+        shape=(1, 8, 8),
+        num_classes=10,
+        null_label=10,
+        info={"sample": {"steps": 3}},
+        decode=lambda x: x,  # pixel space: the identity codec
     )
 
     def fake_generate(denoiser, shape, seeds, *, labels=None, steps=25, guidance=1.0, **kw):

@@ -347,7 +347,8 @@ def sample_model_for_eval(
             guidance=guidance if labels is not None else 1.0,
             device=device,
             batch_size=batch_size,
-        )  # (B, C, H, W) in [-1, 1]
+        )
+        x = model.decode(x)  # (B, C, H, W) in [-1, 1]
         u8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         chunks.append(u8.permute(0, 2, 3, 1).numpy())  # (B, H, W, C)
         log.info("sampled %d / %d images", stop, n)

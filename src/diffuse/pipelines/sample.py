@@ -36,18 +36,38 @@ MODEL_INFO = "diffusion.json"
 
 @dataclass
 class TrainedModel:
-    """A loaded model: its denoiser and what it was trained on."""
+    """A loaded model: its denoiser, its codec and what it was trained on.
+
+    The denoiser makes `shape` tensors (latents of the codec); `decode` turns them into images.
+    Pixel-space models have the identity codec, so callers never branch on "latent or not".
+    """
 
     denoiser: Denoiser
     class_names: list[str]
     null_label: int
-    shape: tuple[int, int, int]  # (C, H, W) of one image
+    shape: tuple[int, int, int]  # (C, H, W) of what the denoiser makes (latent or image)
     info: dict[str, Any]
+    codec: Any = None  # IdentityCodec (pixel space) or a VAE; set from `shape` when None
+
+    def __post_init__(self) -> None:
+        if self.codec is None:
+            from diffuse.codecs.identity import IdentityCodec
+
+            self.codec = IdentityCodec(self.shape[0])
 
     @property
     def num_classes(self) -> int:
         """Classes the model is conditioned on (0: unconditional)."""
         return len(self.class_names)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the decoded images."""
+        return self.shape[-1] * self.codec.downsample
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images [B, C, H, W] in [-1, 1] from what the denoiser made."""
+        return self.codec.decode(latents)
 
 
 def load_trained(folder: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
@@ -81,6 +101,7 @@ def load_trained(folder: str | Path, device: str | torch.device = "cpu") -> Trai
         class_names = [str(c) for c in info.get("class_names", [])]
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{info_path} is damaged: {err}") from None
+    codec = _load_codec(folder, info, shape)
     net = load_network(folder).to(device).eval().requires_grad_(False)
     denoiser = Denoiser(
         net,
@@ -88,9 +109,28 @@ def load_trained(folder: str | Path, device: str | torch.device = "cpu") -> Trai
         process_cfg.parametrization,
         sigma_data=process_cfg.sigma_data,
     )
-    return TrainedModel(
-        denoiser, class_names, int(info.get("null_label", len(class_names))), shape, info
-    )
+    null_label = int(info.get("null_label", len(class_names)))
+    return TrainedModel(denoiser, class_names, null_label, shape, info, codec.to(device))
+
+
+def _load_codec(folder: Path, info: dict[str, Any], shape: tuple[int, int, int]) -> Any:
+    """The model's codec: the VAE in the subfolder diffusion.json's "codec" names, else the
+    identity; checked against the latent shape the network makes."""
+    from diffuse.codecs.identity import IdentityCodec
+    from diffuse.codecs.vae import load_vae
+
+    name = info.get("codec", "")
+    if not name:
+        return IdentityCodec(shape[0])
+    codec = load_vae(folder / name)
+    made = codec.latent_shape(shape[-1] * codec.downsample)
+    if tuple(made) != tuple(shape):
+        raise ValueError(
+            f"{folder}: the network makes latents {tuple(shape)} but the codec {name!r} "
+            f"encodes to {tuple(made)} (latent channels {codec.channels}, factor "
+            f"{codec.downsample})"
+        )
+    return codec.eval().requires_grad_(False)
 
 
 def _rows(cond: Cond, start: int, stop: int) -> Cond:

@@ -96,7 +96,7 @@ class TextToImagePipeline:
     @property
     def size(self) -> int:
         """The side in pixels of the images this model generates."""
-        return self.model.shape[-1]
+        return self.model.image_size
 
     def params(
         self,
@@ -174,7 +174,7 @@ class TextToImagePipeline:
         prompt_cond = self.encoder.encode(list(prompts or [params.prompt])).as_cond()
         uncond = self.encoder.encode([params.negative_prompt]).as_cond()
         to = self.device
-        return generate(
+        latents = generate(
             self.model.denoiser,
             self.model.shape,
             list(params.seeds),
@@ -187,6 +187,7 @@ class TextToImagePipeline:
             device=to,
             callback=callback,
         )
+        return self.model.decode(latents)
 
     def __call__(
         self,

@@ -168,6 +168,6 @@ def run_sample(args: argparse.Namespace) -> int:
         "steps": steps,
         "guidance": guidance,
     }
-    path = save_grid(images, args.output, nrow=nrow, params=params)
+    path = save_grid(model.decode(images), args.output, nrow=nrow, params=params)
     print(f"wrote {len(seeds)} samples to {path}")
     return 0

@@ -1,0 +1,105 @@
+"""Autoencoder benchmark: reconstruction PSNR on held-out Shapes scenes and decode time.
+
+    python benchmarks/vae.py --model runs/shapes-vae/model --json docs/shapes-vae.json
+
+PSNR (peak = the [-1, 1] range) of encode (posterior mean) -> decode on `-n` scenes of the
+held-out split (one to three objects, prompts never in training), at the codec's training
+resolution; decode time: the median wall time of decoding 16 latents, `--repeats` times, in
+this process with `--threads` torch threads. JSON out, plus a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from diffuse.codecs.vae import load_vae
+from diffuse.shapes.dataset import ShapesDataset
+from diffuse.training.vae_loss import psnr, ssim
+
+DECODE_LIMIT_S = 0.2  # the issue's bound for 16 latents on the 2-core CPU
+PSNR_TARGET_DB = 32.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="codec folder (vae.json, vae.safetensors)")
+    parser.add_argument("-n", type=int, default=1000, help="held-out scenes")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7, help="timed decodes of 16 latents")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default="", help="write the results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    vae = load_vae(args.model)
+    scenes = ShapesDataset(args.resolution, split="heldout", length=args.n, seed=7)
+    images = torch.stack(
+        [torch.from_numpy(scenes.image_uint8(i)).permute(2, 0, 1) for i in range(args.n)]
+    )
+    images = images.float() / 127.5 - 1
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        recon = torch.cat([vae.decode(vae.encode(chunk)) for chunk in images.split(64)])
+    encode_decode_s = time.perf_counter() - t0
+    recon_u8 = ((recon.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1  # as saved to PNG
+    scores = psnr(recon_u8, images)
+    structural = ssim(recon_u8, images)
+    latents = vae.encode(images[:16]).detach()
+    times = []
+    with torch.no_grad():
+        vae.decode(latents)  # warm-up
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            vae.decode(latents)
+            times.append(time.perf_counter() - t)
+    result = {
+        "model": args.model,
+        "scenes": args.n,
+        "resolution": args.resolution,
+        "latent_shape": list(vae.latent_shape(args.resolution)),
+        "psnr_db_mean": float(scores.mean()),
+        "psnr_db_median": float(scores.median()),
+        "psnr_db_p05": float(scores.quantile(0.05)),
+        "ssim_mean": float(structural.mean()),
+        "decode16_s_median": statistics.median(times),
+        "decode16_s_all": times,
+        "encode_decode_all_s": encode_decode_s,
+        "threads": args.threads,
+        "command": " ".join(sys.argv),
+    }
+    r = result
+    rows = [
+        ("measurement", "value", "target"),
+        ("---", "---", "---"),
+        (
+            f"PSNR, {args.n} held-out scenes, mean",
+            f"{r['psnr_db_mean']:.2f} dB",
+            f">= {PSNR_TARGET_DB} dB",
+        ),
+        (
+            "PSNR median / 5th percentile",
+            f"{r['psnr_db_median']:.2f} / {r['psnr_db_p05']:.2f} dB",
+            "-",
+        ),
+        ("SSIM mean", f"{r['ssim_mean']:.4f}", "-"),
+        (
+            f"decode 16 latents, median of {args.repeats}",
+            f"{r['decode16_s_median']:.3f} s",
+            f"<= {DECODE_LIMIT_S} s",
+        ),
+    ]
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
