@@ -145,6 +145,9 @@ class DataConfig:
     flip: bool = False
     holdout: int = 0  # items left out by `data.heldout_indices` (validation split)
     limit: int = 0  # use only the first `limit` items (0: all)
+    # A VAE folder (`diffuse train` on a [vae] recipe writes RUN/model): train in its latent
+    # space, the images encoded once into RUN/latent-cache.safetensors ("": pixel space).
+    codec: str = ""
 
     def __post_init__(self) -> None:
         if self.source in ("npz", "folder"):

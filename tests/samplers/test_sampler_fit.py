@@ -171,7 +171,7 @@ def test_fit_solver_picks_the_best_validated_candidate(smooth_mixture, batches):
     fit, held_out, target_fit, target_held = batches
     kwargs = {"level_min": LO, "level_max": HI, "target": target_fit, "budget": 12, "iterations": 6}
     found = fit_candidates(smooth_mixture.denoise, fit, 4, **kwargs)
-    assert [(c.base, c.order) for c in found] == [("deis", 2), ("unipc", 2)]
+    assert [(c.base, c.order) for c in found] == [("unipc", 2), ("dpmpp", 3)]
     chosen = fit_solver(smooth_mixture.denoise, fit, 4, **kwargs)
     best = min(found, key=lambda c: c.validation_mse)
     assert chosen == best.coefficients
@@ -253,10 +253,10 @@ def test_fit_solver_with_a_pool_judges_every_candidate_on_a_stratified_batch(
         smooth_mixture.denoise, fit, 4, target=target_fit, **strata, **kwargs
     )
     assert [(c.base, c.batch) for c in found] == [
-        ("deis", "random"),
         ("unipc", "random"),
-        ("deis", "stratified"),
+        ("dpmpp", "random"),
         ("unipc", "stratified"),
+        ("dpmpp", "stratified"),
     ]
     chosen = fit_solver(smooth_mixture.denoise, fit, 4, target=target_fit, **strata, **kwargs)
     assert chosen == min(found, key=lambda c: c.validation_mse).coefficients

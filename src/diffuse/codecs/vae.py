@@ -325,4 +325,5 @@ def load_vae(folder: str | Path) -> VAE:
             f"{weights} does not match its config: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )
+    vae.source = folder  # where it came from (model folders copy it, caches key on it)
     return vae.eval()

@@ -277,6 +277,15 @@ def _digest(*parts: object) -> str:
     return h.hexdigest()[:16]
 
 
+def _file_digest(path: Path) -> str:
+    """sha256 prefix of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def _image_ok(path: Path) -> bool:
     """True if PIL can identify and verify the file (cheap: no full decode)."""
     from PIL import Image, UnidentifiedImageError
@@ -340,6 +349,7 @@ class ProceduralDataset:
         self.class_names = [f"{generator}-{k}" for k in range(num_classes)]
         self.channels = channels
         self.seed = seed
+        self.labels = np.arange(size, dtype=np.int64) % num_classes  # item i is class i mod k
 
     def __len__(self) -> int:
         return self.size
@@ -352,7 +362,7 @@ class ProceduralDataset:
 
     def __getitem__(self, i: int) -> Example:
         rng = np.random.default_rng([self.seed, i, 0x5EED])
-        label = int(i % self.num_classes)
+        label = int(self.labels[i])
         r = self.resolution
         yy, xx = np.mgrid[0:r, 0:r].astype(np.float32) / r  # [r, r] each, in [0, 1)
         if self.generator == "shapes":
@@ -545,6 +555,54 @@ class TrainData:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    LATENT_CACHE = "latent-cache.safetensors"
+
+    def encode_latents(self, codec: Any, cache_dir: str | os.PathLike, batch_size: int = 64):
+        """Encode every image once with `codec` (posterior means; mirrored copies too when the
+        recipe flips), so batches are latents from then on. The latents are kept in
+        `cache_dir`/latent-cache.safetensors, keyed by the codec's weights and the data, and
+        read back on resume. Returns self."""
+        from safetensors.torch import load_file, save_file
+
+        weights = Path(codec.source) / "vae.safetensors"
+        key = _digest(self.dataset.fingerprint(), self.cfg.flip, _file_digest(weights))
+        path = Path(cache_dir) / self.LATENT_CACHE
+        if path.is_file():
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(path), "pt") as f:
+                    ok = (f.metadata() or {}).get("key") == key
+                cached = load_file(str(path)) if ok else None
+            except (OSError, ValueError) as err:
+                logger.warning("ignoring unreadable latent cache %s (%s)", path, err)
+                cached = None
+            if cached is not None:
+                self._set_latents(cached["latents"], cached.get("flipped"))
+                logger.info("latents of %d images read from %s", len(self), path)
+                return self
+        logger.info("encoding %d images with the codec %s", len(self), codec.source)
+        parts, flipped = [], []
+        with torch.no_grad():
+            for start in range(0, len(self), batch_size):
+                x, _, _ = self.batch(range(start, min(len(self), start + batch_size)))
+                parts.append(codec.encode(x).half().contiguous())
+                if self.cfg.flip:
+                    flipped.append(codec.encode(x.flip(-1)).half().contiguous())
+        tensors = {"latents": torch.cat(parts)}
+        if flipped:
+            tensors["flipped"] = torch.cat(flipped)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file(tensors, str(tmp), {"key": key})
+        os.replace(tmp, path)
+        self._set_latents(tensors["latents"], tensors.get("flipped"))
+        return self
+
+    def _set_latents(self, latents: Tensor, flipped: Tensor | None) -> None:
+        self.latents, self.latents_flipped = latents, flipped
+        self.channels, self.image_size = int(latents.shape[1]), int(latents.shape[-1])
+
     def captions(self) -> list[str | None]:
         """The caption of every item (None where an item has none)."""
         ds = self.dataset
@@ -587,6 +645,13 @@ class TrainData:
         Returns:
             x float32 [B, C, H, W] in [-1, 1], labels int64 [B] (-1: none), captions.
         """
+        if getattr(self, "latents", None) is not None:  # latent space: encoded once
+            idx = torch.as_tensor(list(indices), dtype=torch.long)
+            z = self.latents[idx]
+            if flips is not None and self.latents_flipped is not None:
+                z = torch.where(flips.reshape(-1, 1, 1, 1), self.latents_flipped[idx], z)
+            labels = np.asarray(self.dataset.labels, dtype=np.int64)[idx.numpy()]
+            return z.float(), torch.from_numpy(labels), [None] * len(idx)
         key = tuple(int(i) for i in indices)
         future = self._pending.pop(key, None)
         images, labels, captions = future.result() if future else self._load(key)

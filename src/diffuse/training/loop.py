@@ -427,12 +427,15 @@ def _train(
     data = TrainData(build_dataset(cfg.data, seed=cfg.train.seed), cfg.data)
     order = BatchOrder(len(data), o.batch_size, cfg.train.seed, data.dataset.fingerprint())
     loaded_text_encoder = _text_encoder(cfg, data) if cfg.model.text_encoder else None
+    codec = _codec(cfg) if cfg.data.codec else None
     has_run = _collective_check(info, lambda: prepare_run_dir(out, cfg, resume))
     if info.is_main and has_run:
         removed = ckpt.remove_stale_temporaries(out)
         if removed:
             logger.info("removed %d interrupted checkpoint write(s)", removed)
 
+    if codec is not None:  # latent diffusion: every image encoded once, cached in the run
+        data.encode_latents(codec, out)
     num_classes = data.num_classes if cfg.model.class_conditional else 0
     text_encoder, captions = None, None
     if cfg.model.text_encoder:
@@ -578,6 +581,8 @@ def _train(
             guidance=s.guidance,
             device=info.device,
         )
+        if codec is not None:
+            images = codec.decode(images.cpu())
         if info.is_main:
             nrow = (
                 num_classes
@@ -729,7 +734,7 @@ def _train(
                 **text_dims,
             )[0]
             plain.load_state_dict(ema_state)
-        _write_model(model_dir, plain, cfg, config_record, data)
+        _write_model(model_dir, plain, cfg, config_record, data, codec)
     dist.barrier(info)
     return TrainResult(out, step, model_dir, last_loss, nonfinite_total)
 
@@ -752,11 +757,33 @@ def _text_encoder(cfg: TrainConfig, data: TrainData) -> tuple[Any, list[str | No
     return encoder, texts
 
 
+def _codec(cfg: TrainConfig) -> Any:
+    """The VAE of `data.codec` (checked before the run folder is touched)."""
+    from diffuse.codecs.vae import load_vae
+
+    try:
+        codec = load_vae(Path(cfg.data.codec).expanduser())
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"data.codec = {cfg.data.codec!r}: {err}") from None
+    if cfg.data.image_size % codec.downsample:
+        raise ConfigError(
+            f"data.codec: image size {cfg.data.image_size} is not divisible by the codec's "
+            f"factor {codec.downsample}"
+        )
+    return codec
+
+
 def _write_model(
-    model_dir: Path, module: nn.Module, cfg: TrainConfig, config_record: dict, data: TrainData
+    model_dir: Path,
+    module: nn.Module,
+    cfg: TrainConfig,
+    config_record: dict,
+    data: TrainData,
+    codec: Any = None,
 ) -> None:
-    """Write the EMA network (`nets.io.save_network`) and the diffusion metadata, then swap
-    the folder into place, so `model_dir` is always a complete model."""
+    """Write the EMA network (`nets.io.save_network`) and the diffusion metadata (with a copy
+    of the codec in model/vae for a latent model), then swap the folder into place, so
+    `model_dir` is always a complete model."""
     import shutil
 
     from diffuse.nets.io import save_network
@@ -773,9 +800,12 @@ def _write_model(
         "channels": data.channels,
         "image_size": data.image_size,
         "text_encoder": cfg.model.text_encoder,
+        "codec": "vae" if codec is not None else "",
         "sample": to_dict(cfg.sample),
         "recipe": config_record["recipe"],
     }
+    if codec is not None:
+        shutil.copytree(codec.source, tmp / "vae")
     ckpt.atomic_write_text(tmp / MODEL_INFO, json.dumps(meta, indent=2) + "\n")
     old = model_dir.with_name(f".{model_dir.name}.old-{uuid.uuid4().hex[:8]}")
     if model_dir.exists():
