@@ -49,6 +49,7 @@ from diffuse.samplers import (
     STOCHASTIC,
     bespoke,
     deis,
+    exponential_multistep,
     fit_candidates_stratified,
     flow_shift,
     karras,
@@ -206,7 +207,7 @@ def run_fitted(
     """
     rows = []
     lo, hi = PROCESS.level_min, PROCESS.level_max
-    samplers = {"deis": deis, "unipc": unipc}
+    samplers = {"deis": deis, "unipc": unipc, "dpmpp": exponential_multistep}
     hard, typical = strata
     for nfe in nfes:
         t0 = time.perf_counter()

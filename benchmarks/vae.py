@@ -34,13 +34,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="timed decodes of 16 latents")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument(
+        "--cifar10", action="store_true", help="the CIFAR-10 held-out images instead of scenes"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     vae = load_vae(args.model)
-    scenes = ShapesDataset(args.resolution, split="heldout", length=args.n, seed=7)
-    images = torch.stack(
-        [torch.from_numpy(scenes.image_uint8(i)).permute(2, 0, 1) for i in range(args.n)]
-    )
+    if args.cifar10:
+        from diffuse.metrics.evaluate import load_split
+
+        held = load_split("cifar10").heldout_images[: args.n]  # never in training (holdout)
+        images = torch.from_numpy(held).permute(0, 3, 1, 2)
+        args.resolution, args.n = images.shape[-1], len(images)
+    else:
+        scenes = ShapesDataset(args.resolution, split="heldout", length=args.n, seed=7)
+        images = torch.stack(
+            [torch.from_numpy(scenes.image_uint8(i)).permute(2, 0, 1) for i in range(args.n)]
+        )
     images = images.float() / 127.5 - 1
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -59,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             times.append(time.perf_counter() - t)
     result = {
         "model": args.model,
-        "scenes": args.n,
+        "data": "cifar10 held-out" if args.cifar10 else "shapes held-out scenes",
+        "images": args.n,
         "resolution": args.resolution,
         "latent_shape": list(vae.latent_shape(args.resolution)),
         "psnr_db_mean": float(scores.mean()),

@@ -138,8 +138,9 @@ def train_vae(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             indices, _ = order.shard(step, 0, 1)
-            images = data.batch(indices)[0].to(device)
             noise = torch.Generator().manual_seed(mix_seeds(cfg.train.seed, step, 0x7AE))
+            flips = torch.rand(len(indices), generator=noise) < 0.5 if cfg.data.flip else None
+            images = data.batch(indices, flips)[0].to(device)
             vae.train()
             recon, posterior = vae(images, noise)
             loss, parts = loss_fn.autoencoder(images, recon, posterior.kl(), step)
