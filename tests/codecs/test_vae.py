@@ -52,3 +52,35 @@ def test_bad_inputs_name_the_values(tmp_path):
     (tmp_path / "vae.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="damaged"):
         load_vae(tmp_path)
+
+
+def test_decoding_is_sliced_and_the_slices_do_not_change_the_result(monkeypatch):
+    torch.manual_seed(0)
+    vae = VAE(TINY, decode_batch=3).eval()
+    z = torch.randn(8, 4, 4, 4)
+    seen = []
+    real = vae.decoder.forward
+
+    def spy(x):
+        seen.append(x.shape[0])
+        return real(x)
+
+    monkeypatch.setattr(vae.decoder, "forward", spy)
+    with torch.no_grad():
+        sliced = vae.decode(z)
+        vae.decode_batch = 8
+        whole = vae.decode(z)
+    assert seen == [3, 3, 2, 8]  # at most decode_batch latents through the decoder at once
+    torch.testing.assert_close(sliced, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_encode_decode_are_finite_and_a_wrong_latent_shape_is_refused():
+    torch.manual_seed(0)
+    vae = VAE(TINY).eval()
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(images)
+        out = vae.decode(z)
+    assert z.dtype == torch.float32 and torch.isfinite(z).all() and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r"latents must be \[B, 4, H, W\]"):
+        vae.decode(torch.randn(2, 3, 4, 4))
