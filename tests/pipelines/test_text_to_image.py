@@ -178,27 +178,10 @@ def test_a_non_string_prompt_is_refused(pipe):
         pipe(PROMPT, 3, seeds=[0], steps=STEPS)
 
 
-def test_a_class_conditional_model_is_not_a_text_to_image_model(tmp_path):
-    from diffuse.config import load_recipe
-    from diffuse.training.loop import train
-
-    recipe = [
-        "model.preset='unet-tiny'",
-        "model.overrides={base_channels=8, num_groups=4, head_channels=8}",
-        "data.source='procedural'",
-        "data.resolution=8",
-        "data.size=16",
-        "data.channels=1",
-        "data.num_classes=3",
-        "optim.batch_size=8",
-        "train.steps=1",
-        "train.threads=1",
-        "log.progress=false",
-        "checkpoint.every_steps=1",
-    ]
-    train(load_recipe(None, recipe), tmp_path / "mnistish")
+def test_a_class_conditional_model_is_not_a_text_to_image_model(class_model):
+    _, run = class_model
     with pytest.raises(ValueError, match="not a text-to-image model"):
-        load_pipeline(tmp_path / "mnistish")
+        load_pipeline(run)
 
 
 def test_a_missing_model_folder_raises_file_not_found(tmp_path):
