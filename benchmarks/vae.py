@@ -19,6 +19,7 @@ import time
 import torch
 
 from diffuse.codecs.vae import load_vae
+from diffuse.pipelines.sample import to_uint8
 from diffuse.shapes.dataset import ShapesDataset
 from diffuse.training.vae_loss import psnr, ssim
 
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         recon = torch.cat([vae.decode(vae.encode(chunk)) for chunk in images.split(64)])
     encode_decode_s = time.perf_counter() - t0
-    recon_u8 = ((recon.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1  # as saved to PNG
+    pixels = torch.from_numpy(to_uint8(recon)).permute(0, 3, 1, 2)  # as saved to PNG
+    recon_u8 = pixels.float() / 127.5 - 1
     scores = psnr(recon_u8, images)
     structural = ssim(recon_u8, images)
     latents = vae.encode(images[:16]).detach()

@@ -84,7 +84,7 @@ def test_the_latent_cache_is_read_back_on_resume(codec_dir, tmp_path, monkeypatc
     real = TrainData.batch
 
     def counting(self, indices, flips=None):
-        if getattr(self, "latents", None) is None:
+        if self.latents is None:
             calls.append(len(indices))  # pixel batches: only while encoding
         return real(self, indices, flips)
 

@@ -323,7 +323,7 @@ def sample_model_for_eval(
         (uint8 images (n, H, W, C), requested labels (n,) cycling 0..K-1, or None for
         unconditional models).
     """
-    from diffuse.pipelines.sample import generate, load_trained
+    from diffuse.pipelines.sample import generate, load_trained, to_uint8
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -348,8 +348,6 @@ def sample_model_for_eval(
             device=device,
             batch_size=batch_size,
         )
-        x = model.decode(x)  # (B, C, H, W) in [-1, 1]
-        u8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        chunks.append(u8.permute(0, 2, 3, 1).numpy())  # (B, H, W, C)
+        chunks.append(to_uint8(model.decode(x)))  # (B, H, W, C)
         log.info("sampled %d / %d images", stop, n)
     return np.concatenate(chunks), labels

@@ -47,13 +47,7 @@ class TrainedModel:
     null_label: int
     shape: tuple[int, int, int]  # (C, H, W) of what the denoiser makes (latent or image)
     info: dict[str, Any]
-    codec: Any = None  # IdentityCodec (pixel space) or a VAE; set from `shape` when None
-
-    def __post_init__(self) -> None:
-        if self.codec is None:
-            from diffuse.codecs.identity import IdentityCodec
-
-            self.codec = IdentityCodec(self.shape[0])
+    codec: Any  # IdentityCodec (pixel space) or a VAE
 
     @property
     def num_classes(self) -> int:

@@ -12,7 +12,6 @@ never on the batch it was generated in.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,11 +68,9 @@ class GenerationParams:
 
 def weights_hash(folder: Path) -> str:
     """The first 12 hex digits of the sha256 of the model's weights file."""
-    digest = hashlib.sha256()
-    with open(folder / "model.safetensors", "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+    from diffuse.training.checkpoint import file_sha256
+
+    return file_sha256(folder / "model.safetensors")[:12]
 
 
 class TextToImagePipeline:

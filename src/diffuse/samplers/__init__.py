@@ -17,7 +17,12 @@ from diffuse.samplers.bespoke import (
     fit_solver,
     initial_coefficients,
 )
-from diffuse.samplers.fit import fit_schedule, stratified_noises, weighted_mse
+from diffuse.samplers.fit import (
+    fit_schedule,
+    reference_endpoints,
+    stratified_noises,
+    weighted_mse,
+)
 from diffuse.samplers.multistep import deis, dpmpp_2m, dpmpp_3m, exponential_multistep, unipc
 from diffuse.samplers.noise import SeededNoise
 from diffuse.samplers.ode import ddim, euler, heun
@@ -70,6 +75,7 @@ __all__ = [
     "initial_coefficients",
     "karras",
     "loglinear",
+    "reference_endpoints",
     "uniform_t",
     "stratified_noises",
     "unipc",

@@ -26,10 +26,14 @@ from torch import Tensor
 
 from diffuse.samplers.base import Callback, DenoiseFn, NoiseFn, check_inputs, emit
 from diffuse.samplers.expint import integration_weights
-from diffuse.samplers.fit import stratified_noises, weighted_mse
+from diffuse.samplers.fit import (
+    fit_schedule,
+    reference_endpoints,
+    stratified_noises,
+    weighted_mse,
+)
 from diffuse.samplers.multistep import exponential_multistep, unipc
 from diffuse.samplers.ode import level_tensor
-from diffuse.samplers.schedules import karras
 
 logger = logging.getLogger(__name__)
 
@@ -230,9 +234,9 @@ def fit_bespoke(
     start = initial_coefficients(levels, base=base, order=order)
     sig = list(start.levels)
     if target is None:
-        ref_levels = karras(None, reference_steps, level_min=sig[-2], level_max=sig[0])
-        with torch.no_grad():
-            target = unipc(denoise, x, ref_levels, order=3)
+        target = reference_endpoints(
+            denoise, x, level_min=sig[-2], level_max=sig[0], steps=reference_steps
+        )
     target = target.detach()
     with torch.enable_grad():  # the fit differentiates the denoiser's output w.r.t. its input
         probe = x[:1].detach().clone().requires_grad_(True)
@@ -331,7 +335,6 @@ def fit_candidates(
     weights: Tensor | None = None,
 ) -> list[Candidate]:
     """Steps 1-3 of `fit_solver` (see there); returns every candidate with its validation error."""
-    from diffuse.samplers.fit import fit_schedule
     from diffuse.samplers.multistep import deis
 
     if not 0 < validation_fraction < 1 or x.shape[0] < 2:
@@ -340,9 +343,9 @@ def fit_candidates(
             f"and {x.shape[0]}"
         )
     if target is None:
-        ref_levels = karras(None, reference_steps, level_min=level_min, level_max=level_max)
-        with torch.no_grad():
-            target = unipc(denoise, x, ref_levels, order=3)
+        target = reference_endpoints(
+            denoise, x, level_min=level_min, level_max=level_max, steps=reference_steps
+        )
     held = max(1, round(validation_fraction * x.shape[0]))
     x_fit, x_val = x[:-held], x[-held:]
     t_fit, t_val = target[:-held], target[-held:]
@@ -486,23 +489,15 @@ def fit_candidates_stratified(
             f"{hard} + {typical}"
         )
     span = {"level_min": level_min, "level_max": level_max}
-    ref_levels = karras(None, reference_steps, **span)
-
-    def reference(noises: Tensor) -> Tensor:
-        with torch.no_grad():
-            return unipc(denoise, noises, ref_levels, order=3)
-
     strata = {"hard": hard, "typical": typical}
     x_strat, w_strat = stratified_noises(denoise, pool[:half], steps, **span, **strata)
     x_val, w_val = stratified_noises(denoise, pool[half:], steps, **span, **strata, seed=1)
-    t_val = reference(x_val)
+    t_val = reference_endpoints(denoise, x_val, **span, steps=reference_steps)
     common = {**span, "reference_steps": reference_steps, **options}
     found = fit_candidates(denoise, x, steps, target=target, **common)
-    found += [
+    found += [  # their references: fit_candidates' default, the same solve
         replace(c, batch="stratified")
-        for c in fit_candidates(
-            denoise, x_strat, steps, target=reference(x_strat), weights=w_strat, **common
-        )
+        for c in fit_candidates(denoise, x_strat, steps, weights=w_strat, **common)
     ]
     judged = []
     for c in found:

@@ -121,9 +121,7 @@ def fit_schedule(
     if steps < 2 or steps == 2 and not free_end:  # nothing to move between the fixed ends
         return starts[0]
     if target is None:
-        ref_levels = karras(None, reference_steps, **span)
-        with torch.no_grad():
-            target = unipc(denoise, x, ref_levels, order=3)
+        target = reference_endpoints(denoise, x, **span, steps=reference_steps)
 
     @torch.no_grad()
     def loss(theta: list[float]) -> float:
@@ -164,6 +162,17 @@ def fit_schedule(
             base, theta, best = theta, trial, value
     logger.info("fit_schedule: %d steps, mse %.3e -> %.3e in %d runs", steps, start, best, evals)
     return _levels_from_theta(theta, level_min, level_max, free_end)
+
+
+def reference_endpoints(
+    denoise: DenoiseFn, x: Tensor, *, level_min: float, level_max: float, steps: int = 256
+) -> Tensor:
+    """Accurate end points D(x(level_min), level_min) of the probability-flow ODE from the
+    noises `x` at level_max, from the denoiser alone: UniPC-3 with `steps` Karras steps (the
+    reference every fit here uses when none is given)."""
+    levels = karras(None, steps, level_min=level_min, level_max=level_max)
+    with torch.no_grad():
+        return unipc(denoise, x, levels, order=3)
 
 
 def weighted_mse(out: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -221,17 +230,12 @@ def stratified_noises(
     rest = order[hard:]
     g = torch.Generator().manual_seed(seed)
     picked = rest[torch.randperm(rest.numel(), generator=g)[:typical]]
-    hard_idx = order[:hard]
-    weight_typical = (n - hard) / typical
-    # interleave: hard noises spread evenly through the batch
-    index, weights = [], []
-    every = max(1, (hard + typical) // max(hard, 1))
-    h, t = 0, 0
-    for k in range(hard + typical):
-        if h < hard and (k % every == 0 or t >= typical):
-            index.append(int(hard_idx[h])), weights.append(1.0)
-            h += 1
-        else:
-            index.append(int(picked[t])), weights.append(weight_typical)
-            t += 1
-    return pool[index], torch.tensor(weights, dtype=torch.float64)
+    # hard noises spread evenly through the batch, at every `every`-th place
+    total = hard + typical
+    is_hard = torch.zeros(total, dtype=torch.bool)
+    is_hard[torch.arange(hard) * max(1, total // max(hard, 1))] = True
+    index = torch.empty(total, dtype=torch.long)
+    index[is_hard], index[~is_hard] = order[:hard], picked
+    weights = torch.full((total,), (n - hard) / typical, dtype=torch.float64)
+    weights[is_hard] = 1.0
+    return pool[index], weights

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from diffuse.codecs.text_encoder import UNCONDITIONAL_PROMPT, TextEncoder
+from diffuse.training.tensor_cache import load_cached, save_cached
 
 __all__ = ["CaptionBank"]
 
@@ -53,13 +54,14 @@ class CaptionBank:
             json.dumps([str(encoder.path), encoder.max_length, distinct]).encode()
         ).hexdigest()[:16]
         path = Path(cache_dir) / self.CACHE_FILE if cache_dir is not None else None
-        loaded = _load(path, key) if path is not None else None
+        names = ("tokens", "offsets", "pooled")
+        loaded = load_cached(path, key, names, "text cache") if path is not None else None
         if loaded is None:
             tokens, offsets, pooled = _encode_all(encoder, distinct, batch_size)
             if path is not None:
-                _save(path, key, tokens, offsets, pooled)
+                save_cached(path, key, dict(zip(names, (tokens, offsets, pooled))))
         else:
-            tokens, offsets, pooled = loaded
+            tokens, offsets, pooled = (loaded[name] for name in names)
             logger.info("text encodings of %d captions read from %s", len(distinct), path)
         self._tokens, self._offsets, self._pooled = tokens, offsets, pooled
         row = {text: i for i, text in enumerate(distinct)}
@@ -110,30 +112,3 @@ def _encode_all(
     encoder.clear_cache()
     counts = torch.tensor([0] + [t.shape[0] for t in per_text])
     return torch.cat(per_text), torch.cumsum(counts, 0), pooled
-
-
-def _load(path: Path, key: str) -> tuple[Tensor, Tensor, Tensor] | None:
-    """The cached bank at `path` if it exists and was built for `key`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("key") != key:
-                return None
-            return f.get_tensor("tokens"), f.get_tensor("offsets"), f.get_tensor("pooled")
-    except (SafetensorError, OSError, KeyError):
-        logger.warning("ignoring unreadable text cache %s", path)
-        return None
-
-
-def _save(path: Path, key: str, tokens: Tensor, offsets: Tensor, pooled: Tensor) -> None:
-    """Write the bank atomically (a partial file is never read back)."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({"tokens": tokens, "offsets": offsets, "pooled": pooled}, str(tmp), {"key": key})
-    os.replace(tmp, path)

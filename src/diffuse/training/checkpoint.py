@@ -103,6 +103,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -237,7 +246,7 @@ def _verify(path: Path, hashes: bool = True) -> dict[str, Any]:
         file = path / name
         try:
             size = file.stat().st_size
-            digest = hashlib.sha256(file.read_bytes()).hexdigest() if hashes else None
+            digest = file_sha256(file) if hashes else None
         except OSError as err:
             raise CheckpointError(f"checkpoint {path}: cannot read {name} ({err})") from None
         if size != info["bytes"] or (hashes and digest != info["sha256"]):

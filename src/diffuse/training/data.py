@@ -277,15 +277,6 @@ def _digest(*parts: object) -> str:
     return h.hexdigest()[:16]
 
 
-def _file_digest(path: Path) -> str:
-    """sha256 prefix of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def _image_ok(path: Path) -> bool:
     """True if PIL can identify and verify the file (cheap: no full decode)."""
     from PIL import Image, UnidentifiedImageError
@@ -551,6 +542,8 @@ class TrainData:
             self.array = dataset.render_all()  # cheap and small: no decoding thread needed
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[tuple[int, ...], Future] = {}
+        self.latents: Tensor | None = None  # set by `encode_latents` (latent diffusion)
+        self.latents_flipped: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -562,25 +555,17 @@ class TrainData:
         recipe flips), so batches are latents from then on. The latents are kept in
         `cache_dir`/latent-cache.safetensors, keyed by the codec's weights and the data, and
         read back on resume. Returns self."""
-        from safetensors.torch import load_file, save_file
+        from diffuse.training.checkpoint import file_sha256
+        from diffuse.training.tensor_cache import load_cached, save_cached
 
         weights = Path(codec.source) / "vae.safetensors"
-        key = _digest(self.dataset.fingerprint(), self.cfg.flip, _file_digest(weights))
+        key = _digest(self.dataset.fingerprint(), self.cfg.flip, file_sha256(weights)[:16])
         path = Path(cache_dir) / self.LATENT_CACHE
-        if path.is_file():
-            try:
-                from safetensors import safe_open
-
-                with safe_open(str(path), "pt") as f:
-                    ok = (f.metadata() or {}).get("key") == key
-                cached = load_file(str(path)) if ok else None
-            except (OSError, ValueError) as err:
-                logger.warning("ignoring unreadable latent cache %s (%s)", path, err)
-                cached = None
-            if cached is not None:
-                self._set_latents(cached["latents"], cached.get("flipped"))
-                logger.info("latents of %d images read from %s", len(self), path)
-                return self
+        cached = load_cached(path, key, ("latents",), "latent cache")
+        if cached is not None:
+            self._set_latents(cached["latents"], cached.get("flipped"))
+            logger.info("latents of %d images read from %s", len(self), path)
+            return self
         logger.info("encoding %d images with the codec %s", len(self), codec.source)
         parts, flipped = [], []
         with torch.no_grad():
@@ -592,10 +577,7 @@ class TrainData:
         tensors = {"latents": torch.cat(parts)}
         if flipped:
             tensors["flipped"] = torch.cat(flipped)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file(tensors, str(tmp), {"key": key})
-        os.replace(tmp, path)
+        save_cached(path, key, tensors)
         self._set_latents(tensors["latents"], tensors.get("flipped"))
         return self
 
@@ -645,7 +627,7 @@ class TrainData:
         Returns:
             x float32 [B, C, H, W] in [-1, 1], labels int64 [B] (-1: none), captions.
         """
-        if getattr(self, "latents", None) is not None:  # latent space: encoded once
+        if self.latents is not None:  # latent space: encoded once
             idx = torch.as_tensor(list(indices), dtype=torch.long)
             z = self.latents[idx]
             if flips is not None and self.latents_flipped is not None:

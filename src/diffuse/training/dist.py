@@ -42,7 +42,8 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _pick_device(preference: str, local_rank: int) -> torch.device:
+def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    """The device of train.device = `preference` ("auto", "cpu", "cuda") for this rank."""
     if preference == "cpu":
         return torch.device("cpu")
     if preference == "cuda" and not torch.cuda.is_available():
@@ -66,13 +67,13 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     if tdist.is_available() and tdist.is_initialized():  # set up by the caller (tests, spawn)
         rank, world = tdist.get_rank(), tdist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", rank))
-        return DistInfo(rank, world, local, _pick_device(device, local), owns_group=False)
+        return DistInfo(rank, world, local, pick_device(device, local), owns_group=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistInfo(device=_pick_device(device, 0))
+        return DistInfo(device=pick_device(device, 0))
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", rank))
-    dev = _pick_device(device, local)
+    dev = pick_device(device, local)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     tdist.init_process_group(
         backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s)

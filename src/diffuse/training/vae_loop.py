@@ -22,6 +22,7 @@ from diffuse.codecs.vae import VAE, save_vae
 from diffuse.config import VAETrainConfig, to_dict
 from diffuse.training import checkpoint as ckpt
 from diffuse.training.data import BatchOrder, TrainData, build_dataset, mix_seeds
+from diffuse.training.dist import pick_device
 from diffuse.training.loop import NonFiniteError, lr_at, prepare_run_dir
 from diffuse.training.model import count_parameters
 from diffuse.training.progress import MetricsLog, Progress
@@ -60,11 +61,7 @@ def train_vae(
     out = Path(out)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = torch.device(
-        "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
-    )
-    if cfg.train.device == "cuda" and device.type != "cuda":
-        raise ValueError("train.device = 'cuda' but no CUDA device is available")
+    device = pick_device(cfg.train.device)
     o = cfg.optim
     data = TrainData(build_dataset(cfg.data, seed=cfg.train.seed), cfg.data)
     if data.image_size % cfg.vae.downsample:
