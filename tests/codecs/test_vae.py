@@ -84,3 +84,46 @@ def test_encode_decode_are_finite_and_a_wrong_latent_shape_is_refused():
     assert z.dtype == torch.float32 and torch.isfinite(z).all() and torch.isfinite(out).all()
     with pytest.raises(ValueError, match=r"latents must be \[B, 4, H, W\]"):
         vae.decode(torch.randn(2, 3, 4, 4))
+
+
+def test_tiled_decoding_blends_tiles_exactly_for_a_local_decoder():
+    # A decoder with no spatial context (nearest up-sampling, 1x1 conv): tiles must join
+    # seamlessly, whatever the size, including sides that are not a multiple of the stride.
+    torch.manual_seed(0)
+    vae = VAE(TINY, tile_size=16, tile_overlap=4).eval()
+    vae.decoder = torch.nn.Sequential(
+        torch.nn.Upsample(scale_factor=4, mode="nearest"), torch.nn.Conv2d(4, 3, 1)
+    )
+    z = torch.randn(2, 4, 41, 23)
+    with torch.no_grad():
+        tiled = vae.decode(z)
+        vae.tile_size = 0
+        whole = vae.decode(z)
+    assert tiled.shape == (2, 3, 164, 92)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_large_latents_go_through_the_decoder_in_tiles(monkeypatch):
+    torch.manual_seed(0)
+    vae = VAE(TINY, tile_size=8, tile_overlap=2).eval()
+    seen = []
+    real = vae.decoder.forward
+
+    def spy(x):
+        seen.append(tuple(x.shape))
+        return real(x)
+
+    monkeypatch.setattr(vae.decoder, "forward", spy)
+    with torch.no_grad():
+        small = vae.decode(torch.randn(1, 4, 8, 8))  # not above tile_size: one call
+        large = vae.decode(torch.randn(1, 4, 20, 14))
+    assert seen[0] == (1, 4, 8, 8) and small.shape == (1, 3, 32, 32)
+    # rows start at 0, 6, 12 (last ends at 20); columns at 0, 6 (ends at 14)
+    assert seen[1:] == [(1, 4, 8, 8)] * 6
+    assert large.shape == (1, 3, 80, 56) and torch.isfinite(large).all()
+
+
+def test_a_tile_overlap_as_large_as_the_tile_is_refused():
+    vae = VAE(TINY, tile_size=8, tile_overlap=8).eval()
+    with pytest.raises(ValueError, match="tile_overlap"):
+        vae.decode(torch.randn(1, 4, 16, 16))

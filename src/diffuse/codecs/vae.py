@@ -4,6 +4,12 @@ The encoder maps images [B, C, H, W] in [-1, 1] to a diagonal Gaussian over late
 [B, z, H/f, W/f]; the decoder maps latents back. The codec's `encode` returns normalised
 latents (z - shift) / scale, with scale and shift fitted on data (`fit_latent_stats`) and saved
 with the weights, so the denoiser sees unit-variance latents; `decode` undoes it.
+
+Decoding is bounded in memory two ways: a batch goes through the decoder in slices of
+`decode_batch` latents, and a latent wider or taller than `tile_size` is decoded in overlapping
+tiles blended linearly across the overlap (attention and normalisation then see one tile, as in
+the tiled decoders of other latent-diffusion toolkits), so the peak memory depends on the tile,
+not on the image.
 """
 
 from __future__ import annotations
@@ -194,14 +200,24 @@ class VAE(nn.Module):
         cfg: architecture.
         stats: latent shift/scale (identity until `fit_latent_stats` is run).
         decode_batch: decode at most this many latents at once (slicing bounds memory).
+        tile_size: latent side above which `decode` works in tiles of this side (0: never).
+        tile_overlap: latent pixels shared by neighbouring tiles (blended across).
     """
 
-    def __init__(self, cfg: VAEConfig, stats: LatentStats | None = None, decode_batch: int = 16):
+    def __init__(
+        self,
+        cfg: VAEConfig,
+        stats: LatentStats | None = None,
+        decode_batch: int = 16,
+        tile_size: int = 32,
+        tile_overlap: int = 8,
+    ):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.decode_batch = decode_batch
+        self.tile_size, self.tile_overlap = tile_size, tile_overlap
         z = cfg.latent_channels
         stats = stats or LatentStats([0.0] * z, [1.0] * z)
         self.register_buffer("latent_shift", torch.tensor(stats.shift).reshape(1, z, 1, 1))
@@ -238,11 +254,39 @@ class VAE(nn.Module):
         return (z - self.latent_shift) / self.latent_scale
 
     def decode(self, latents: Tensor) -> Tensor:
-        """Images [B, C, H, W] from normalised latents, in slices of `decode_batch`."""
+        """Images [B, C, H, W] from normalised latents, in slices of `decode_batch` and, for a
+        latent larger than `tile_size`, in overlapping tiles."""
         self._check(latents, self.cfg.latent_channels, "latents", 1)
+        if self.tile_size and not 0 <= self.tile_overlap < self.tile_size:
+            raise ValueError(
+                f"tile_overlap must be in [0, tile_size={self.tile_size}), got {self.tile_overlap}"
+            )
         z = latents * self.latent_scale + self.latent_shift
-        parts = [self.decoder(chunk) for chunk in z.split(max(1, self.decode_batch))]
-        return torch.cat(parts)
+        tiled = self.tile_size and max(z.shape[-2:]) > self.tile_size
+        run = self._decode_tiled if tiled else self.decoder
+        return torch.cat([run(chunk) for chunk in z.split(max(1, self.decode_batch))])
+
+    def _decode_tiled(self, z: Tensor) -> Tensor:
+        """Decode unnormalised latents tile by tile; each output pixel is the weighted mean of
+        the tiles that cover it, the weight ramping linearly up from each inner tile edge."""
+        f = self.downsample
+        rows = _tile_starts(z.shape[-2], self.tile_size, self.tile_overlap)
+        cols = _tile_starts(z.shape[-1], self.tile_size, self.tile_overlap)
+        th, tw = min(self.tile_size, z.shape[-2]), min(self.tile_size, z.shape[-1])
+        wy = _blend_ramp(th * f, self.tile_overlap * f, z.dtype, z.device)
+        wx = _blend_ramp(tw * f, self.tile_overlap * f, z.dtype, z.device)
+        out = weight = None
+        for r in rows:
+            for c in cols:
+                tile = self.decoder(z[..., r : r + th, c : c + tw])
+                if out is None:
+                    shape = (*tile.shape[:2], z.shape[-2] * f, z.shape[-1] * f)
+                    out = tile.new_zeros(shape)
+                    weight = tile.new_zeros(shape[-2:])
+                w = wy[:, None] * wx[None, :]
+                out[..., r * f : (r + th) * f, c * f : (c + tw) * f] += tile * w
+                weight[r * f : (r + th) * f, c * f : (c + tw) * f] += w
+        return out / weight
 
     @staticmethod
     def _check(x: Tensor, channels: int, what: str, multiple: int) -> None:
@@ -273,6 +317,25 @@ class VAE(nn.Module):
         """Reconstruct: returns (reconstruction, posterior)."""
         post = self.posterior(images)
         return self.decoder(post.sample(generator)), post
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of side `tile` covering [0, length), neighbours sharing at least
+    `overlap`; the last tile ends at `length`."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def _blend_ramp(length: int, ramp: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Weights over a tile side: rising linearly over `ramp` pixels at both ends, 1 inside,
+    never 0 (a pixel covered by one tile keeps that tile's value exactly)."""
+    k = torch.arange(length, dtype=dtype, device=device) + 0.5
+    if ramp <= 0:
+        return torch.ones_like(k)
+    return torch.minimum(torch.minimum(k / ramp, (length - k) / ramp), torch.ones_like(k))
 
 
 def save_vae(vae: VAE, folder: str | Path) -> Path:
