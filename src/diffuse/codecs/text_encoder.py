@@ -313,8 +313,10 @@ class TextEncoder:
             self._cache.popitem(last=False)  # least recently used
 
     @torch.no_grad()
-    def _encode_uncached(self, prompts: list[str]) -> list[tuple[Tensor, Tensor]]:
-        """Run the model on distinct prompts; per prompt (tokens [L_i, D], pooled [P])."""
+    def encode_uncached(self, prompts: Sequence[str]) -> TextEncoding:
+        """Run the model on a batch of prompts without the per-prompt cache (for encoding many
+        prompts once, e.g. a dataset's captions). Same result as `encode`."""
+        prompts = list(prompts)
         lengths = [len(ids) for ids in self.tokenizer(prompts, verbose=False)["input_ids"]]
         for prompt, n in zip(prompts, lengths):
             if n > self.max_length:
@@ -346,6 +348,15 @@ class TextEncoder:
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         if self.normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        counts = mask.sum(1).tolist()
         # Padding is on the right for every supported tokenizer, so real tokens come first.
-        return [(hidden[i, : counts[i]].clone(), pooled[i].clone()) for i in range(len(prompts))]
+        context = hidden.masked_fill(~mask[..., None], 0.0)
+        return TextEncoding(context=context, context_mask=mask, pooled=pooled)
+
+    def _encode_uncached(self, prompts: list[str]) -> list[tuple[Tensor, Tensor]]:
+        """Run the model on distinct prompts; per prompt (tokens [L_i, D], pooled [P])."""
+        enc = self.encode_uncached(prompts)
+        counts = enc.context_mask.sum(1).tolist()
+        return [
+            (enc.context[i, : counts[i]].clone(), enc.pooled[i].clone())
+            for i in range(len(prompts))
+        ]

@@ -83,32 +83,38 @@ class CaptionBank:
         rows = self._item_rows[torch.as_tensor(list(indices), dtype=torch.long)]
         if drop is not None:
             rows = torch.where(drop.bool(), self._empty_row, rows)
-        starts, ends = self._offsets[rows], self._offsets[rows + 1]
-        lengths = ends - starts
-        length = int(lengths.max())
-        context = torch.zeros(len(rows), length, self.dim)
-        mask = torch.arange(length)[None, :] < lengths[:, None]
-        for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
-            context[i, : b - a] = self._tokens[a:b].float()
+        starts = self._offsets[rows]
+        lengths = self._offsets[rows + 1] - starts
+        positions = torch.arange(int(lengths.max()))[None, :]
+        mask = positions < lengths[:, None]
+        rows_tokens = self._tokens[torch.where(mask, starts[:, None] + positions, 0)]
+        context = rows_tokens.float().masked_fill_(~mask[..., None], 0.0)
         return {"context": context, "context_mask": mask, "pooled": self._pooled[rows].float()}
 
 
 def _encode_all(
     encoder: TextEncoder, texts: list[str], batch_size: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Encode distinct texts shortest first: (tokens [T, D] f16, offsets [N+1], pooled [N, P])."""
+    """Encode distinct texts shortest first: (tokens [T, D] f16, offsets [N+1], pooled [N, P]),
+    the tokens of text i at tokens[offsets[i]:offsets[i + 1]]. Each batch is moved off the
+    encoder's device once and packed by its mask, with no per-caption work."""
     lengths = [len(ids) for ids in encoder.tokenizer(texts, verbose=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    per_text: list[Tensor | None] = [None] * len(texts)
-    pooled = torch.zeros(len(texts), encoder.pooled_dim, dtype=torch.float16)
+    parts, counts, pooled_parts = [], [], []
     logger.info("encoding %d distinct captions with %s", len(texts), encoder.path.name)
     for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        enc = encoder.encode([texts[i] for i in chunk])
-        counts = enc.context_mask.sum(1).tolist()  # real tokens come first
-        for row, (i, n) in enumerate(zip(chunk, counts)):
-            per_text[i] = enc.context[row, :n].to(torch.float16).cpu()
-            pooled[i] = enc.pooled[row].to(torch.float16).cpu()
-    encoder.clear_cache()
-    counts = torch.tensor([0] + [t.shape[0] for t in per_text])
-    return torch.cat(per_text), torch.cumsum(counts, 0), pooled
+        enc = encoder.encode_uncached([texts[i] for i in order[start : start + batch_size]])
+        mask = enc.context_mask.cpu()
+        parts.append(enc.context.to(torch.float16).cpu()[mask])  # real tokens, row by row
+        counts.append(mask.sum(1))
+        pooled_parts.append(enc.pooled.to(torch.float16).cpu())
+    # Storage in encoding order -> storage in the order of `texts`, by one gather.
+    rank = torch.empty(len(texts), dtype=torch.long)
+    rank[torch.tensor(order, dtype=torch.long)] = torch.arange(len(texts))
+    sorted_counts = torch.cat(counts)
+    sorted_starts = torch.cumsum(sorted_counts, 0) - sorted_counts
+    lengths_t = sorted_counts[rank]
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths_t, 0)])
+    within = torch.arange(int(offsets[-1])) - torch.repeat_interleave(offsets[:-1], lengths_t)
+    gather = torch.repeat_interleave(sorted_starts[rank], lengths_t) + within
+    return torch.cat(parts)[gather], offsets, torch.cat(pooled_parts)[rank]
