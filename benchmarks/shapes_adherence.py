@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         "one to choose settings without looking at it)",
     )
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (model default)")
+    ap.add_argument("--sampler", default=None, help="sampler (model default)")
+    ap.add_argument("--schedule", default=None, help="noise schedule (model default)")
+    ap.add_argument("--steps", type=int, default=None, help="sampler steps (model default)")
     ap.add_argument("--sets", default="one-object,one-to-three,paraphrases")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -77,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
+    settings = {
+        "guidance": args.guidance,
+        "sampler": args.sampler,
+        "schedule": args.schedule,
+        "steps": args.steps,
+    }
     names = args.sets.split(",")
     sets = {k: v for k, v in prompt_sets(args.n, args.prompt_seed).items() if k in names}
     seen = training_captions(pipe.model.info)
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         for start in range(0, len(prompts), args.batch):
             chunk = prompts[start : start + args.batch]
             seeds = list(range(start, start + len(chunk)))  # seed = prompt index
-            params = pipe.params("", seeds=seeds, guidance=args.guidance)
+            params = pipe.params("", seeds=seeds, **settings)
             images.append(pipe.generate(params, prompts=chunk))
         reports[name] = score_detections(detect_objects(torch.cat(images)), prompts)
         results[name] = reports[name].summary() | {"prompts_seen_in_training": overlap[name]}
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "model": pipe.name,
         "model_hash": pipe.model_hash,
-        "settings": pipe.params("", guidance=args.guidance).for_seed(0)
+        "settings": pipe.params("", **settings).for_seed(0)
         | {"prompt": None, "seed": None},
         "prompt_seed": args.prompt_seed,
         "prompts_per_set": args.n,
