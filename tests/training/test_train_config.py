@@ -111,16 +111,22 @@ def test_shipped_recipes_load_and_build(recipe):
         assert cfg.data.channels in (1, 3) and cfg.data.path.startswith("shared:")
     build_process(cfg.process)
     num_classes = 0 if text else 10
+    channels, size = cfg.data.channels or 3, cfg.data.image_size
+    if cfg.data.codec:  # latent recipe: the shipped codec it names, and its latent shape
+        from diffuse.codecs.vae import load_vae
+
+        codec = load_vae(CONFIGS.parent / cfg.data.codec)
+        channels, size, _ = codec.latent_shape(cfg.data.image_size)
     with torch.device("meta"):  # shapes and config checks only, no memory
         net, net_cfg = build_network(
             cfg.model,
-            in_channels=cfg.data.channels or 3,
-            image_size=cfg.data.image_size,
+            in_channels=channels,
+            image_size=size,
             num_classes=num_classes,
             context_dim=384 if text else 0,
             pooled_dim=384 if text else 0,
         )
-    assert net_cfg.num_classes == num_classes and net_cfg.image_size == cfg.data.image_size
+    assert net_cfg.num_classes == num_classes and net_cfg.image_size == size
     assert net_cfg.context_dim == (384 if text else 0)
 
 
