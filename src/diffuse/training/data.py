@@ -550,34 +550,39 @@ class TrainData:
 
     LATENT_CACHE = "latent-cache.safetensors"
 
-    def encode_latents(self, codec: Any, cache_dir: str | os.PathLike, batch_size: int = 64):
-        """Encode every image once with `codec` (posterior means; mirrored copies too when the
-        recipe flips), so batches are latents from then on. The latents are kept in
-        `cache_dir`/latent-cache.safetensors, keyed by the codec's weights and the data, and
-        read back on resume. Returns self."""
+    def encode_latents(
+        self, codec: Any, cache_dir: str | os.PathLike | None, batch_size: int = 64
+    ) -> TrainData:
+        """Encode every image once with `codec`, on the codec's device (posterior means;
+        mirrored copies too when the recipe flips), so batches are latents from then on. The
+        latents are kept in `cache_dir`/latent-cache.safetensors (None: no file), keyed by the
+        codec's weights and the data, and read back on resume. Returns self."""
         from diffuse.training.checkpoint import file_sha256
         from diffuse.training.tensor_cache import load_cached, save_cached
 
         weights = Path(codec.source) / "vae.safetensors"
         key = _digest(self.dataset.fingerprint(), self.cfg.flip, file_sha256(weights)[:16])
-        path = Path(cache_dir) / self.LATENT_CACHE
-        cached = load_cached(path, key, ("latents",), "latent cache")
+        path = Path(cache_dir) / self.LATENT_CACHE if cache_dir is not None else None
+        cached = load_cached(path, key, ("latents",), "latent cache") if path else None
         if cached is not None:
             self._set_latents(cached["latents"], cached.get("flipped"))
             logger.info("latents of %d images read from %s", len(self), path)
             return self
         logger.info("encoding %d images with the codec %s", len(self), codec.source)
+        device = next(codec.parameters()).device
         parts, flipped = [], []
         with torch.no_grad():
             for start in range(0, len(self), batch_size):
                 x, _, _ = self.batch(range(start, min(len(self), start + batch_size)))
-                parts.append(codec.encode(x).half().contiguous())
+                x = x.to(device)
+                parts.append(codec.encode(x).half().cpu().contiguous())
                 if self.cfg.flip:
-                    flipped.append(codec.encode(x.flip(-1)).half().contiguous())
+                    flipped.append(codec.encode(x.flip(-1)).half().cpu().contiguous())
         tensors = {"latents": torch.cat(parts)}
         if flipped:
             tensors["flipped"] = torch.cat(flipped)
-        save_cached(path, key, tensors)
+        if path is not None:
+            save_cached(path, key, tensors)
         self._set_latents(tensors["latents"], tensors.get("flipped"))
         return self
 

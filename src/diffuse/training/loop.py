@@ -435,7 +435,8 @@ def _train(
             logger.info("removed %d interrupted checkpoint write(s)", removed)
 
     if codec is not None:  # latent diffusion: every image encoded once, cached in the run
-        data.encode_latents(codec, out)
+        data.encode_latents(codec.to(info.device), out if info.is_main else None)
+        codec.cpu()  # sample grids decode on the CPU
     num_classes = data.num_classes if cfg.model.class_conditional else 0
     text_encoder, captions = None, None
     if cfg.model.text_encoder:
