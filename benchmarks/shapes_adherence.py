@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "model": pipe.name,
         "model_hash": pipe.model_hash,
-        "settings": pipe.params("", **settings).for_seed(0)
-        | {"prompt": None, "seed": None},
+        "settings": pipe.params("", **settings).for_seed(0) | {"prompt": None, "seed": None},
         "prompt_seed": args.prompt_seed,
         "prompts_per_set": args.n,
         "seconds": round(elapsed, 1),
