@@ -53,8 +53,12 @@ class NoiseProcess(abc.ABC):
         """The scalar the network is conditioned on at time t."""
 
     @abc.abstractmethod
+    def t_from_uniform(self, u: Tensor) -> Tensor:
+        """The training density's quantile function: the time at cumulative probability u."""
+
     def sample_t(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw n training times from the process's training density (float64, CPU)."""
+        return self.t_from_uniform(torch.rand(n, generator=generator, dtype=torch.float64))
 
     @abc.abstractmethod
     def loss_weight(self, level: Tensor) -> Tensor:

@@ -84,9 +84,8 @@ class RectifiedFlow(NoiseProcess):
     def c_noise(self, t: Tensor) -> Tensor:
         return 1000.0 * _f64(t)
 
-    def sample_t(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, generator=generator, dtype=torch.float64)
-        t = torch.sigmoid(self.logit_mean + self.logit_std * z)
+    def t_from_uniform(self, u: Tensor) -> Tensor:
+        t = torch.sigmoid(self.logit_mean + self.logit_std * torch.special.ndtri(_f64(u)))
         return shift_time(t, self.shift).clamp(self.t_edge, 1 - self.t_edge)
 
     def loss_weight(self, level: Tensor) -> Tensor:

@@ -57,8 +57,8 @@ class VE(_AlphaOne):
     def c_noise(self, t: Tensor) -> Tensor:
         return torch.log(0.5 * self.sigma(t))
 
-    def sample_t(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.rand(n, generator=generator, dtype=torch.float64)
+    def t_from_uniform(self, u: Tensor) -> Tensor:
+        return _f64(u)
 
     def loss_weight(self, level: Tensor) -> Tensor:
         return 1.0 / _f64(level) ** 2
@@ -113,9 +113,8 @@ class EDM(_AlphaOne):
     def c_noise(self, t: Tensor) -> Tensor:
         return torch.log(_f64(t)) / 4
 
-    def sample_t(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, generator=generator, dtype=torch.float64)
-        return torch.exp(self.p_mean + self.p_std * z)
+    def t_from_uniform(self, u: Tensor) -> Tensor:
+        return torch.exp(self.p_mean + self.p_std * torch.special.ndtri(_f64(u)))
 
     def loss_weight(self, level: Tensor) -> Tensor:
         s = _f64(level)

@@ -107,8 +107,9 @@ class DiscreteVP(NoiseProcess):
     def c_noise(self, t: Tensor) -> Tensor:
         return _f64(t)
 
-    def sample_t(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randint(0, self.num_timesteps, (n,), generator=generator).double()
+    def t_from_uniform(self, u: Tensor) -> Tensor:
+        # Uniform over the integer steps 0 .. num_timesteps - 1.
+        return torch.floor(_f64(u) * self.num_timesteps).clamp(0, self.num_timesteps - 1)
 
     def loss_weight(self, level: Tensor) -> Tensor:
         # DDPM's "simple" loss is the unweighted eps MSE = x0 MSE / level^2.
@@ -180,9 +181,8 @@ class CosineVP(NoiseProcess):
     def c_noise(self, t: Tensor) -> Tensor:
         return 1000.0 * _f64(t)
 
-    def sample_t(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
-        return self.t_min + (self.t_max - self.t_min) * u
+    def t_from_uniform(self, u: Tensor) -> Tensor:
+        return self.t_min + (self.t_max - self.t_min) * _f64(u)
 
     def loss_weight(self, level: Tensor) -> Tensor:
         return 1.0 / _f64(level) ** 2

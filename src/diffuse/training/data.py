@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from diffuse.config import DataConfig
+from diffuse.training.counter_rng import mix_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ __all__ = [
     "ScenesDataset",
     "TrainData",
     "build_dataset",
-    "mix_seeds",
     "resolve_data_path",
     "shared_data_dir",
     "shared_data_file",
@@ -659,21 +659,6 @@ class TrainData:
 # --------------------------------------------------------------------------------------------
 # Order
 # --------------------------------------------------------------------------------------------
-
-_MASK64 = (1 << 64) - 1
-
-
-def mix_seeds(*values: int) -> int:
-    """Hash integers into one 63-bit seed (splitmix64 chained over the values)."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (int(v) & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        z = h
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h = z ^ (z >> 31)
-    return h >> 1
 
 
 class BatchOrder:

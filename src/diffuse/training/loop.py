@@ -38,7 +38,8 @@ from diffuse.losses import denoising_loss
 from diffuse.processes import NoiseProcess
 from diffuse.training import checkpoint as ckpt
 from diffuse.training import dist
-from diffuse.training.data import BatchOrder, TrainData, build_dataset, mix_seeds
+from diffuse.training.counter_rng import batch_keys, mix_seeds, stream_normal, stream_uniform
+from diffuse.training.data import BatchOrder, TrainData, build_dataset
 from diffuse.training.ema import EMA
 from diffuse.training.model import build_network, build_process, count_parameters, param_groups
 from diffuse.training.progress import MetricsLog, Progress
@@ -90,7 +91,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 @dataclass
 class SampleDraws:
-    """Per-sample random choices of one step (CPU tensors)."""
+    """Per-sample random choices of one step (noise on the training device, the rest on the CPU)."""
 
     t: Tensor  # [b] float64 process times
     noise: Tensor  # [b, C, H, W] float32
@@ -100,29 +101,25 @@ class SampleDraws:
 
 def draw_per_sample(
     process: NoiseProcess,
-    seeds: list[int],
+    keys: Tensor,
     shape: tuple[int, ...],
     flip_p: float,
     drop_p: float,
+    device: torch.device | str = "cpu",
 ) -> SampleDraws:
-    """Draw each sample's time, noise, flip and label drop from its own seed.
+    """Draw each sample's time, noise, flip and label drop from its own key (`batch_keys`).
 
-    A sample's draws depend only on its seed, never on the batch it sits in, which is what makes
-    one-process and N-rank runs (and resumed runs) identical.
+    A sample's draws depend only on its key, never on the batch it sits in or the device, which
+    is what makes one-process and N-rank runs (and resumed runs) identical. The noise is made on
+    `device`; the rest on the CPU.
     """
-    g = torch.Generator()
-    ts, noises, us = [], [], []
-    for s in seeds:
-        g.manual_seed(s)
-        ts.append(process.sample_t(1, generator=g))
-        noises.append(torch.randn(shape, generator=g))
-        us.append(torch.rand(2, generator=g, dtype=torch.float64))
-    u = torch.stack(us)  # [b, 2]
+    keys = keys.cpu()
+    u = stream_uniform(keys, 3)  # stream values 0-2: time, flip, label drop; noise from 3 on
     return SampleDraws(
-        t=torch.cat(ts),
-        noise=torch.stack(noises),
-        flip=u[:, 0] < flip_p,
-        drop_label=u[:, 1] < drop_p,
+        t=process.t_from_uniform(u[:, 0]),
+        noise=stream_normal(keys.to(device), shape, offset=3),
+        flip=u[:, 1] < flip_p,
+        drop_label=u[:, 2] < drop_p,
     )
 
 
@@ -612,8 +609,8 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             indices, first = order.shard(step, info.rank, world)
-            seeds = [mix_seeds(cfg.train.seed, step, first + i) for i in range(per_rank)]
-            draws = draw_per_sample(process, seeds, image_shape, flip_p, drop_p)
+            keys = batch_keys(mix_seeds(cfg.train.seed, step), first, per_rank)
+            draws = draw_per_sample(process, keys, image_shape, flip_p, drop_p, info.device)
             x0, labels, _ = data.batch(indices, draws.flip if flip_p else None)
             if step + 1 < cfg.train.steps:
                 data.prefetch(order.shard(step + 1, info.rank, world)[0])

@@ -21,7 +21,8 @@ import torch
 from diffuse.codecs.vae import VAE, save_vae
 from diffuse.config import VAETrainConfig, to_dict
 from diffuse.training import checkpoint as ckpt
-from diffuse.training.data import BatchOrder, TrainData, build_dataset, mix_seeds
+from diffuse.training.counter_rng import mix_seeds
+from diffuse.training.data import BatchOrder, TrainData, build_dataset
 from diffuse.training.dist import pick_device
 from diffuse.training.loop import NonFiniteError, lr_at, prepare_run_dir
 from diffuse.training.model import count_parameters
