@@ -14,6 +14,7 @@ table on stdout.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -44,6 +45,11 @@ def generator_loop(process: EDM, seeds: list[int], shape: tuple[int, ...]) -> to
     return torch.stack(noises)
 
 
+def counter_draws(process: EDM, seed: int, batch: int, shape: tuple[int, ...], device: str):
+    """What the training loop does: the batch's keys, then all draws at once."""
+    return draw_per_sample(process, batch_keys(seed, 0, batch), shape, 0.5, 0.1, device)
+
+
 def median_seconds(fn, repeats: int, sync) -> float:
     fn()
     sync()
@@ -70,16 +76,11 @@ def main() -> None:
         base = mix_seeds(0, 1)
         seeds = [mix_seeds(0, 1, i) for i in range(batch)]
         row = {"batch": batch, "shape": list(shape), "case": what}
-        row["generator_loop_ms"] = 1e3 * median_seconds(
-            lambda: generator_loop(process, seeds, shape), args.repeats, lambda: None
-        )
+        loop = functools.partial(generator_loop, process, seeds, shape)
+        row["generator_loop_ms"] = 1e3 * median_seconds(loop, args.repeats, lambda: None)
         for device in devices:
             sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-            def counter(device=device):
-                keys = batch_keys(base, 0, batch)
-                return draw_per_sample(process, keys, shape, 0.5, 0.1, device)
-
+            counter = functools.partial(counter_draws, process, base, batch, shape, device)
             row[f"counter_{device}_ms"] = 1e3 * median_seconds(counter, args.repeats, sync)
         row["speedup_cpu"] = row["generator_loop_ms"] / row["counter_cpu_ms"]
         rows.append(row)
