@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffuse.nets.inputs import check_inputs
 from diffuse.nets.layers import (
     CrossAttention,
     JointAttention,
@@ -412,54 +413,29 @@ class DiT(nn.Module):
     ) -> None:
         """Shape checks of the inputs (no host synchronisation), with the offending values."""
         cfg = self.config
-        want = cfg.in_channels + cfg.extra_in_channels
-        if x.ndim != 4 or x.shape[1] != want:
-            raise ValueError(
-                f"DiT expects x of shape (B, {want}, H, W) (in_channels={cfg.in_channels} + "
-                f"extra_in_channels={cfg.extra_in_channels}), got {tuple(x.shape)}"
-            )
-        B, _, H, W = x.shape
+        check_inputs(
+            "DiT",
+            x,
+            in_channels=cfg.in_channels,
+            extra_in_channels=cfg.extra_in_channels,
+            num_classes=cfg.num_classes,
+            context_dim=cfg.context_dim,
+            pooled_dim=cfg.pooled_dim,
+            c_noise=c_noise,
+            class_labels=class_labels,
+            context=context,
+            context_mask=context_mask,
+            pooled=pooled,
+        )
+        H, W = x.shape[-2:]
         p = cfg.patch_size
         if H % p or W % p:
             raise ValueError(f"DiT patch size {p} does not divide the input size {H}x{W}")
-        if c_noise.shape != (B,):
-            raise ValueError(f"c_noise must have shape ({B},), got {tuple(c_noise.shape)}")
-        if class_labels is not None:
-            if not cfg.num_classes:
-                raise ValueError(
-                    "class_labels given to a DiT without class conditioning (num_classes=0)"
-                )
-            if class_labels.shape != (B,):
-                raise ValueError(
-                    f"class_labels must have shape ({B},), got {tuple(class_labels.shape)}"
-                )
-        if context is not None:
-            if not cfg.context_dim:
-                raise ValueError("context given to a DiT without text conditioning (context_dim=0)")
-            if context.ndim != 3 or context.shape[0] != B or context.shape[2] != cfg.context_dim:
-                raise ValueError(
-                    f"context must have shape ({B}, L, {cfg.context_dim}), got "
-                    f"{tuple(context.shape)}"
-                )
-            if context_mask is not None and context_mask.shape != context.shape[:2]:
-                raise ValueError(
-                    f"context_mask must have shape {tuple(context.shape[:2])}, got "
-                    f"{tuple(context_mask.shape)}"
-                )
-        elif context_mask is not None:
-            raise ValueError("context_mask given without context")
-        elif cfg.context_dim and cfg.text_mode == "joint":
+        if context is None and cfg.context_dim and cfg.text_mode == "joint":
             raise ValueError(
                 "a joint-attention DiT needs context (B, L, "
                 f"{cfg.context_dim}); pass an empty-prompt encoding for the unconditional branch"
             )
-        if pooled is not None:
-            if not cfg.pooled_dim:
-                raise ValueError("pooled given to a DiT without a pooled embedding (pooled_dim=0)")
-            if pooled.shape != (B, cfg.pooled_dim):
-                raise ValueError(
-                    f"pooled must have shape ({B}, {cfg.pooled_dim}), got {tuple(pooled.shape)}"
-                )
         if control is not None and (
             not isinstance(control, DiTControl) or len(control.blocks) > cfg.depth
         ):
