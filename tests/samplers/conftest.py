@@ -11,13 +11,9 @@ from diffuse.gaussian_mixture import GaussianMixture
 LEVEL_MIN, LEVEL_MAX = 0.02, 10.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run single-threaded: on a shared 2-core machine intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread) -> None:
+    """Every module here runs on one thread (tests/conftest.py, `one_thread`)."""
 
 
 @pytest.fixture(scope="session")

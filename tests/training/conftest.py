@@ -1,14 +1,8 @@
-"""Training tests run tiny networks: one thread per process is far faster than several,
-especially on a shared 2-core machine where OpenMP threads would wait on each other."""
+"""Training tests run tiny networks, on one thread per process (tests/conftest.py)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
+def _one_thread(one_thread, monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by subprocesses and spawned ranks
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

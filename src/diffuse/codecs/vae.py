@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffuse.nets.layers import SelfAttention
+from diffuse.nets.layers import SelfAttention, batch_invariant
 
 
 @dataclass(frozen=True)
@@ -264,7 +264,8 @@ class VAE(nn.Module):
         z = latents * self.latent_scale + self.latent_shift
         tiled = self.tile_size and max(z.shape[-2:]) > self.tile_size
         run = self._decode_tiled if tiled else self.decoder
-        return torch.cat([run(chunk) for chunk in z.split(max(1, self.decode_batch))])
+        chunks = z.split(max(1, self.decode_batch))
+        return torch.cat([batch_invariant(run, chunk) for chunk in chunks])
 
     def _decode_tiled(self, z: Tensor) -> Tensor:
         """Decode unnormalised latents tile by tile; each output pixel is the weighted mean of

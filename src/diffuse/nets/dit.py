@@ -218,7 +218,7 @@ class DiTBlock(nn.Module):
         else:
             self.norm_cross = self.cross = None
         self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
-        self.ada = nn.Linear(D, 6 * D)  # shift/scale/gate for attention and MLP
+        self.ada = Linear(D, 6 * D)  # shift/scale/gate for attention and MLP
 
     def forward(
         self,
@@ -259,10 +259,10 @@ class JointBlock(nn.Module):
         self.context_out = context_out
         self.attn = JointAttention(D, cfg.num_heads, qk_norm=cfg.qk_norm, context_out=context_out)
         self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
-        self.ada = nn.Linear(D, 6 * D)
+        self.ada = Linear(D, 6 * D)
         self.c_mlp = Mlp(D, int(D * cfg.mlp_ratio)) if context_out else None
         # The text stream of the last block only produces keys and values: shift and scale.
-        self.c_ada = nn.Linear(D, (6 if context_out else 2) * D)
+        self.c_ada = Linear(D, (6 if context_out else 2) * D)
 
     def forward(
         self,
@@ -299,7 +299,7 @@ class FinalLayer(nn.Module):
 
     def __init__(self, D: int, patch_dim: int) -> None:
         super().__init__()
-        self.ada = nn.Linear(D, 2 * D)
+        self.ada = Linear(D, 2 * D)
         self.linear = Linear(D, patch_dim)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
@@ -331,7 +331,7 @@ class DiT(nn.Module):
         # Index num_classes is the null class for classifier-free guidance.
         self.class_embed = nn.Embedding(cfg.num_classes + 1, D) if cfg.num_classes else None
         self.pooled_embed = (
-            nn.Sequential(nn.Linear(cfg.pooled_dim, D), nn.SiLU(), nn.Linear(D, D))
+            nn.Sequential(Linear(cfg.pooled_dim, D), nn.SiLU(), Linear(D, D))
             if cfg.pooled_dim
             else None
         )

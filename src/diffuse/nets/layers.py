@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ __all__ = [
     "NoiseEmbedding",
     "SelfAttention",
     "apply_rope",
+    "batch_invariant",
     "conv3x3_upsample2x",
     "key_padding_mask",
     "linear",
@@ -113,8 +114,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     PyTorch sends fp32 matrix products on CPU to MKL's sgemm, while convolutions go to oneDNN,
     whose kernels run about 10% faster here (forward and backward). A linear map over the
     last axis is a 1x1 convolution of the rows seen as a channels_last image, so for
-    contiguous fp32 CPU inputs we call the convolution: same weights, same result up to
-    summation order. Elsewhere (GPU, autocast, compile, odd sizes) it is F.linear.
+    fp32 CPU inputs we call the convolution: same weights, same result up to summation order,
+    and each row's result does not depend on the other rows (batch invariance: the same seed
+    gives the same pixels in any batch). Elsewhere (GPU, autocast, compile) it is F.linear.
 
     Args:
         x: (..., in_features).
@@ -123,24 +125,46 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     Returns:
         (..., out_features).
     """
-    rows = x.numel() // x.shape[-1] if x.numel() else 0
     if (
         x.device.type != "cpu"
         or x.dtype != torch.float32
         or weight.dtype != torch.float32
-        or rows < 32
-        or rows % 16
-        or not x.is_contiguous()
+        or not x.numel()
         or torch.is_autocast_enabled("cpu")
         or torch.compiler.is_compiling()
     ):
         return F.linear(x, weight, bias)
     k, n = x.shape[-1], weight.shape[0]
+    flat = x.reshape(-1, k)
+    rows = flat.shape[0]
+    # Pad to at least 32 rows, a multiple of 16: then every row takes the same kernel path
+    # whatever the batch (MKL's sgemm sums small batches in batch-dependent orders).
+    padded = max(32, -(-rows // 16) * 16)
+    if padded != rows:
+        flat = torch.cat([flat, flat.new_zeros(padded - rows, k)])
     # (R, k) rows -> (16, k, 1, R/16) channels_last image; a batch of 16 or more makes
     # PyTorch pick oneDNN for 1x1 kernels even on one thread.
-    img = x.reshape(16, 1, rows // 16, k).permute(0, 3, 1, 2)
+    img = flat.reshape(16, 1, padded // 16, k).permute(0, 3, 1, 2)
     out = F.conv2d(img, weight.view(n, k, 1, 1), bias)  # (16, n, 1, R/16) channels_last
-    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], n)
+    return out.permute(0, 2, 3, 1).reshape(padded, n)[:rows].reshape(*x.shape[:-1], n)
+
+
+def batch_invariant(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """fn(x) with the batch padded, on the CPU, to a multiple of max(2, threads) samples.
+
+    oneDNN takes another kernel for a batch of one, and on several threads its transposed
+    convolutions and PyTorch's channels_last GroupNorm split a sample between threads when the
+    batch does not divide among them, each with another summation order. With whole samples
+    per thread, a sample's result does not depend on the batch it is in. Padding rows repeat
+    the last sample and are dropped.
+    """
+    if x.device.type != "cpu":
+        return fn(x)
+    unit = max(2, torch.get_num_threads())
+    pad = -x.shape[0] % unit
+    if not pad:
+        return fn(x)
+    return fn(torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]))[: x.shape[0]]
 
 
 class Linear(nn.Linear):
@@ -201,8 +225,8 @@ class NoiseEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         self.freq_dim, self.max_period, self.scale = freq_dim, max_period, scale
-        self.fc1 = nn.Linear(freq_dim, dim)
-        self.fc2 = nn.Linear(dim, dim)
+        self.fc1 = Linear(freq_dim, dim)
+        self.fc2 = Linear(dim, dim)
 
     def forward(self, c_noise: Tensor) -> Tensor:
         """(B,) -> (B, dim)."""

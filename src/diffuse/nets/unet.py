@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from diffuse.nets.inputs import check_inputs
 from diffuse.nets.layers import (
     CrossAttention,
+    Linear,
     NoiseEmbedding,
     SelfAttention,
     conv3x3_upsample2x,
@@ -289,7 +290,7 @@ class ResBlock(nn.Module):
         self.scale_shift, self.dropout = cfg.scale_shift, cfg.dropout
         self.norm1 = nn.GroupNorm(cfg.num_groups, cin, eps=cfg.norm_eps)
         self.conv1 = Conv3x3(cin, cout)
-        self.emb = nn.Linear(emb_dim, cout * (2 if cfg.scale_shift else 1))
+        self.emb = Linear(emb_dim, cout * (2 if cfg.scale_shift else 1))
         self.norm2 = nn.GroupNorm(cfg.num_groups, cout, eps=cfg.norm_eps)
         self.conv2 = Conv3x3(cout, cout)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
@@ -416,7 +417,7 @@ class UNet(nn.Module):
         )
         # Index num_classes is the null class for classifier-free guidance.
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
-        self.pooled_embed = nn.Linear(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
+        self.pooled_embed = Linear(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
 
         self.conv_in = Conv3x3(cfg.in_channels + cfg.extra_in_channels, base)
         skips = cfg.skip_channels()

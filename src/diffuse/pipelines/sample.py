@@ -27,6 +27,8 @@ from torch import Tensor
 from diffuse.config import ProcessConfig
 from diffuse.denoiser import Cond, Denoiser
 from diffuse.guidance import cfg as guided
+from diffuse.guidance import expand_cond
+from diffuse.nets.layers import batch_invariant
 from diffuse.samplers.base import Callback
 
 __all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid", "to_uint8"]
@@ -204,11 +206,15 @@ def generate(
         c = _rows(cond, start, start + len(chunk))
         if c is not None and guidance != 1.0:
             u = _rows(uncond, start, start + len(chunk))
-            denoise = guided(denoiser, c, u, guidance, rescale=guidance_rescale)
+            net = guided(denoiser, c, u, guidance, rescale=guidance_rescale)
         else:
 
-            def denoise(x: Tensor, level: Tensor, c: Cond = c) -> Tensor:
-                return denoiser(x, level, c)
+            def net(x: Tensor, level: Tensor, c: Cond = c) -> Tensor:
+                return denoiser(x, level, expand_cond(c, x.shape[0]))
+
+        def denoise(x: Tensor, level: Tensor, net=net) -> Tensor:
+            # Same seed, same pixels in any batch: a lone sample is evaluated as a batch of two.
+            return batch_invariant(lambda rows: net(rows, level), x)
 
         out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
         outputs.append(out.float().clamp(-1, 1).cpu())
