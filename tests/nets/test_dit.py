@@ -165,7 +165,10 @@ def test_compile_fullgraph() -> None:
         )
         compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
         with torch.no_grad():
-            torch.testing.assert_close(compiled(x, t, **cond), net(x, t, **cond))
+            # Compiled graphs use F.linear, eager CPU the oneDNN row path: summation order differs.
+            torch.testing.assert_close(
+                compiled(x, t, **cond), net(x, t, **cond), atol=2e-4, rtol=1e-3
+            )
 
 
 @pytest.mark.slow
