@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from diffuse.cli import main
 from diffuse.pipelines.text_to_image import (
@@ -358,3 +359,17 @@ def test_repeated_seeds_do_not_half_write(run, tmp_path, capsys):
     out = tmp_path / "out.png"
     code = generate(run, PROMPT, "--seeds", "3,3", "-o", str(out))
     assert code == 0 or list(tmp_path.iterdir()) == [], capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_same_seed_same_pixels_unguided_on_any_thread_count(pipe, threads):
+    # Odd batches, a lone sample and two threads are the cases CPU kernels treat differently.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        kw = {"steps": STEPS, "guidance": 1.0}
+        alone = pipe(PROMPT, seeds=[5], **kw)[0]
+        for seeds in ([3, 5, 7], [5, 1], [9, 8, 7, 6, 5]):
+            assert same(pipe(PROMPT, seeds=seeds, **kw)[seeds.index(5)], alone)
+    finally:
+        torch.set_num_threads(before)

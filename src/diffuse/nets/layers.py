@@ -24,6 +24,7 @@ __all__ = [
     "SelfAttention",
     "apply_rope",
     "batch_invariant",
+    "invariant_batch_size",
     "conv3x3_upsample2x",
     "key_padding_mask",
     "linear",
@@ -158,13 +159,18 @@ def batch_invariant(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     per thread, a sample's result does not depend on the batch it is in. Padding rows repeat
     the last sample and are dropped.
     """
-    if x.device.type != "cpu":
-        return fn(x)
-    unit = max(2, torch.get_num_threads())
-    pad = -x.shape[0] % unit
+    pad = invariant_batch_size(x.shape[0], x.device) - x.shape[0]
     if not pad:
         return fn(x)
     return fn(torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]))[: x.shape[0]]
+
+
+def invariant_batch_size(n: int, device: torch.device | str) -> int:
+    """The batch `batch_invariant` runs n samples as (n itself off the CPU)."""
+    if torch.device(device).type != "cpu":
+        return n
+    unit = max(2, torch.get_num_threads())
+    return -(-n // unit) * unit
 
 
 class Linear(nn.Linear):

@@ -28,7 +28,7 @@ from diffuse.config import ProcessConfig
 from diffuse.denoiser import Cond, Denoiser
 from diffuse.guidance import cfg as guided
 from diffuse.guidance import expand_cond
-from diffuse.nets.layers import batch_invariant
+from diffuse.nets.layers import batch_invariant, invariant_batch_size
 from diffuse.samplers.base import Callback
 
 __all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid", "to_uint8"]
@@ -129,11 +129,18 @@ def _load_codec(folder: Path, info: dict[str, Any], shape: tuple[int, int, int])
     return codec.eval().requires_grad_(False)
 
 
-def _rows(cond: Cond, start: int, stop: int) -> Cond:
-    """Rows start:stop of a batched conditioning (a batch of 1 is shared by every row)."""
+def _rows(cond: Cond, start: int, stop: int, padded: int) -> Cond:
+    """Rows start:stop of a batched conditioning (a batch of 1 is shared by every row), the
+    last row repeated up to `padded` rows (see `batch_invariant`)."""
     if cond is None:
         return None
-    return {k: v if v.shape[0] == 1 else v[start:stop] for k, v in cond.items()}
+    out = {}
+    for k, v in cond.items():
+        if v.shape[0] != 1:
+            v = v[start:stop]
+            v = torch.cat([v, v[-1:].expand(padded - len(v), *v.shape[1:])])
+        out[k] = v
+    return out
 
 
 @torch.no_grad()
@@ -203,9 +210,10 @@ def generate(
         chunk = seeds[start : start + batch_size]
         noise = SeededNoise(chunk, device=device)  # per-sample streams, for stochastic samplers
         x = noise.initial(shape) * float(levels[0])
-        c = _rows(cond, start, start + len(chunk))
+        padded = invariant_batch_size(len(chunk), device)
+        c = _rows(cond, start, start + len(chunk), padded)
         if c is not None and guidance != 1.0:
-            u = _rows(uncond, start, start + len(chunk))
+            u = _rows(uncond, start, start + len(chunk), padded)
             net = guided(denoiser, c, u, guidance, rescale=guidance_rescale)
         else:
 
