@@ -27,6 +27,7 @@ __all__ = [
     "invariant_batch_size",
     "conv3x3_upsample2x",
     "key_padding_mask",
+    "pad_batch",
     "linear",
     "modulate",
     "patchify",
@@ -159,10 +160,14 @@ def batch_invariant(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     per thread, a sample's result does not depend on the batch it is in. Padding rows repeat
     the last sample and are dropped.
     """
-    pad = invariant_batch_size(x.shape[0], x.device) - x.shape[0]
-    if not pad:
-        return fn(x)
-    return fn(torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]))[: x.shape[0]]
+    return fn(pad_batch(x, invariant_batch_size(x.shape[0], x.device)))[: x.shape[0]]
+
+
+def pad_batch(x: Tensor, size: int) -> Tensor:
+    """x with its last sample repeated up to `size` samples (x itself when it has them)."""
+    if x.shape[0] >= size:
+        return x
+    return torch.cat([x, x[-1:].expand(size - x.shape[0], *x.shape[1:])])
 
 
 def invariant_batch_size(n: int, device: torch.device | str) -> int:

@@ -493,20 +493,7 @@ class UNet(nn.Module):
     ) -> None:
         """Shape checks of the inputs (no host synchronisation), with the offending values."""
         cfg = self.config
-        check_inputs(
-            "U-Net",
-            x,
-            in_channels=cfg.in_channels,
-            extra_in_channels=cfg.extra_in_channels,
-            num_classes=cfg.num_classes,
-            context_dim=cfg.context_dim,
-            pooled_dim=cfg.pooled_dim,
-            c_noise=c_noise,
-            class_labels=class_labels,
-            context=context,
-            context_mask=context_mask,
-            pooled=pooled,
-        )
+        check_inputs("U-Net", cfg, x, c_noise, class_labels, context, context_mask, pooled)
         H, W = x.shape[-2:]
         factor = 2 ** (cfg.levels - 1)
         if H % factor or W % factor:

@@ -28,7 +28,7 @@ from diffuse.config import ProcessConfig
 from diffuse.denoiser import Cond, Denoiser
 from diffuse.guidance import cfg as guided
 from diffuse.guidance import expand_cond
-from diffuse.nets.layers import batch_invariant, invariant_batch_size
+from diffuse.nets.layers import invariant_batch_size, pad_batch
 from diffuse.samplers.base import Callback
 
 __all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid", "to_uint8"]
@@ -134,13 +134,7 @@ def _rows(cond: Cond, start: int, stop: int, padded: int) -> Cond:
     last row repeated up to `padded` rows (see `batch_invariant`)."""
     if cond is None:
         return None
-    out = {}
-    for k, v in cond.items():
-        if v.shape[0] != 1:
-            v = v[start:stop]
-            v = torch.cat([v, v[-1:].expand(padded - len(v), *v.shape[1:])])
-        out[k] = v
-    return out
+    return {k: v if v.shape[0] == 1 else pad_batch(v[start:stop], padded) for k, v in cond.items()}
 
 
 @torch.no_grad()
@@ -220,9 +214,9 @@ def generate(
             def net(x: Tensor, level: Tensor, c: Cond = c) -> Tensor:
                 return denoiser(x, level, expand_cond(c, x.shape[0]))
 
-        def denoise(x: Tensor, level: Tensor, net=net) -> Tensor:
-            # Same seed, same pixels in any batch: a lone sample is evaluated as a batch of two.
-            return batch_invariant(lambda rows: net(rows, level), x)
+        def denoise(x: Tensor, level: Tensor, net=net, padded=padded) -> Tensor:
+            # Same seed, same pixels in any batch: the network sees whole samples per thread.
+            return net(pad_batch(x, padded), level)[: x.shape[0]]
 
         out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
         outputs.append(out.float().clamp(-1, 1).cpu())
