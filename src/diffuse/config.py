@@ -231,6 +231,7 @@ class RunSection:
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # for multi-process runs
     threads: int = 0  # CPU threads per process (0: torch's default)
     max_minutes: float = 0.0  # stop (checkpoint + model) after this much training time; 0: none
+    init: str = ""  # start from the weights of a trained model folder (fine-tuning); "": fresh
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "train.steps", self.steps, "must be >= 1")

@@ -252,3 +252,27 @@ def test_time_budget_stops_with_a_checkpoint_and_a_model(tmp_path):
     assert result.step == 2
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
     assert (tmp_path / "run" / "model" / "diffusion.json").is_file()
+
+
+def test_init_starts_from_a_trained_model_and_refuses_another_network(tmp_path):
+    train(_cfg("train.steps=4", "optim.lr=0.05", "ema.halflife_images=1"), tmp_path / "base")
+    trained = load_file(str(tmp_path / "base" / "model" / "model.safetensors"))
+    init = f"train.init='{tmp_path}/base/model'"
+
+    def distance_after_one_step(*extra):  # a step of lr 1e-6 moves no weight by more than ~1e-6
+        run = tmp_path / f"run{len(extra)}"
+        train(_cfg("train.steps=1", "optim.lr=1e-6", *extra), run)
+        ((_, step_one),) = list_checkpoints(run)
+        tuned = load_file(str(step_one / "model.safetensors"))
+        assert trained.keys() == tuned.keys()
+        return max((trained[k] - tuned[k]).abs().max().item() for k in trained)
+
+    assert distance_after_one_step(init) < 1e-5 < 1e-2 < distance_after_one_step()
+    # Another architecture, a missing folder: clear errors, nothing written.
+    out = tmp_path / "bad"
+    wider = "model.overrides={base_channels=16, num_groups=4, head_channels=8}"
+    with pytest.raises(ConfigError, match=r"train.init.*base_channels: 8 there, 16 here"):
+        train(_cfg(wider, init), out)
+    with pytest.raises(ConfigError, match=r"train.init = '.*nowhere'.*no config.json"):
+        train(_cfg(f"train.init='{tmp_path}/nowhere'"), out)
+    assert not out.exists()

@@ -425,6 +425,7 @@ def _train(
     order = BatchOrder(len(data), o.batch_size, cfg.train.seed, data.dataset.fingerprint())
     loaded_text_encoder = _text_encoder(cfg, data) if cfg.model.text_encoder else None
     codec = _codec(cfg) if cfg.data.codec else None
+    init_net = _init_network(cfg, data, codec, loaded_text_encoder, net_builder)
     has_run = _collective_check(info, lambda: prepare_run_dir(out, cfg, resume))
     if info.is_main and has_run:
         removed = ckpt.remove_stale_temporaries(out)
@@ -451,6 +452,9 @@ def _train(
         num_classes=num_classes,
         **text_dims,
     )
+    if init_net is not None:  # fine-tuning: the EMA below starts from these weights too
+        net.load_state_dict(init_net.state_dict())
+        logger.info("initial weights from %s", cfg.train.init)
     net.to(info.device)
     process = build_process(cfg.process)
     ema = EMA(net, cfg.ema.halflife_images, cfg.ema.rampup)
@@ -753,6 +757,45 @@ def _text_encoder(cfg: TrainConfig, data: TrainData) -> tuple[Any, list[str | No
             f"model.text_encoder is set but the data ({cfg.data.source}) has no captions"
         )
     return encoder, texts
+
+
+def _init_network(
+    cfg: TrainConfig,
+    data: TrainData,
+    codec: Any,
+    loaded_text_encoder: tuple[Any, list[str | None]] | None,
+    net_builder: Callable[..., tuple[nn.Module, Any]],
+) -> nn.Module | None:
+    """The trained network of `train.init`, checked to have exactly the recipe's architecture
+    (before the run folder is touched); None when the run starts from fresh weights."""
+    if not cfg.train.init:
+        return None
+    from diffuse.nets.io import config_to_dict, load_network
+
+    try:
+        trained = load_network(Path(cfg.train.init).expanduser())
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"train.init = {cfg.train.init!r}: {err}") from None
+    channels, size = data.channels, data.image_size
+    if codec is not None:
+        channels, size, _ = codec.latent_shape(data.image_size)
+    text_dims = {}
+    if loaded_text_encoder is not None:
+        encoder = loaded_text_encoder[0]
+        text_dims = {"context_dim": encoder.dim, "pooled_dim": encoder.pooled_dim}
+    num_classes = data.num_classes if cfg.model.class_conditional else 0
+    _, wanted = net_builder(
+        cfg.model, in_channels=channels, image_size=size, num_classes=num_classes, **text_dims
+    )
+    have, want = config_to_dict(trained.config), config_to_dict(wanted)
+    if have != want:
+        diff = {k: (have["config"].get(k), v) for k, v in want["config"].items()}
+        lines = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items() if a != b)
+        raise ConfigError(
+            f"train.init = {cfg.train.init!r}: its network differs from the recipe's "
+            f"({lines or have['kind'] + ' there, ' + want['kind'] + ' here'})"
+        )
+    return trained
 
 
 def _codec(cfg: TrainConfig) -> Any:
