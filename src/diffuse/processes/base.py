@@ -21,6 +21,11 @@ def broadcast_to(values: Tensor, like: Tensor) -> Tensor:
     return values.reshape(values.shape[0], *([1] * (like.ndim - 1)))
 
 
+def as_f64(t: Tensor | float) -> Tensor:
+    """`t` as a float64 tensor: the processes compute their schedules in double precision."""
+    return torch.as_tensor(t, dtype=torch.float64)
+
+
 class NoiseProcess(abc.ABC):
     """A forward process x_t = alpha(t) x0 + sigma(t) eps, with its training choices.
 

@@ -12,11 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffuse.processes.base import NoiseProcess
-
-
-def _f64(t: Tensor | float) -> Tensor:
-    return torch.as_tensor(t, dtype=torch.float64)
+from diffuse.processes.base import NoiseProcess, as_f64
 
 
 def resolution_shift(
@@ -42,7 +38,7 @@ def resolution_shift(
 
 def shift_time(t: Tensor, shift: float) -> Tensor:
     """Apply the time shift t -> s t / (1 + (s - 1) t)."""
-    t = _f64(t)
+    t = as_f64(t)
     return shift * t / (1 + (shift - 1) * t)
 
 
@@ -68,38 +64,38 @@ class RectifiedFlow(NoiseProcess):
             raise ValueError(f"t_edge must be in (0, 0.5), got {self.t_edge}")
 
     def alpha(self, t: Tensor) -> Tensor:
-        return 1.0 - _f64(t)
+        return 1.0 - as_f64(t)
 
     def sigma(self, t: Tensor) -> Tensor:
-        return _f64(t)
+        return as_f64(t)
 
     def t_from_level(self, level: Tensor) -> Tensor:
-        level = _f64(level)
+        level = as_f64(level)
         return level / (1.0 + level)
 
     def alpha_sigma_derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        ones = torch.ones_like(_f64(t))
+        ones = torch.ones_like(as_f64(t))
         return -ones, ones
 
     def c_noise(self, t: Tensor) -> Tensor:
-        return 1000.0 * _f64(t)
+        return 1000.0 * as_f64(t)
 
     def t_from_uniform(self, u: Tensor) -> Tensor:
-        t = torch.sigmoid(self.logit_mean + self.logit_std * torch.special.ndtri(_f64(u)))
+        t = torch.sigmoid(self.logit_mean + self.logit_std * torch.special.ndtri(as_f64(u)))
         return shift_time(t, self.shift).clamp(self.t_edge, 1 - self.t_edge)
 
     def loss_weight(self, level: Tensor) -> Tensor:
         # Unweighted velocity MSE: u error = x0 error / t, t = level / (1 + level).
-        level = _f64(level)
+        level = as_f64(level)
         return ((1.0 + level) / level) ** 2
 
     @property
     def t_min(self) -> float:
-        return float(shift_time(_f64(self.t_edge), self.shift))
+        return float(shift_time(as_f64(self.t_edge), self.shift))
 
     @property
     def t_max(self) -> float:
-        return float(shift_time(_f64(1 - self.t_edge), self.shift))
+        return float(shift_time(as_f64(1 - self.t_edge), self.shift))
 
     @property
     def level_min(self) -> float:

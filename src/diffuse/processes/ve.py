@@ -11,24 +11,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffuse.processes.base import NoiseProcess
-
-
-def _f64(t: Tensor | float) -> Tensor:
-    return torch.as_tensor(t, dtype=torch.float64)
+from diffuse.processes.base import NoiseProcess, as_f64
 
 
 class _AlphaOne(NoiseProcess):
     """Shared algebra of processes with alpha = 1 (level = sigma)."""
 
     def alpha(self, t: Tensor) -> Tensor:
-        return torch.ones_like(_f64(t))
+        return torch.ones_like(as_f64(t))
 
     def level(self, t: Tensor) -> Tensor:
         return self.sigma(t)
 
     def alpha_from_level(self, level: Tensor) -> Tensor:
-        return torch.ones_like(_f64(level))
+        return torch.ones_like(as_f64(level))
 
 
 @dataclass(frozen=True)
@@ -49,19 +45,19 @@ class VE(_AlphaOne):
             )
 
     def sigma(self, t: Tensor) -> Tensor:
-        return self.sigma_min * (self.sigma_max / self.sigma_min) ** _f64(t)
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** as_f64(t)
 
     def t_from_level(self, level: Tensor) -> Tensor:
-        return torch.log(_f64(level) / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+        return torch.log(as_f64(level) / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
 
     def c_noise(self, t: Tensor) -> Tensor:
         return torch.log(0.5 * self.sigma(t))
 
     def t_from_uniform(self, u: Tensor) -> Tensor:
-        return _f64(u)
+        return as_f64(u)
 
     def loss_weight(self, level: Tensor) -> Tensor:
-        return 1.0 / _f64(level) ** 2
+        return 1.0 / as_f64(level) ** 2
 
     @property
     def level_min(self) -> float:
@@ -105,19 +101,19 @@ class EDM(_AlphaOne):
             )
 
     def sigma(self, t: Tensor) -> Tensor:
-        return _f64(t)
+        return as_f64(t)
 
     def t_from_level(self, level: Tensor) -> Tensor:
-        return _f64(level)
+        return as_f64(level)
 
     def c_noise(self, t: Tensor) -> Tensor:
-        return torch.log(_f64(t)) / 4
+        return torch.log(as_f64(t)) / 4
 
     def t_from_uniform(self, u: Tensor) -> Tensor:
-        return torch.exp(self.p_mean + self.p_std * torch.special.ndtri(_f64(u)))
+        return torch.exp(self.p_mean + self.p_std * torch.special.ndtri(as_f64(u)))
 
     def loss_weight(self, level: Tensor) -> Tensor:
-        s = _f64(level)
+        s = as_f64(level)
         return (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
 
     @property

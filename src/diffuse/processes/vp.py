@@ -13,11 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from diffuse.processes.base import NoiseProcess
-
-
-def _f64(t: Tensor | float) -> Tensor:
-    return torch.as_tensor(t, dtype=torch.float64)
+from diffuse.processes.base import NoiseProcess, as_f64
 
 
 @dataclass(frozen=True)
@@ -77,7 +73,7 @@ class DiscreteVP(NoiseProcess):
         return 0.5 * torch.log((1.0 - ac) / ac)
 
     def _log_level(self, t: Tensor) -> Tensor:
-        t = _f64(t).clamp(0, self.num_timesteps - 1)
+        t = as_f64(t).clamp(0, self.num_timesteps - 1)
         lo = t.floor().clamp(max=self.num_timesteps - 2).long()
         w = t - lo
         return (1 - w) * self.log_levels[lo] + w * self.log_levels[lo + 1]
@@ -93,11 +89,11 @@ class DiscreteVP(NoiseProcess):
         return level * torch.rsqrt(1.0 + level**2)
 
     def alpha_from_level(self, level: Tensor) -> Tensor:
-        return torch.rsqrt(1.0 + _f64(level) ** 2)
+        return torch.rsqrt(1.0 + as_f64(level) ** 2)
 
     def t_from_level(self, level: Tensor) -> Tensor:
         """Fractional step index of `level`, clamped to the table's range."""
-        log_level = torch.log(_f64(level)).clamp(self.log_levels[0], self.log_levels[-1])
+        log_level = torch.log(as_f64(level)).clamp(self.log_levels[0], self.log_levels[-1])
         table = self.log_levels
         hi = torch.searchsorted(table, log_level.reshape(-1)).clamp(1, len(table) - 1)
         lo = hi - 1
@@ -105,15 +101,15 @@ class DiscreteVP(NoiseProcess):
         return (lo + w).reshape(log_level.shape)
 
     def c_noise(self, t: Tensor) -> Tensor:
-        return _f64(t)
+        return as_f64(t)
 
     def t_from_uniform(self, u: Tensor) -> Tensor:
         # Uniform over the integer steps 0 .. num_timesteps - 1.
-        return torch.floor(_f64(u) * self.num_timesteps).clamp(0, self.num_timesteps - 1)
+        return torch.floor(as_f64(u) * self.num_timesteps).clamp(0, self.num_timesteps - 1)
 
     def loss_weight(self, level: Tensor) -> Tensor:
         # DDPM's "simple" loss is the unweighted eps MSE = x0 MSE / level^2.
-        return 1.0 / _f64(level) ** 2
+        return 1.0 / as_f64(level) ** 2
 
     @property
     def level_min(self) -> float:
@@ -154,7 +150,7 @@ class CosineVP(NoiseProcess):
             )
 
     def _theta(self, t: Tensor) -> Tensor:
-        return (_f64(t) + self.offset) / (1 + self.offset) * (math.pi / 2)
+        return (as_f64(t) + self.offset) / (1 + self.offset) * (math.pi / 2)
 
     @property
     def _f0(self) -> float:
@@ -171,21 +167,21 @@ class CosineVP(NoiseProcess):
         return torch.sqrt(((self._f0 - f) / f).clamp(min=0))
 
     def alpha_from_level(self, level: Tensor) -> Tensor:
-        return torch.rsqrt(1.0 + _f64(level) ** 2)
+        return torch.rsqrt(1.0 + as_f64(level) ** 2)
 
     def t_from_level(self, level: Tensor) -> Tensor:
-        f = self._f0 / (1.0 + _f64(level) ** 2)
+        f = self._f0 / (1.0 + as_f64(level) ** 2)
         theta = torch.arccos(torch.sqrt(f))
         return theta * 2 / math.pi * (1 + self.offset) - self.offset
 
     def c_noise(self, t: Tensor) -> Tensor:
-        return 1000.0 * _f64(t)
+        return 1000.0 * as_f64(t)
 
     def t_from_uniform(self, u: Tensor) -> Tensor:
-        return self.t_min + (self.t_max - self.t_min) * _f64(u)
+        return self.t_min + (self.t_max - self.t_min) * as_f64(u)
 
     def loss_weight(self, level: Tensor) -> Tensor:
-        return 1.0 / _f64(level) ** 2
+        return 1.0 / as_f64(level) ** 2
 
     @property
     def level_min(self) -> float:
@@ -197,8 +193,8 @@ class CosineVP(NoiseProcess):
 
     @property
     def t_min(self) -> float:
-        return float(self.t_from_level(_f64(self.sampling_level_min)))
+        return float(self.t_from_level(as_f64(self.sampling_level_min)))
 
     @property
     def t_max(self) -> float:
-        return float(self.t_from_level(_f64(self.sampling_level_max)))
+        return float(self.t_from_level(as_f64(self.sampling_level_max)))
