@@ -46,15 +46,20 @@ def prompt_sets(n: int, seed: int = EVAL_SEED) -> dict[str, list[str]]:
 
 
 def training_captions(model_info: dict) -> set[str]:
-    """Every caption of the recipe's training data (scenes source only)."""
+    """Every caption of the recipe's training data (scenes source only), and of the recipes of
+    the models it was fine-tuned from (its `base_model` chain)."""
     from diffuse.config import TrainConfig, from_dict
     from diffuse.training.data import ScenesDataset
 
-    cfg = from_dict(TrainConfig, model_info["recipe"])
-    if cfg.data.source != "scenes":
-        return set()
-    ds = ScenesDataset(cfg.data.size, cfg.data.resolution, seed=cfg.train.seed)
-    return {ds.scenes.caption(i) for i in range(len(ds))}
+    captions: set[str] = set()
+    record: dict | None = model_info
+    while record is not None:
+        cfg = from_dict(TrainConfig, record["recipe"])
+        if cfg.data.source == "scenes":
+            ds = ScenesDataset(cfg.data.size, cfg.data.resolution, seed=cfg.train.seed)
+            captions |= {ds.scenes.caption(i) for i in range(len(ds))}
+        record = record.get("base_model")
+    return captions
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -268,6 +268,12 @@ def test_init_starts_from_a_trained_model_and_refuses_another_network(tmp_path):
         return max((trained[k] - tuned[k]).abs().max().item() for k in trained)
 
     assert distance_after_one_step(init) < 1e-5 < 1e-2 < distance_after_one_step()
+    # The model records where it started: the base's folder, weight hash and recipe.
+    base = json.loads((tmp_path / "run1" / "model" / "diffusion.json").read_text())["base_model"]
+    base_info = json.loads((tmp_path / "base" / "model" / "diffusion.json").read_text())
+    assert base["path"] == f"{tmp_path}/base/model" and base["recipe"] == base_info["recipe"]
+    assert len(base["weights_sha256"]) == 64 and "base_model" not in base
+    assert "base_model" not in json.loads((tmp_path / "run0/model/diffusion.json").read_text())
     # Another architecture, a missing folder: clear errors, nothing written.
     out = tmp_path / "bad"
     wider = "model.overrides={base_channels=16, num_groups=4, head_channels=8}"

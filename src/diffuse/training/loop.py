@@ -477,6 +477,8 @@ def _train(
         "network": to_dict(net_cfg),
         "class_names": data.class_names if num_classes else [],
     }
+    if init_net is not None:
+        config_record["base_model"] = base_model_record(Path(cfg.train.init).expanduser())
     logger.info(
         "network %s: %.2fM parameters; %d images; %d ranks x %d images/step",
         cfg.model.preset,
@@ -798,6 +800,23 @@ def _init_network(
     return trained
 
 
+def base_model_record(folder: Path) -> dict[str, Any]:
+    """Provenance of a fine-tuned model: the folder it started from, the sha256 of its weights,
+    its recipe and, in turn, its own base model (so the whole chain of recipes stays on record
+    even after the base folder is overwritten)."""
+    from diffuse.nets.io import WEIGHTS_FILE
+
+    record: dict[str, Any] = {"path": str(folder)}
+    record["weights_sha256"] = ckpt.file_sha256(folder / WEIGHTS_FILE)
+    info_path = folder / MODEL_INFO
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        record["recipe"] = info.get("recipe")
+        if "base_model" in info:
+            record["base_model"] = info["base_model"]
+    return record
+
+
 def _codec(cfg: TrainConfig) -> Any:
     """The VAE of `data.codec` (checked before the run folder is touched)."""
     from diffuse.codecs.vae import load_vae
@@ -845,6 +864,8 @@ def _write_model(
         "sample": to_dict(cfg.sample),
         "recipe": config_record["recipe"],
     }
+    if "base_model" in config_record:
+        meta["base_model"] = config_record["base_model"]
     if codec is not None:
         shutil.copytree(codec.source, tmp / "vae")
     ckpt.atomic_write_text(tmp / MODEL_INFO, json.dumps(meta, indent=2) + "\n")
