@@ -7,7 +7,7 @@
 #   python tools/text_encoder_carry.py pack .carry/minilm
 #   mkdir -p /tmp/aside && mv models/mnist-unet models/cifar10-vae /tmp/aside/
 # Then one device call (the run's folder stays there; model/, metrics and log come back):
-#   run(command="bash tools/gpu_train.sh configs/shapes-t2i-gpu.toml shapes-t2i-gpu",
+#   run(command="bash tools/gpu_train.sh configs/shapes-t2i-gpu-finetune.toml shapes-t2i-gpu-ft",
 #       carry=[".carry"], timeout_s=600)
 # Extra arguments go to `diffuse train` (e.g. --set train.max_minutes=6.5).
 set -euo pipefail
