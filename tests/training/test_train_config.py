@@ -128,6 +128,10 @@ def test_shipped_recipes_load_and_build(recipe):
         )
     assert net_cfg.num_classes == num_classes and net_cfg.image_size == size
     assert net_cfg.context_dim == (384 if text else 0)
+    if cfg.train.init:  # a fine-tuning recipe: the model it starts from has this very network
+        from diffuse.nets.io import load_network
+
+        assert load_network(CONFIGS.parent / cfg.train.init).config == net_cfg
 
 
 def test_build_errors_name_the_key():
