@@ -68,10 +68,10 @@ def pack(dest: Path) -> None:
     keep = sorted(_vocabulary_ids(tokenizer))
     state = load_file(str(source / "model.safetensors"))
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("model.safetensors", "*.md"))
-    tensors, blobs = [], []
+    tensors, blobs, vocabulary = [], [], 0
     for name, value in state.items():
         if name.endswith(WORDS_KEY):
-            value = value[keep]
+            vocabulary, value = value.shape[0], value[keep]
         raw = np.ascontiguousarray(value, dtype=np.float32).view(np.uint8).reshape(-1, 4)
         tensors.append(
             {"name": name, "shape": list(state[name].shape), "rows": name.endswith(WORDS_KEY)}
@@ -83,10 +83,8 @@ def pack(dest: Path) -> None:
     manifest = {"tensors": tensors, "keep_ids": keep, "plane_sizes": [len(p) for p in planes]}
     (dest / MANIFEST).write_text(json.dumps(manifest))
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
-    print(
-        f"packed {source} into {dest}: {size / 1e6:.1f} MB, {len(keep)} of "
-        f"{state[next(k for k in state if k.endswith(WORDS_KEY))].shape[0]} word rows kept"
-    )
+    kept = f"{len(keep)} of {vocabulary} word rows kept"
+    print(f"packed {source} into {dest}: {size / 1e6:.1f} MB, {kept}")
     _check_round_trip(dest)
 
 

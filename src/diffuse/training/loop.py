@@ -425,7 +425,22 @@ def _train(
     order = BatchOrder(len(data), o.batch_size, cfg.train.seed, data.dataset.fingerprint())
     loaded_text_encoder = _text_encoder(cfg, data) if cfg.model.text_encoder else None
     codec = _codec(cfg) if cfg.data.codec else None
-    init_net = _init_network(cfg, data, codec, loaded_text_encoder, net_builder)
+    # The network next (cheap, and a bad [model] or train.init fails before anything is
+    # written), shaped for what training will feed it: latents when there is a codec.
+    num_classes = data.num_classes if cfg.model.class_conditional else 0
+    channels, size = data.channels, data.image_size
+    if codec is not None:
+        channels, size, _ = codec.latent_shape(data.image_size)
+    text_dims = {}
+    if loaded_text_encoder is not None:
+        encoder = loaded_text_encoder[0]
+        text_dims = {"context_dim": encoder.dim, "pooled_dim": encoder.pooled_dim}
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    net, net_cfg = net_builder(
+        cfg.model, in_channels=channels, image_size=size, num_classes=num_classes, **text_dims
+    )
+    if cfg.train.init:  # fine-tuning: the EMA below starts from these weights too
+        _load_init_weights(cfg.train.init, net, net_cfg)
     has_run = _collective_check(info, lambda: prepare_run_dir(out, cfg, resume))
     if info.is_main and has_run:
         removed = ckpt.remove_stale_temporaries(out)
@@ -435,7 +450,6 @@ def _train(
     if codec is not None:  # latent diffusion: every image encoded once, cached in the run
         data.encode_latents(codec.to(info.device), out if info.is_main else None)
         codec.cpu()  # sample grids decode on the CPU
-    num_classes = data.num_classes if cfg.model.class_conditional else 0
     text_encoder, captions = None, None
     if cfg.model.text_encoder:
         from diffuse.training.captions import CaptionBank
@@ -443,18 +457,6 @@ def _train(
         text_encoder, texts = loaded_text_encoder
         text_encoder.to(info.device)  # encoding every caption is its heavy use
         captions = CaptionBank(text_encoder, texts, cache_dir=out if info.is_main else None)
-    text_dims = {"context_dim": captions.dim, "pooled_dim": captions.pooled_dim} if captions else {}
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    net, net_cfg = net_builder(
-        cfg.model,
-        in_channels=data.channels,
-        image_size=data.image_size,
-        num_classes=num_classes,
-        **text_dims,
-    )
-    if init_net is not None:  # fine-tuning: the EMA below starts from these weights too
-        net.load_state_dict(init_net.state_dict())
-        logger.info("initial weights from %s", cfg.train.init)
     net.to(info.device)
     process = build_process(cfg.process)
     ema = EMA(net, cfg.ema.halflife_images, cfg.ema.rampup)
@@ -477,7 +479,7 @@ def _train(
         "network": to_dict(net_cfg),
         "class_names": data.class_names if num_classes else [],
     }
-    if init_net is not None:
+    if cfg.train.init:
         config_record["base_model"] = base_model_record(Path(cfg.train.init).expanduser())
     logger.info(
         "network %s: %.2fM parameters; %d images; %d ranks x %d images/step",
@@ -732,8 +734,8 @@ def _train(
         if replica.fsdp:  # a fresh unsharded copy to hold the gathered weights
             plain = net_builder(
                 cfg.model,
-                in_channels=data.channels,
-                image_size=data.image_size,
+                in_channels=channels,
+                image_size=size,
                 num_classes=num_classes,
                 **text_dims,
             )[0]
@@ -761,43 +763,25 @@ def _text_encoder(cfg: TrainConfig, data: TrainData) -> tuple[Any, list[str | No
     return encoder, texts
 
 
-def _init_network(
-    cfg: TrainConfig,
-    data: TrainData,
-    codec: Any,
-    loaded_text_encoder: tuple[Any, list[str | None]] | None,
-    net_builder: Callable[..., tuple[nn.Module, Any]],
-) -> nn.Module | None:
-    """The trained network of `train.init`, checked to have exactly the recipe's architecture
-    (before the run folder is touched); None when the run starts from fresh weights."""
-    if not cfg.train.init:
-        return None
+def _load_init_weights(init: str, net: nn.Module, net_cfg: Any) -> None:
+    """Load the weights of the trained model folder `init` into `net`, whose config `net_cfg`
+    its network must equal exactly (ConfigError naming each differing field otherwise)."""
     from diffuse.nets.io import config_to_dict, load_network
 
     try:
-        trained = load_network(Path(cfg.train.init).expanduser())
+        trained = load_network(Path(init).expanduser())
     except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(f"train.init = {cfg.train.init!r}: {err}") from None
-    channels, size = data.channels, data.image_size
-    if codec is not None:
-        channels, size, _ = codec.latent_shape(data.image_size)
-    text_dims = {}
-    if loaded_text_encoder is not None:
-        encoder = loaded_text_encoder[0]
-        text_dims = {"context_dim": encoder.dim, "pooled_dim": encoder.pooled_dim}
-    num_classes = data.num_classes if cfg.model.class_conditional else 0
-    _, wanted = net_builder(
-        cfg.model, in_channels=channels, image_size=size, num_classes=num_classes, **text_dims
-    )
-    have, want = config_to_dict(trained.config), config_to_dict(wanted)
+        raise ConfigError(f"train.init = {init!r}: {err}") from None
+    have, want = config_to_dict(trained.config), config_to_dict(net_cfg)
     if have != want:
         diff = {k: (have["config"].get(k), v) for k, v in want["config"].items()}
         lines = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items() if a != b)
         raise ConfigError(
-            f"train.init = {cfg.train.init!r}: its network differs from the recipe's "
+            f"train.init = {init!r}: its network differs from the recipe's "
             f"({lines or have['kind'] + ' there, ' + want['kind'] + ' here'})"
         )
-    return trained
+    net.load_state_dict(trained.state_dict())
+    logger.info("initial weights from %s", init)
 
 
 def base_model_record(folder: Path) -> dict[str, Any]:
