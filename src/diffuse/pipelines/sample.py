@@ -33,7 +33,7 @@ from diffuse.samplers.base import Callback
 
 __all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid", "to_uint8"]
 
-MODEL_INFO = "diffusion.json"
+MODEL_INFO = "diffusion.json"  # a model folder's process, classes and provenance
 
 
 @dataclass

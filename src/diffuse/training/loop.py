@@ -35,6 +35,7 @@ from diffuse.config import (
 )
 from diffuse.denoiser import Denoiser
 from diffuse.losses import denoising_loss
+from diffuse.pipelines.sample import MODEL_INFO
 from diffuse.processes import NoiseProcess
 from diffuse.training import checkpoint as ckpt
 from diffuse.training import dist
@@ -49,7 +50,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["NonFiniteError", "TrainResult", "lr_at", "prepare_run_dir", "train"]
 
 RUN_FILE = "run.json"
-MODEL_INFO = "diffusion.json"
 
 
 class NonFiniteError(RuntimeError):
