@@ -2,10 +2,11 @@
 # Train a text-to-image recipe on a lent GPU machine and bring back its model.
 #
 # Here, once (the packed encoder is ~38 MB; a device call carries at most 64 MiB with the
-# working tree, so move two shipped model folders aside for the call and restore them after):
+# working tree, so move the model folders the call does not read aside and restore them after;
+# for pixel runs that is all of models/ but shapes-vae, leaving ~26 MB of tree):
 #   echo /.carry/ >> .git/info/exclude
 #   python tools/text_encoder_carry.py pack .carry/minilm
-#   mkdir -p /tmp/aside && mv models/mnist-unet models/cifar10-vae /tmp/aside/
+#   mkdir -p /tmp/aside && mv models/mnist-unet models/cifar10-vae models/shapes-t2i-latent-gpu /tmp/aside/
 # Then one device call; several runs may share the GPU, each started like this one:
 #   run(command="bash tools/gpu_train.sh configs/shapes-t2i-gpu-finetune.toml shapes-t2i-gpu-ft",
 #       carry=[".carry"], timeout_s=600)
