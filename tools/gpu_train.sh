@@ -35,13 +35,15 @@ mkdir -p /tmp/runs
 run=/tmp/runs/$name
 timeout -s TERM "${TRAIN_TIMEOUT:-0}" python3 -m diffuse train "$recipe" --out "$run" \
     --set log.progress=false "$@" > "$run.log" 2>&1
-echo "$name: diffuse train exited with $?" >> "$run.log"
+status=$?
+echo "$name: diffuse train exited with $status" >> "$run.log"
+# Packed afresh each call: a resumed run's folder still holds the model of the call before.
 pack=/tmp/pack/$name
-mkdir -p $pack
-if [ -f $run/model/model.safetensors ]; then
+rm -rf $pack /tmp/pack/$name.safetensors && mkdir -p $pack
+if [ $status -eq 0 ]; then
     cp -r $run/model/. $pack/
 else  # stopped early: the EMA weights and config of the last complete checkpoint
-    last=$(ls -d $run/checkpoints/step-* 2>/dev/null | sort | tail -1)
+    last=$(ls -d $run/checkpoints/step-* 2>/dev/null | sort -V | tail -1)
     [ -n "$last" ] && cp $last/ema.safetensors $pack/model.safetensors && cp $last/config.json $pack/checkpoint-config.json
 fi
 cp $run/metrics.jsonl $run/run.json $run.log $pack/ 2>/dev/null
