@@ -11,6 +11,7 @@ global batch see the same samples, noise and times as one process running the wh
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -435,10 +436,16 @@ def _train(
     if loaded_text_encoder is not None:
         encoder = loaded_text_encoder[0]
         text_dims = {"context_dim": encoder.dim, "pooled_dim": encoder.pooled_dim}
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    net, net_cfg = net_builder(
-        cfg.model, in_channels=channels, image_size=size, num_classes=num_classes, **text_dims
+    build_net = functools.partial(
+        net_builder,
+        cfg.model,
+        in_channels=channels,
+        image_size=size,
+        num_classes=num_classes,
+        **text_dims,
     )
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    net, net_cfg = build_net()
     if cfg.train.init:  # fine-tuning: the EMA below starts from these weights too
         _load_init_weights(cfg.train.init, net, net_cfg)
     has_run = _collective_check(info, lambda: prepare_run_dir(out, cfg, resume))
@@ -732,13 +739,7 @@ def _train(
         model_dir = out / "model"
         plain = ema.module
         if replica.fsdp:  # a fresh unsharded copy to hold the gathered weights
-            plain = net_builder(
-                cfg.model,
-                in_channels=channels,
-                image_size=size,
-                num_classes=num_classes,
-                **text_dims,
-            )[0]
+            plain = build_net()[0]
             plain.load_state_dict(ema_state)
         _write_model(model_dir, plain, cfg, config_record, data, codec)
     dist.barrier(info)
