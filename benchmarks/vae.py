@@ -6,8 +6,9 @@ PSNR (peak = the [-1, 1] range) of encode (posterior mean) -> decode on `-n` sce
 held-out split (one to three objects, prompts never in training), at the codec's training
 resolution; reconstruction adherence: the prompt evaluator (`diffuse.shapes.evaluator`) run on
 the reconstructions against each scene's caption, the fraction fully satisfied (ground-truth
-renders score 100%); it bounds what a latent model decoded by this codec can score. Decode time: the median wall time of decoding 16 latents, `--repeats` times, in
-this process with `--threads` torch threads. JSON out, plus a table on stdout.
+renders score 100%); it bounds what a latent model decoded by this codec can score. Decode
+time: the median wall time of decoding 16 latents, `--repeats` times, in this process with
+`--threads` torch threads. JSON out, plus a table on stdout.
 """
 
 from __future__ import annotations
