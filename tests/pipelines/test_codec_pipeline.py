@@ -52,7 +52,18 @@ def test_pixel_models_get_the_identity_codec(pixel_model):
     model = load_trained(pixel_model)
     assert isinstance(model.codec, IdentityCodec) and model.image_size == 8
     x = torch.randn(2, 1, 8, 8)
-    assert model.decode(x) is x
+    assert torch.equal(model.decode(x), x.clamp(-1, 1))  # pixels are the images, clamped
+
+
+def test_generate_returns_latents_unclamped(make_latent, monkeypatch):
+    # Unit-variance latents often lie beyond [-1, 1]; clamping them before decoding drew blotchy,
+    # off-colour objects (the bug that held the first latent Shapes model at 22%).
+    model = load_trained(make_latent())
+    monkeypatch.setattr(model.denoiser, "forward", lambda x, level, cond=None: x * 0 + 3.0)
+    latents = generate(model.denoiser, model.shape, [0, 1], labels=[0, 1], steps=3)
+    assert torch.allclose(latents, torch.full_like(latents, 3.0))
+    images = model.decode(latents)
+    assert images.shape == (2, 1, 16, 16) and images.abs().max() <= 1
 
 
 def test_latent_models_decode_through_their_vae_with_the_same_code(pixel_model, make_latent):

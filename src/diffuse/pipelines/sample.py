@@ -8,7 +8,7 @@ loads it and runs a sampler from `diffuse.samplers`, with classifier-free guidan
     model = load_trained("runs/mnist/model")
     images = generate(model.denoiser, model.shape, seeds=range(16), labels=[7] * 16,
                       null_label=model.null_label, guidance=2.0)
-    save_grid(images, "sevens.png", nrow=4)
+    save_grid(model.decode(images), "sevens.png", nrow=4)
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ class TrainedModel:
         return self.shape[-1] * self.codec.downsample
 
     def decode(self, latents: Tensor) -> Tensor:
-        """Images [B, C, H, W] in [-1, 1] from what the denoiser made."""
-        return self.codec.decode(latents)
+        """Images [B, C, H, W] in [-1, 1] (clamped) from what the denoiser made."""
+        return self.codec.decode(latents).clamp(-1, 1)
 
 
 def load_trained(folder: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
@@ -175,7 +175,8 @@ def generate(
         batch_size: images per sampler call (results do not depend on it).
         callback: called after each step of each batch with the sampler's `StepInfo`.
     Returns:
-        images [N, C, H, W] in [-1, 1] (float32, CPU).
+        samples [N, C, H, W] (float32, CPU), unclamped: latents of a latent model, which
+        range beyond [-1, 1], or pixels; `TrainedModel.decode` turns either into images.
     """
     from diffuse.samplers.noise import SeededNoise
     from diffuse.samplers.registry import get_sampler, get_schedule
@@ -219,7 +220,7 @@ def generate(
             return net(pad_batch(x, padded), level)[: x.shape[0]]
 
         out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
-        outputs.append(out.float().clamp(-1, 1).cpu())
+        outputs.append(out.float().cpu())
     denoiser.train(was_training)
     return torch.cat(outputs)
 
