@@ -317,6 +317,15 @@ class VAELossConfig:
 
 
 @dataclass(frozen=True)
+class VAEFinetuneConfig:
+    """What a codec fine-tuning run (train.init = a codec folder) trains."""
+
+    # Train the decoder alone: the encoder, and so the latent space with its scale and shift,
+    # stay those of train.init, and diffusion models trained on its latents stay valid.
+    decoder_only: bool = False
+
+
+@dataclass(frozen=True)
 class VAETrainConfig:
     """A whole autoencoder recipe (a TOML with a [vae] table): `diffuse train` dispatches on it."""
 
@@ -327,10 +336,17 @@ class VAETrainConfig:
     train: RunSection = field(default_factory=RunSection)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    finetune: VAEFinetuneConfig = field(default_factory=VAEFinetuneConfig)
 
     def __post_init__(self) -> None:
         from diffuse.codecs.vae import VAEConfig
 
+        _require(
+            not self.finetune.decoder_only or bool(self.train.init),
+            "finetune.decoder_only",
+            self.finetune.decoder_only,
+            "needs train.init (the codec whose encoder is kept)",
+        )
         if not isinstance(self.vae, VAEConfig):
             try:
                 vae = from_dict(VAEConfig, self.vae or {}, prefix="vae")

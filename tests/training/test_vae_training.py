@@ -114,3 +114,30 @@ def test_vae_loss_parts():
     assert float(total) == pytest.approx(0.0, abs=1e-6) and "gen" not in parts
     total, parts = loss.autoencoder(images, images.clone(), torch.zeros(2), step=1)
     assert "gen" in parts
+
+
+def test_decoder_only_finetuning_keeps_the_encoder_and_the_latent_space(tmp_path):
+    base = train_vae(_cfg(), tmp_path / "base", progress=False).model_dir
+    tuned = train_vae(
+        _cfg(f"train.init={base}", "finetune.decoder_only=true", "train.seed=1"),
+        tmp_path / "tuned",
+        progress=False,
+    ).model_dir
+    before, after = load_vae(base), load_vae(tuned)
+    assert before.stats() == after.stats()  # the normalisation is not refitted
+    enc_before, enc_after = before.encoder.state_dict(), after.encoder.state_dict()
+    assert all(torch.equal(enc_before[k], enc_after[k]) for k in enc_before)
+    dec_before, dec_after = before.decoder.state_dict(), after.decoder.state_dict()
+    assert any(not torch.equal(dec_before[k], dec_after[k]) for k in dec_before)
+
+
+def test_codec_finetuning_errors_name_the_bad_setting(tmp_path):
+    with pytest.raises(ConfigError, match="finetune.decoder_only.*needs train.init"):
+        _cfg("finetune.decoder_only=true")
+    with pytest.raises(ConfigError, match="VAE file missing"):
+        train_vae(_cfg(f"train.init={tmp_path / 'nothing'}"), tmp_path / "a", progress=False)
+    base = train_vae(_cfg(), tmp_path / "base", progress=False).model_dir
+    with pytest.raises(ConfigError, match="latent_channels: 4 there, 8 here"):
+        train_vae(
+            _cfg(f"train.init={base}", "vae.latent_channels=8"), tmp_path / "b", progress=False
+        )

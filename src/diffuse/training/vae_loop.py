@@ -5,11 +5,14 @@ The same run folder, data order, checkpoints, resume and time budget as diffusio
 (1 - SSIM), a small KL, and a hinge patch discriminator from `loss.disc_start` steps on when
 `loss.disc` > 0. At the end the latent scale and shift are fitted on training images and the
 codec is written to RUN/model (`vae.safetensors`, `vae.json`), loadable with
-`diffuse.codecs.vae.load_vae`.
+`diffuse.codecs.vae.load_vae`. With `train.init` a run starts from a trained codec; with
+`finetune.decoder_only` as well it trains the decoder alone and keeps the initial codec's
+encoder and latent scale and shift, so diffusion models trained on its latents stay valid.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -18,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from diffuse.codecs.vae import VAE, save_vae
-from diffuse.config import VAETrainConfig, to_dict
+from diffuse.codecs.vae import VAE, load_vae, save_vae
+from diffuse.config import ConfigError, VAETrainConfig, to_dict
 from diffuse.training import checkpoint as ckpt
 from diffuse.training.counter_rng import mix_seeds
 from diffuse.training.data import BatchOrder, TrainData, build_dataset
@@ -81,10 +84,16 @@ def train_vae(
         logger.info("removed %d interrupted checkpoint write(s)", removed)
 
     torch.manual_seed(cfg.train.seed)
-    vae = VAE(cfg.vae).to(device)
+    vae = VAE(cfg.vae)
+    if cfg.train.init:
+        _load_init_codec(cfg.train.init, vae)
+    vae = vae.to(device)
+    decoder_only = cfg.finetune.decoder_only
+    vae.encoder.requires_grad_(not decoder_only)
+    trained = [p for p in vae.parameters() if p.requires_grad]
     loss_fn = VAELoss(cfg.loss, cfg.vae.in_channels).to(device)
     optimizer = torch.optim.AdamW(
-        vae.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+        trained, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
     )
     critic_opt = (
         torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=o.lr, betas=(0.5, 0.9))
@@ -92,8 +101,10 @@ def train_vae(
         else None
     )
     logger.info(
-        "autoencoder: %.2fM parameters, f=%d, %d latent channels; %d images of %d px",
+        "autoencoder: %.2fM parameters (%.2fM trained), f=%d, %d latent channels; %d images "
+        "of %d px",
         count_parameters(vae) / 1e6,
+        sum(p.numel() for p in trained) / 1e6,
         cfg.vae.downsample,
         cfg.vae.latent_channels,
         len(data),
@@ -150,7 +161,7 @@ def train_vae(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if o.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(vae.parameters(), o.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trained, o.grad_clip)
             optimizer.step()
             if critic_opt is not None and loss_fn.disc_active(step):
                 critic = loss_fn.critic(images, recon)
@@ -188,11 +199,31 @@ def train_vae(
         metrics.close()
 
     vae.eval()
-    count = min(len(data), STATS_IMAGES)
-    sample = torch.cat(
-        [data.batch(list(range(i, min(i + 256, count))))[0] for i in range(0, count, 256)]
-    )
-    stats = vae.fit_latent_stats(sample.to(device))
+    if decoder_only:  # the latent space is the initial codec's, normalisation included
+        stats = vae.stats()
+    else:
+        count = min(len(data), STATS_IMAGES)
+        sample = torch.cat(
+            [data.batch(list(range(i, min(i + 256, count))))[0] for i in range(0, count, 256)]
+        )
+        stats = vae.fit_latent_stats(sample.to(device))
     logger.info("latent shift %s, scale %s", stats.shift, stats.scale)
     model_dir = save_vae(vae.cpu(), out / "model")
     return VAETrainResult(out, step, model_dir, last_loss)
+
+
+def _load_init_codec(init: str, vae: VAE) -> None:
+    """Copy the weights and latent scale and shift of the codec folder `init` into `vae`, whose
+    config it must equal (ConfigError naming each differing field otherwise)."""
+    try:
+        trained = load_vae(Path(init).expanduser())
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"train.init = {init!r}: {err}") from None
+    have, want = dataclasses.asdict(trained.cfg), dataclasses.asdict(vae.cfg)
+    if have != want:
+        diff = "; ".join(
+            f"{k}: {have[k]!r} there, {v!r} here" for k, v in want.items() if have[k] != v
+        )
+        raise ConfigError(f"train.init = {init!r}: its codec differs from the recipe's ({diff})")
+    vae.load_state_dict(trained.state_dict())
+    logger.info("initial codec weights from %s", init)
