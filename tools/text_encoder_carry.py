@@ -11,6 +11,12 @@ ids, so Shapes encodings are unchanged) and compresses the float bytes plane by 
 
 tools/gpu_train.sh unpacks it as the package itself, so recipes keep text_encoder = "default".
 
+A model to fine-tune travels the same way, its weights compressed bit for bit (a 24 MB latent
+network packs to ~20 MB; gpu_train.sh unpacks .carry/init to /tmp/init):
+
+    python tools/text_encoder_carry.py pack-model models/NAME .carry/init      # here
+    python tools/text_encoder_carry.py unpack-model .carry/init DEST            # there
+
 `pack` checks the round trip: the unpacked folder encodes 1,000 fresh captions and paraphrases
 exactly as the installed encoder does. A prompt with a word outside the Shapes vocabulary would
 read zeroed rows, so the unpacked encoder is for Shapes training runs only, never to ship.
@@ -77,10 +83,8 @@ def pack(dest: Path) -> None:
             {"name": name, "shape": list(state[name].shape), "rows": name.endswith(WORDS_KEY)}
         )
         blobs.append(raw)
-    everything = np.concatenate(blobs)
-    planes = [zlib.compress(everything[:, i].tobytes(), 6) for i in range(4)]
-    (dest / PLANES).write_bytes(b"".join(planes))
-    manifest = {"tensors": tensors, "keep_ids": keep, "plane_sizes": [len(p) for p in planes]}
+    plane_sizes = _write_planes(np.concatenate(blobs), dest / PLANES)
+    manifest = {"tensors": tensors, "keep_ids": keep, "plane_sizes": plane_sizes}
     (dest / MANIFEST).write_text(json.dumps(manifest))
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     kept = f"{len(keep)} of {vocabulary} word rows kept"
@@ -92,11 +96,7 @@ def unpack(src: Path, dest: Path) -> None:
     from safetensors.numpy import save_file
 
     manifest = json.loads((src / MANIFEST).read_text())
-    data, offset, planes = (src / PLANES).read_bytes(), 0, []
-    for size in manifest["plane_sizes"]:
-        planes.append(np.frombuffer(zlib.decompress(data[offset : offset + size]), np.uint8))
-        offset += size
-    floats = np.stack(planes, axis=1).copy().view(np.float32).reshape(-1)
+    floats = _read_planes(src / PLANES, manifest["plane_sizes"])
     keep = np.asarray(manifest["keep_ids"])
     state, start = {}, 0
     for t in manifest["tensors"]:
@@ -113,6 +113,67 @@ def unpack(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns(MANIFEST, PLANES))
     save_file(state, str(dest / "model.safetensors"))
     print(f"unpacked {src} into {dest}")
+
+
+def _write_planes(raw: np.ndarray, path: Path) -> list[int]:
+    """Write float32 bytes [N, 4] as four zlib-compressed byte planes (the sign and exponent
+    plane compresses well, the mantissa planes barely); returns the planes' sizes."""
+    planes = [zlib.compress(raw[:, i].tobytes(), 6) for i in range(4)]
+    path.write_bytes(b"".join(planes))
+    return [len(p) for p in planes]
+
+
+def _read_planes(path: Path, sizes: list[int]) -> np.ndarray:
+    """The float32 values `_write_planes` wrote, flat."""
+    data, offset, planes = path.read_bytes(), 0, []
+    for size in sizes:
+        planes.append(np.frombuffer(zlib.decompress(data[offset : offset + size]), np.uint8))
+        offset += size
+    return np.stack(planes, axis=1).copy().view(np.float32).reshape(-1)
+
+
+def pack_model(folder: Path, dest: Path) -> None:
+    """A trained model folder's network (config.json, diffusion.json, model.safetensors, not
+    its codec), its float32 weights compressed bit-exactly: the start of a fine-tuning run."""
+    from safetensors.numpy import load_file
+
+    if dest.exists():
+        sys.exit(f"{dest} exists; remove it first")
+    state = load_file(str(folder / "model.safetensors"))
+    if any(v.dtype != np.float32 for v in state.values()):
+        sys.exit(f"{folder}/model.safetensors holds tensors that are not float32")
+    dest.mkdir(parents=True)
+    for name in ("config.json", "diffusion.json"):
+        shutil.copy(folder / name, dest / name)
+    raw = np.concatenate(
+        [np.ascontiguousarray(v).view(np.uint8).reshape(-1, 4) for v in state.values()]
+    )
+    tensors = [{"name": k, "shape": list(v.shape)} for k, v in state.items()]
+    sizes = _write_planes(raw, dest / PLANES)
+    (dest / MANIFEST).write_text(json.dumps({"tensors": tensors, "plane_sizes": sizes}))
+    unpack_model(dest, dest / "check")
+    again = load_file(str(dest / "check" / "model.safetensors"))
+    if not all(np.array_equal(state[k], again[k]) for k in state):
+        sys.exit("round trip changed the weights")
+    shutil.rmtree(dest / "check")
+    print(f"packed {folder} into {dest}: {sum(sizes) / 1e6:.1f} MB of weights, round trip exact")
+
+
+def unpack_model(src: Path, dest: Path) -> None:
+    """The model folder (network only) that `pack_model` packed."""
+    from safetensors.numpy import save_file
+
+    manifest = json.loads((src / MANIFEST).read_text())
+    floats = _read_planes(src / PLANES, manifest["plane_sizes"])
+    state, start = {}, 0
+    for t in manifest["tensors"]:
+        n = int(np.prod(t["shape"]))
+        state[t["name"]] = floats[start : start + n].reshape(t["shape"])
+        start += n
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "diffusion.json"):
+        shutil.copy(src / name, dest / name)
+    save_file(state, str(dest / "model.safetensors"))
 
 
 def _check_round_trip(packed: Path) -> None:
@@ -148,14 +209,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("pack").add_argument("dest", type=Path)
-    p = sub.add_parser("unpack")
-    p.add_argument("src", type=Path)
-    p.add_argument("dest", type=Path)
+    for command in ("unpack", "pack-model", "unpack-model"):
+        p = sub.add_parser(command)
+        p.add_argument("src", type=Path)
+        p.add_argument("dest", type=Path)
     args = parser.parse_args()
     if args.command == "pack":
         pack(args.dest)
-    else:
+    elif args.command == "unpack":
         unpack(args.src, args.dest)
+    elif args.command == "pack-model":
+        pack_model(args.src, args.dest)
+    else:
+        unpack_model(args.src, args.dest)
 
 
 if __name__ == "__main__":
