@@ -3,16 +3,18 @@
 #
 # Here, once (the packed encoder is ~38 MB; a device call carries at most 64 MiB with the
 # working tree, so move the model folders the call does not read aside and restore them after;
-# for pixel runs that is all of models/ but shapes-vae, leaving ~26 MB of tree):
+# for a pixel run from models/shapes-t2i-pixel that is all of models/ but shapes-vae and
+# shapes-t2i-pixel, and the bundled latent model, leaving ~26 MB of tree):
 #   echo /.carry/ >> .git/info/exclude
 #   python tools/text_encoder_carry.py pack .carry/minilm
-#   mkdir -p /tmp/aside && mv models/mnist-unet models/cifar10-vae models/shapes-t2i-latent-gpu /tmp/aside/
+#   mkdir -p /tmp/aside && mv models/mnist-unet models/cifar10-vae models/shapes-t2i-latent-gpu \
+#       src/diffuse/assets/models/shapes-t2i /tmp/aside/
 # Then one device call; several runs may share the GPU, each started like this one:
 #   run(command="bash tools/gpu_train.sh configs/shapes-t2i-gpu-finetune.toml shapes-t2i-gpu-ft",
 #       carry=[".carry"], timeout_s=600)
 # To fine-tune a model the tree cannot carry whole (the 24 MB latent Shapes model), carry it
 # packed and point the run at its unpacked copy. Move aside models/mnist-unet,
-# models/cifar10-vae, models/shapes-t2i-latent-gpu, src/diffuse/assets/models/shapes-t2i and
+# models/cifar10-vae, models/shapes-t2i-latent-gpu, models/shapes-t2i-pixel and
 # src/diffuse/assets/classifiers (none is read by a latent run): the tree drops to ~4 MB, and
 # with the encoder (38 MB) and the packed model (20 MB) a call carries ~62 MB of its 64 MiB:
 #   python tools/text_encoder_carry.py pack-model models/shapes-t2i-latent-gpu .carry/init
