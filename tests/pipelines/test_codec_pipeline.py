@@ -101,3 +101,17 @@ def test_a_codec_that_does_not_match_the_latents_is_a_clear_error(make_latent):
     shutil.rmtree(folder / "vae")
     with pytest.raises(FileNotFoundError, match="VAE file missing"):
         load_trained(folder)
+
+
+def test_a_latent_models_images_do_not_depend_on_the_batch(make_latent):
+    # The bundled default is a latent model: same seed, same pixels, alone or in any batch.
+    model = load_trained(make_latent())
+
+    def images(seeds):
+        latents = generate(
+            model.denoiser, model.shape, seeds, labels=[0] * len(seeds), steps=3, guidance=1.0
+        )
+        return model.decode(latents)
+
+    alone, batch, other = images([5]), images([3, 5, 7]), images([7, 5])
+    assert torch.equal(alone[0], batch[1]) and torch.equal(alone[0], other[1])
