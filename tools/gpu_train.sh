@@ -14,7 +14,8 @@
 #       carry=[".carry"], timeout_s=600)
 # To fine-tune a model the tree cannot carry whole (the 24 MB latent Shapes model), carry it
 # packed and point the run at its unpacked copy. Move aside models/mnist-unet,
-# models/cifar10-vae, models/shapes-t2i-latent-gpu, models/shapes-t2i-pixel and
+# models/cifar10-vae, models/shapes-t2i-latent-gpu, models/shapes-t2i-pixel,
+# src/diffuse/assets/models/shapes-t2i (the bundled float16 copy) and
 # src/diffuse/assets/classifiers (none is read by a latent run): the tree drops to ~4 MB, and
 # with the encoder (38 MB) and the packed model (20 MB) a call carries ~62 MB of its 64 MiB:
 #   python tools/text_encoder_carry.py pack-model models/shapes-t2i-latent-gpu .carry/init
