@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         recon = torch.cat([vae.decode(vae.encode(chunk)) for chunk in images.split(64)])
     encode_decode_s = time.perf_counter() - t0
-    pixels = torch.from_numpy(to_uint8(recon)).permute(0, 3, 1, 2)  # as saved to PNG
-    recon_u8 = pixels.float() / 127.5 - 1
+    saved = to_uint8(recon)  # [N, H, W, C], as saved to PNG
+    recon_u8 = torch.from_numpy(saved).permute(0, 3, 1, 2).float() / 127.5 - 1
     adherence = None
     if not args.cifar10:
         captions = [scenes.caption(i) for i in range(args.n)]
-        report = score_detections(detect_objects(to_uint8(recon)), captions)
+        report = score_detections(detect_objects(saved), captions)
         adherence = {"score": report.score, **report.breakdown}
     scores = psnr(recon_u8, images)
     structural = ssim(recon_u8, images)

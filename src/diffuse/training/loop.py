@@ -18,7 +18,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -775,14 +775,20 @@ def _load_init_weights(init: str, net: nn.Module, net_cfg: Any) -> None:
         raise ConfigError(f"train.init = {init!r}: {err}") from None
     have, want = config_to_dict(trained.config), config_to_dict(net_cfg)
     if have != want:
-        diff = {k: (have["config"].get(k), v) for k, v in want["config"].items()}
-        lines = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items() if a != b)
+        lines = config_differences(have["config"], want["config"])
         raise ConfigError(
             f"train.init = {init!r}: its network differs from the recipe's "
             f"({lines or have['kind'] + ' there, ' + want['kind'] + ' here'})"
         )
     net.load_state_dict(trained.state_dict())
     logger.info("initial weights from %s", init)
+
+
+def config_differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> str:
+    """'key: value there, value here' for each field of `want` that `have` holds otherwise."""
+    return "; ".join(
+        f"{k}: {have.get(k)!r} there, {v!r} here" for k, v in want.items() if have.get(k) != v
+    )
 
 
 def base_model_record(folder: Path) -> dict[str, Any]:

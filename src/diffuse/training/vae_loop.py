@@ -27,7 +27,7 @@ from diffuse.training import checkpoint as ckpt
 from diffuse.training.counter_rng import mix_seeds
 from diffuse.training.data import BatchOrder, TrainData, build_dataset
 from diffuse.training.dist import pick_device
-from diffuse.training.loop import NonFiniteError, lr_at, prepare_run_dir
+from diffuse.training.loop import NonFiniteError, config_differences, lr_at, prepare_run_dir
 from diffuse.training.model import count_parameters
 from diffuse.training.progress import MetricsLog, Progress
 from diffuse.training.vae_loss import VAELoss, psnr
@@ -221,9 +221,7 @@ def _load_init_codec(init: str, vae: VAE) -> None:
         raise ConfigError(f"train.init = {init!r}: {err}") from None
     have, want = dataclasses.asdict(trained.cfg), dataclasses.asdict(vae.cfg)
     if have != want:
-        diff = "; ".join(
-            f"{k}: {have[k]!r} there, {v!r} here" for k, v in want.items() if have[k] != v
-        )
+        diff = config_differences(have, want)
         raise ConfigError(f"train.init = {init!r}: its codec differs from the recipe's ({diff})")
     vae.load_state_dict(trained.state_dict())
     logger.info("initial codec weights from %s", init)
