@@ -82,6 +82,18 @@ def test_callback_replacement_is_used(name, problem):
         get_sampler(name)(mixture.denoise, x, LEVELS, noise=_noise, callback=bad)
 
 
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("returned", [None, True, False, 1, 2.5, "text", (1, 2)])
+def test_callback_returning_a_non_tensor_keeps_the_sample(name, returned, problem):
+    # tqdm's update() returns True: a progress bar passed as the callback must not break sampling
+    mixture, x = problem
+    plain = get_sampler(name)(mixture.denoise, x, LEVELS, noise=_noise)
+    out = get_sampler(name)(
+        mixture.denoise, x, LEVELS, noise=_noise, callback=lambda info: returned
+    )
+    assert torch.equal(out, plain)
+
+
 @pytest.mark.parametrize("name", sorted(set(NAMES) - STOCHASTIC))
 def test_deterministic_samplers_ignore_noise(name, problem):
     mixture, x = problem

@@ -28,12 +28,13 @@ from diffuse.config import ProcessConfig
 from diffuse.denoiser import Cond, Denoiser
 from diffuse.guidance import cfg as guided
 from diffuse.guidance import expand_cond
+from diffuse.model_folder import INFO_FILE
 from diffuse.nets.layers import invariant_batch_size, pad_batch
 from diffuse.samplers.base import Callback
 
 __all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid", "to_uint8"]
 
-MODEL_INFO = "diffusion.json"  # a model folder's process, classes and provenance
+MODEL_INFO = INFO_FILE  # a model folder's process, classes and provenance
 
 
 @dataclass

@@ -40,11 +40,14 @@ class StepInfo:
     steps: int
 
 
-Callback = Callable[[StepInfo], Tensor | None]
-"""callback(info) -> None to keep info.x, or a tensor shaped like info.x that replaces it.
+Callback = Callable[[StepInfo], object]
+"""callback(info) -> a tensor shaped like info.x to replace it, or anything else to keep it.
 
+Only a returned `torch.Tensor` replaces the sample: None, True (what `tqdm.update` returns), a
+number or any other object is ignored, so a progress bar's method can be passed as it is.
 Returning a tensor is how constraints act on the loop (e.g. inpainting pastes the known region,
-noised to info.level, into x). The replacement becomes the state the next step starts from.
+noised to info.level, into x). The replacement becomes the state the next step starts from; it
+must have x's shape (ValueError otherwise).
 """
 
 
@@ -112,7 +115,7 @@ def emit(
         return x, False
     info = StepInfo(index, levels[index + 1], x, denoised, len(levels) - 1)
     out = callback(info)
-    if out is None:
+    if not isinstance(out, Tensor):  # None, True from tqdm.update, numbers: not a replacement
         return x, False
     if out.shape != x.shape:
         raise ValueError(

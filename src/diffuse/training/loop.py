@@ -36,7 +36,7 @@ from diffuse.config import (
 )
 from diffuse.denoiser import Denoiser
 from diffuse.losses import denoising_loss
-from diffuse.pipelines.sample import MODEL_INFO
+from diffuse.model_folder import INFO_FILE as MODEL_INFO
 from diffuse.processes import NoiseProcess
 from diffuse.training import checkpoint as ckpt
 from diffuse.training import dist

@@ -1,4 +1,4 @@
-"""The work behind `diffuse generate` (parsing lives in diffuse.cli)."""
+"""`diffuse generate "PROMPT"`: text to image with the bundled or a trained model."""
 
 from __future__ import annotations
 
@@ -6,7 +6,37 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["output_paths", "run_generate"]
+from diffuse.cli.arguments import parse_seeds
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Register `diffuse generate "PROMPT"`: text to image with the bundled or a trained model."""
+    p = sub.add_parser(
+        "generate",
+        help="generate images from a text prompt",
+        description="Generate images from a prompt with the bundled default model (or --model). "
+        "Every PNG carries its generation parameters; --from-png FILE reproduces it exactly.",
+    )
+    p.add_argument("prompt", nargs="?", help='the prompt ("" for an unconditional image)')
+    p.add_argument("-n", type=int, default=None, help="number of images (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (model default: 25)")
+    p.add_argument("--sampler", default=None, help="sampler name (default dpmpp_2m)")
+    p.add_argument("--schedule", default=None, help="noise schedule (default karras)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (model default)")
+    p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="first seed (then seed+1, ...)")
+    seeds.add_argument("--seeds", default=None, metavar="S,S,...", help="explicit seeds")
+    p.add_argument("--model", default=None, metavar="DIR", help="model folder (default: bundled)")
+    p.add_argument("--size", type=int, default=None, help="image side (the model's own)")
+    p.add_argument("-o", "--output", default="out.png", help="output PNG (default out.png)")
+    p.add_argument("--grid", action="store_true", help="one grid PNG instead of one per image")
+    p.add_argument("--nrow", type=int, default=None, help="images per grid row")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--from-png", metavar="FILE", help="reproduce the image stored in FILE")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
 
 
 def output_paths(output: str, seeds: tuple[int, ...], grid: bool) -> list[Path]:
@@ -48,8 +78,6 @@ def _request(args: argparse.Namespace) -> dict:
     if args.prompt is None:
         raise ValueError('give a PROMPT (use "" for an unconditional image) or --from-png FILE')
     if args.seeds is not None:
-        from diffuse.training.commands import parse_seeds
-
         try:
             seeds = parse_seeds([args.seeds])
         except ValueError as err:
@@ -76,7 +104,7 @@ def _request(args: argparse.Namespace) -> dict:
     }
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """`diffuse generate`: prompt -> PNG(s) carrying their generation parameters."""
     from diffuse.pipelines.sample import save_grid
     from diffuse.pipelines.text_to_image import load_pipeline, to_pil
