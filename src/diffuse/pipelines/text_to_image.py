@@ -12,8 +12,9 @@ never on the batch it was generated in.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,10 +23,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffuse.pipelines.sample import TrainedModel, generate, load_trained, to_uint8
-from diffuse.samplers.base import Callback
+from diffuse.pipelines.call_conventions import (
+    OUTPUT_TYPES,
+    GenerationOutput,
+    OutputType,
+    convert_images,
+    expand_prompts,
+    seeds_from_generators,
+    to_pil,
+)
+from diffuse.pipelines.sample import TrainedModel, generate, load_trained
+from diffuse.samplers.base import Callback, StepInfo
 
-__all__ = ["DEFAULT_MODEL", "GenerationParams", "TextToImagePipeline", "load_pipeline"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "GenerationOutput",
+    "GenerationParams",
+    "TextToImagePipeline",
+    "load_pipeline",
+    "to_pil",
+]
 
 DEFAULT_MODEL = "shapes-t2i"
 
@@ -160,16 +177,21 @@ class TextToImagePipeline:
         params: GenerationParams,
         callback: Callback | None = None,
         prompts: Sequence[str] | None = None,
+        negative_prompts: Sequence[str] | None = None,
+        decode: bool = True,
     ) -> Tensor:
         """Images [N, 3, H, W] in [-1, 1] for checked parameters (see `params`).
 
-        `prompts`, one per seed, replaces `params.prompt` (many prompts in one batch: each
-        image still depends only on its prompt and seed).
+        `prompts` and `negative_prompts`, one per seed, replace `params.prompt` and
+        `params.negative_prompt` (many prompts in one batch: each image still depends only on
+        its prompts and seed). `decode=False` returns the network's samples (the latents of a
+        latent model) instead of images.
         """
-        if prompts is not None and len(prompts) != len(params.seeds):
-            raise ValueError(f"{len(prompts)} prompts for {len(params.seeds)} seeds")
+        for name, texts in (("prompts", prompts), ("negative prompts", negative_prompts)):
+            if texts is not None and len(texts) != len(params.seeds):
+                raise ValueError(f"{len(texts)} {name} for {len(params.seeds)} seeds")
         prompt_cond = self.encoder.encode(list(prompts or [params.prompt])).as_cond()
-        uncond = self.encoder.encode([params.negative_prompt]).as_cond()
+        uncond = self.encoder.encode(list(negative_prompts or [params.negative_prompt])).as_cond()
         to = self.device
         latents = generate(
             self.model.denoiser,
@@ -184,28 +206,147 @@ class TextToImagePipeline:
             device=to,
             callback=callback,
         )
-        return self.model.decode(latents)
+        return self.model.decode(latents) if decode else latents
 
     def __call__(
         self,
-        prompt: str,
-        negative_prompt: str = "",
+        prompt: str | Sequence[str] = "",
+        negative_prompt: str | Sequence[str] | None = None,
         *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        callback_on_step_end: Callable[..., dict[str, Any] | None] | None = None,
+        output_type: OutputType = "pil",
+        return_dict: bool = True,
+        seeds: Sequence[int] | None = None,
+        n: int | None = None,
+        sampler: str | None = None,
+        schedule: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        size: int | None = None,
         callback: Callback | None = None,
-        **settings: Any,
-    ) -> list:
-        """Generate one PIL image per seed (default seeds 0 .. n-1) for `prompt`.
+    ) -> GenerationOutput | tuple[Any]:
+        """Generate images for one prompt or a list of prompts.
 
-        `settings` are those of `params`: seeds, n, sampler, schedule, steps, guidance, size.
+        Both vocabularies are accepted: diffusers' names and this toolkit's (`seeds`, `n`,
+        `steps`, `guidance`, `size`, `callback`); giving both names of one setting with
+        different values is an error.
+
+        Args:
+            prompt: a prompt or a list of prompts ("" is the unconditional image).
+            negative_prompt: replaces the unconditional branch of guidance: one for all
+                prompts or one per prompt.
+            num_inference_steps / steps: sampler steps (model default).
+            guidance_scale / guidance: classifier-free guidance scale (model default).
+            height, width / size: must equal the model's image size (the default).
+            num_images_per_prompt: images per prompt (`n` is its other name); when neither is
+                given, `seeds` or a list of generators set the count.
+            generator: a torch.Generator or one per image, mapped onto per-image seeds
+                (`diffuse.pipelines.call_conventions`); or give `seeds` directly (default
+                0 .. N-1).
+            callback_on_step_end: diffusers-style `f(pipe, step, level, {"latents": x,
+                "denoised": x0})` after every step; a returned dict's "latents" tensor
+                replaces the sample.
+            callback: this toolkit's `f(StepInfo)` (samplers/base.py).
+            output_type: "pil" (default), "np" / "pt" (float32 in [0, 1]), or "latent" (the
+                network's samples, before the codec decodes them).
+            return_dict: False returns the tuple `(images,)` as diffusers does.
+            sampler, schedule: names known to `diffuse.samplers` (model default).
+        Returns:
+            a `GenerationOutput` (`.images`, `.seeds`, `.prompts`; also a sequence of images).
+        Raises:
+            ValueError: a bad or conflicting argument, naming it and its value.
         """
-        return to_pil(self.generate(self.params(prompt, negative_prompt, **settings), callback))
+        steps = _one_of("steps", steps, "num_inference_steps", num_inference_steps)
+        guidance = _one_of("guidance", guidance, "guidance_scale", guidance_scale)
+        size = _one_of("size", size, "height", height)
+        size = _one_of("size", size, "width", width)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(
+                f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}"
+            )
+        if n is not None and num_images_per_prompt != 1:
+            raise ValueError("give n or num_images_per_prompt, not both")
+        per_prompt = num_images_per_prompt if n is None else n
+        given = seeds if seeds is not None else generator
+        if n is None and num_images_per_prompt == 1 and isinstance(given, Sequence):
+            # seeds (or one generator each) alone set the count, as `pipe(p, seeds=[3, 5])`
+            count = len(prompt) if isinstance(prompt, list | tuple) and prompt else 1
+            per_prompt = max(1, len(given) // count)
+        prompts, negatives = expand_prompts(prompt, negative_prompt, per_prompt)
+        if generator is not None:
+            if seeds is not None:
+                raise ValueError("give seeds or generator, not both")
+            seeds = seeds_from_generators(generator, len(prompts))
+        elif seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds given for {len(prompts)} images")
+        params = self.params(
+            prompts[0],
+            negatives[0],
+            seeds=seeds,
+            n=len(prompts),
+            sampler=sampler,
+            schedule=schedule,
+            steps=steps,
+            guidance=guidance,
+            size=size,
+        )
+        step_hook = callback
+        if callback_on_step_end is not None:
+            if callback is not None:
+                raise ValueError("give callback or callback_on_step_end, not both")
+            step_hook = functools.partial(_diffusers_step_end, self, callback_on_step_end)
+        samples = self.generate(
+            params,
+            step_hook,
+            prompts=prompts,
+            negative_prompts=negatives,
+            decode=output_type != "latent",
+        )
+        images = samples if output_type == "latent" else convert_images(samples, output_type)
+        if not return_dict:
+            return (images,)
+        return GenerationOutput(images, params.seeds, tuple(prompts))
+
+    def to(self, device: str | torch.device) -> TextToImagePipeline:
+        """Move the network, its codec and the text encoder to `device`; returns self."""
+        self.model.denoiser.to(device)
+        self.model.codec = self.model.codec.to(device)
+        self.encoder = self.encoder.to(device)
+        self.device = str(device)
+        return self
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path | None = None, *, device: str = "cpu"
+    ) -> TextToImagePipeline:
+        """Load a model folder (default: the bundled model); the same as `load_pipeline`."""
+        return load_pipeline(path, device=device)
 
 
-def to_pil(images: Tensor) -> list:
-    """Images [N, C, H, W] in [-1, 1] -> PIL images (uint8, round to nearest)."""
-    from PIL import Image
+def _one_of(name: str, value: Any, alias: str, alias_value: Any) -> Any:
+    """The value of a setting given under its own name or its diffusers alias (not both,
+    unless equal)."""
+    if alias_value is None:
+        return value
+    if value is not None and value != alias_value:
+        raise ValueError(f"{name}={value!r} and {alias}={alias_value!r} disagree; give one")
+    return alias_value
 
-    return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in to_uint8(images)]
+
+def _diffusers_step_end(
+    pipe: TextToImagePipeline, hook: Callable[..., Any], info: StepInfo
+) -> Tensor | None:
+    """Call a diffusers-style `callback_on_step_end` with a step's state; its returned
+    "latents" (a tensor) replaces the sample."""
+    result = hook(pipe, info.index, info.level, {"latents": info.x, "denoised": info.denoised})
+    latents = result.get("latents") if isinstance(result, dict) else None
+    return latents if isinstance(latents, Tensor) else None
 
 
 def load_pipeline(
