@@ -93,13 +93,15 @@ def expand_prompts(
     Raises:
         ValueError: not strings, an empty list, a count mismatch, per_prompt < 1.
     """
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list | tuple) or not prompts:
+        raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+    if not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
     if isinstance(negative_prompt, str) or negative_prompt is None:
         negatives = [negative_prompt or ""] * len(prompts)
     else:
-        negatives = list(negative_prompt)
+        negatives = list(negative_prompt) if isinstance(negative_prompt, list | tuple) else []
         if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
             raise ValueError(
                 f"negative_prompt must be a string or one string per prompt: {len(prompts)} "
