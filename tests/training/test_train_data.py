@@ -26,7 +26,7 @@ from diffuse.training.data import (
 def test_shared_data_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFUSE_DATA", str(tmp_path))
     assert shared_data_dir() == tmp_path
-    with pytest.raises(FileNotFoundError, match=r"'absent.npz' not found.*DIFFUSE_DATA"):
+    with pytest.raises(FileNotFoundError, match=r"absent.npz does not exist.*DIFFUSE_DATA"):
         shared_data_file("absent.npz")
     monkeypatch.delenv("DIFFUSE_DATA")
     assert shared_data_dir().parts[-2:] == ("shared", "data")
