@@ -256,10 +256,10 @@ def test_missing_archives_say_what_to_run(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as err:
         build_dataset(DataConfig(source="npz", path="shared:cifar10-train.npz"))
     text = str(err.value)
-    assert f"{tmp_path}/cifar10-train.npz does not exist" in text
+    assert f"{tmp_path}/cifar10-train.npz not found" in text
     assert f"$DIFFUSE_DATA={tmp_path}" in text
     assert "diffuse data cifar10 cifar-10-binary.tar.gz --out" in text
     with pytest.raises(FileNotFoundError, match=r"DIFFUSE_DATA.*diffuse data mnist MNIST_FOLDER"):
         load_split("mnist")
-    with pytest.raises(FileNotFoundError, match=r"x.npz does not exist; .*diffuse data folder"):
+    with pytest.raises(FileNotFoundError, match=r"x.npz not found .looked in.*diffuse data folder"):
         build_dataset(DataConfig(source="npz", path=str(tmp_path / "x.npz")))

@@ -94,19 +94,21 @@ def missing_data_message(path: str | Path, shared: bool = True) -> str:
 
     Args:
         path: the archive looked for.
-        shared: it was looked for in the shared data folder ($DIFFUSE_DATA).
+        shared: it was looked for in the shared data folder ($DIFFUSE_DATA), not at a path
+            the user gave.
     Returns:
-        One message, e.g. "data file /x/mnist-train.npz does not exist (...); make it with: ...".
+        One message, e.g. "data file /x/mnist-train.npz not found (...); make it with: ...".
     """
     path = Path(path)
     make = STANDARD_ARCHIVES.get(path.name, "diffuse data folder IMAGE_FOLDER")
-    where = ""
     if shared:
         env = os.environ.get("DIFFUSE_DATA")
         origin = f"$DIFFUSE_DATA={env}" if env else "$DIFFUSE_DATA is unset, so ../shared/data"
         where = f" (looked in {path.parent}: {origin}; set DIFFUSE_DATA to the folder holding it)"
+    else:
+        where = f" (looked in {path.parent}; the shared datasets are found through $DIFFUSE_DATA)"
     return (
-        f"data file {path} does not exist{where}; make it from the official files with: "
+        f"data file {path} not found{where}; make it from the official files with: "
         f"{make} --out {path} (see README, Training data)"
     )
 
