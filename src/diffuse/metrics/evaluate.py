@@ -21,7 +21,13 @@ import torch
 from diffuse.metrics.classifier import Classifier, load_classifier
 from diffuse.metrics.frechet import feature_stats, frechet_distance
 from diffuse.metrics.kid import kid
-from diffuse.training.data import HELDOUT_SEED, HELDOUT_SIZE, heldout_indices, shared_data_dir
+from diffuse.training.data import (
+    HELDOUT_SEED,
+    HELDOUT_SIZE,
+    heldout_indices,
+    missing_data_message,
+    shared_data_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +77,14 @@ def load_split(name: str, root: str | os.PathLike | None = None) -> DatasetSplit
 
     Raises:
         ValueError: unknown dataset name.
-        FileNotFoundError: the archive is missing (the message names the path and DIFFUSE_DATA).
+        FileNotFoundError: the archive is missing (the message names the path, $DIFFUSE_DATA
+            and the `diffuse data` command that makes the archive).
     """
     if name not in DATASET_FILES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_FILES)}")
     path = Path(root if root is not None else shared_data_dir()) / DATASET_FILES[name]
     if not path.is_file():
-        raise FileNotFoundError(
-            f"dataset archive {path} not found; set DIFFUSE_DATA to the folder holding "
-            f"{DATASET_FILES[name]}"
-        )
+        raise FileNotFoundError(missing_data_message(path, shared=root is None))
     with np.load(path) as d:
         images, labels, classes = d["images"], d["labels"], d["classes"]
     train_idx, held_idx = heldout_indices(len(images))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffuse.config import ProcessConfig
+from diffuse.config import ProcessConfig, process_options
 from diffuse.denoiser import Cond, Denoiser
 from diffuse.guidance import cfg as guided
 from diffuse.guidance import expand_cond
@@ -92,7 +92,7 @@ def load_trained(folder: str | Path, device: str | torch.device = "cpu") -> Trai
             kind=info["process"]["kind"],
             parametrization=info["parametrization"],
             sigma_data=float(info["sigma_data"]),
-            options=dict(info["process"].get("options", {})),
+            options=process_options(info["process"]["kind"], info["process"].get("options", {})),
         )
         shape = (int(info["channels"]), int(info["image_size"]), int(info["image_size"]))
         class_names = [str(c) for c in info.get("class_names", [])]

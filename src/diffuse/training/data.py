@@ -42,6 +42,9 @@ __all__ = [
     "ScenesDataset",
     "TrainData",
     "build_dataset",
+    "folder_labels",
+    "image_files",
+    "missing_data_message",
     "resolve_data_path",
     "shared_data_dir",
     "shared_data_file",
@@ -73,13 +76,53 @@ def shared_data_dir() -> Path:
     return repo_root.parent / "shared" / "data"
 
 
+# The archives `diffuse data` makes from the official distributions: file name -> the command
+# (without its output) that writes it. Recipes name them as `shared:NAME`.
+STANDARD_ARCHIVES: dict[str, str] = {
+    "mnist-train.npz": "diffuse data mnist MNIST_FOLDER",
+    "mnist-test.npz": "diffuse data mnist MNIST_FOLDER --split test",
+    "fashion-mnist-train.npz": "diffuse data fashion-mnist FASHION_MNIST_FOLDER",
+    "fashion-mnist-test.npz": "diffuse data fashion-mnist FASHION_MNIST_FOLDER --split test",
+    "cifar10-train.npz": "diffuse data cifar10 cifar-10-binary.tar.gz",
+    "cifar10-test.npz": "diffuse data cifar10 cifar-10-binary.tar.gz --split test",
+}
+
+
+def missing_data_message(path: str | Path, shared: bool = True) -> str:
+    """The error text for a dataset archive that is not there: where it was looked for and
+    the `diffuse data` command that makes it.
+
+    Args:
+        path: the archive looked for.
+        shared: it was looked for in the shared data folder ($DIFFUSE_DATA), not at a path
+            the user gave.
+    Returns:
+        One message, e.g. "data file /x/mnist-train.npz not found (...); make it with: ...".
+    """
+    path = Path(path)
+    make = STANDARD_ARCHIVES.get(path.name, "diffuse data folder IMAGE_FOLDER")
+    if shared:
+        env = os.environ.get("DIFFUSE_DATA")
+        origin = f"$DIFFUSE_DATA={env}" if env else "$DIFFUSE_DATA is unset, so ../shared/data"
+        where = f" (looked in {path.parent}: {origin}; set DIFFUSE_DATA to the folder holding it)"
+    else:
+        where = f" (looked in {path.parent}; the shared datasets are found through $DIFFUSE_DATA)"
+    return (
+        f"data file {path} not found{where}; make it from the official files with: "
+        f"{make} --out {path} (see README, Training data)"
+    )
+
+
 def shared_data_file(name: str) -> Path:
-    """Path of `name` inside `shared_data_dir()`; a clear FileNotFoundError when absent."""
-    folder = shared_data_dir()
-    path = folder / name
+    """Path of `name` inside `shared_data_dir()`.
+
+    Raises:
+        FileNotFoundError: absent; the message names the folder, $DIFFUSE_DATA and the
+            `diffuse data` command that makes the file.
+    """
+    path = shared_data_dir() / name
     if not path.is_file():
-        how = "set DIFFUSE_DATA to the folder that holds it"
-        raise FileNotFoundError(f"shared data file {name!r} not found in {folder} ({how})")
+        raise FileNotFoundError(missing_data_message(path))
     return path
 
 
@@ -144,7 +187,7 @@ class NpzDataset:
     def __init__(self, path: str | Path, holdout: int = 0, limit: int = 0) -> None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"data file {path} does not exist")
+            raise FileNotFoundError(missing_data_message(path, shared=False))
         try:
             with np.load(path, allow_pickle=False) as archive:
                 missing = {"images", "labels"} - set(archive.files)
@@ -207,13 +250,7 @@ class FolderDataset:
 
     def __init__(self, root: str | Path, holdout: int = 0, limit: int = 0) -> None:
         root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist")
-        files = sorted(
-            p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
-        if not files:
-            raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
+        files = image_files(root)
         readable, bad = [], []
         for p in files:
             (readable if _image_ok(p) else bad).append(p)
@@ -231,13 +268,7 @@ class FolderDataset:
         keep = heldout_indices(len(readable), holdout)[0] if holdout else range(len(readable))
         self.root = root
         self.files = [readable[i] for i in keep][: limit or None]
-        rel = [p.relative_to(root) for p in self.files]
-        if all(len(r.parts) > 1 for r in rel):
-            self.class_names = sorted({r.parts[0] for r in rel})
-            index = {name: i for i, name in enumerate(self.class_names)}
-            self.labels = [index[r.parts[0]] for r in rel]
-        else:
-            self.class_names, self.labels = [], [-1] * len(rel)
+        self.labels, self.class_names = folder_labels(root, self.files)
         self.num_classes = len(self.class_names)
         self.captions = _read_captions(root, self.files)
         self.channels = 3
@@ -267,6 +298,39 @@ class FolderDataset:
                 raise DataError(f"no image under {self.root} decodes") from None
             return self[(i + 1) % len(self)]
         return Example(pixels, self.labels[i], self.captions.get(path))
+
+
+def image_files(root: Path) -> list[Path]:
+    """Every image file under `root` (png, jpg, jpeg, webp; recursively), sorted.
+
+    Raises:
+        FileNotFoundError: `root` is not a folder.
+        DataError: it holds no image file.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
+    return files
+
+
+def folder_labels(root: Path, files: Sequence[Path]) -> tuple[list[int], list[str]]:
+    """Labels from first-level subfolder names (sorted, index = label) when every file lies in
+    one, else all -1 and no class names.
+
+    Args:
+        root: the image folder.
+        files: image files under it.
+    Returns:
+        (labels [len(files)], class names).
+    """
+    rel = [p.relative_to(root) for p in files]
+    if not all(len(r.parts) > 1 for r in rel):
+        return [-1] * len(rel), []
+    names = sorted({r.parts[0] for r in rel})
+    index = {name: i for i, name in enumerate(names)}
+    return [index[r.parts[0]] for r in rel], names
 
 
 def _digest(*parts: object) -> str:

@@ -843,7 +843,7 @@ def _write_model(
     save_network(module, tmp)
     meta = {
         "format": 1,
-        "process": {"kind": cfg.process.kind, "options": cfg.process.options},
+        "process": {"kind": cfg.process.kind, "options": to_dict(cfg.process.options)},
         "parametrization": cfg.process.parametrization,
         "sigma_data": cfg.process.sigma_data,
         "class_names": config_record["class_names"],
