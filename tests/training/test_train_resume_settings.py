@@ -58,8 +58,9 @@ def test_resume_overrides_outside_the_allowed_list_are_refused(tmp_path):
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"config": {"train": {"steps": 5}}}))
     assert run_recipe(out, ["train.max_minutes=2", "log.every_steps=3"]).train.max_minutes == 2
-    with pytest.raises(ConfigError, match=r"optim.lr cannot change.*only train.steps, "):
-        run_recipe(out, ["optim.lr=1"])
+    with pytest.raises(ConfigError, match=r"optim.lr: 0.001 -> 0.5.*only train.steps, "):
+        run_recipe(out, ["optim.lr=0.5"])
+    assert run_recipe(out, ["optim.lr=0.001"]).optim.lr == 0.001  # the run's value: no change
     with pytest.raises(FileNotFoundError, match="holds no training run"):
         run_recipe(tmp_path, [])
 

@@ -23,7 +23,6 @@ from diffuse.config import (
     apply_overrides,
     config_diff,
     from_dict,
-    parse_override,
     to_dict,
 )
 from diffuse.training import checkpoint as ckpt
@@ -70,7 +69,7 @@ def run_recipe(out: str | Path, overrides: Sequence[str] = ()) -> TrainConfig | 
 
     This is what `--resume` continues with: the recipe file's current contents do not matter,
     the run's own settings (including the `--set` overrides it was started with) do. Overrides
-    may only touch keys that a resume may change.
+    may only change keys that a resume may change (repeating the run's own values is fine).
 
     Args:
         out: a run folder holding `run.json`.
@@ -88,15 +87,18 @@ def run_recipe(out: str | Path, overrides: Sequence[str] = ()) -> TrainConfig | 
         tables = json.loads(run_file.read_text())["config"]
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{run_file} is damaged or from another version ({err})") from None
-    for text in overrides:
-        key = ".".join(parse_override(text)[0])
-        if not resumable(key):
-            raise ConfigError(
-                f"--set {text!r}: {key} cannot change when resuming (only {resumable_keys()} "
-                "may); use a new --out for a different run"
-            )
     cls = VAETrainConfig if "vae" in tables else TrainConfig
-    return from_dict(cls, apply_overrides(tables, overrides, cls))
+    cfg = from_dict(cls, apply_overrides(tables, overrides, cls))
+    changed = {
+        k: v for k, v in config_diff(from_dict(cls, tables), cfg).items() if not resumable(k)
+    }
+    if changed:
+        lines = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ConfigError(
+            f"cannot resume {out} with {lines}: only {resumable_keys()} may change on resume; "
+            "use a new --out for a different run"
+        )
+    return cfg
 
 
 def prepare_run_dir(out: Path, cfg: Any, resume: bool) -> bool:
