@@ -2,6 +2,9 @@
 into modules (tests/training/data/refactor_equivalence.json, written by equivalence_runs.py)."""
 
 import json
+import os
+import subprocess
+import sys
 
 from equivalence_runs import FIXTURE, record_runs
 
@@ -12,3 +15,15 @@ def test_tiny_runs_repeat_the_recorded_losses_and_weights(tmp_path):
     for name in ("pixel", "vae", "latent", "text"):
         assert got[name]["losses"] == expected[name]["losses"], name  # exactly
         assert got[name]["weights"] == expected[name]["weights"], name
+
+
+def test_the_trainers_import_neither_pipelines_nor_cli():
+    code = (
+        "import sys, diffuse.training.loop, diffuse.training.vae_loop; "
+        "print(sorted(m for m in sys.modules "
+        "if m.startswith(('diffuse.pipelines', 'diffuse.cli'))))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

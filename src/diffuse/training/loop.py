@@ -20,7 +20,6 @@ import contextlib
 import functools
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,22 +30,17 @@ from torch import Tensor, nn
 
 from diffuse.codecs.text_encoder import TextEncoder
 from diffuse.codecs.vae import VAE
-from diffuse.config import ConfigError, SampleConfig, TrainConfig, to_dict
+from diffuse.config import SampleConfig, TrainConfig
 from diffuse.denoiser import Denoiser
 from diffuse.losses import denoising_loss
 from diffuse.processes import NoiseProcess
 from diffuse.training import checkpoint as ckpt
 from diffuse.training import dist
-from diffuse.training.captions import CaptionBank
+from diffuse.training.build import Run, assemble, read_inputs, set_threads
 from diffuse.training.counter_rng import batch_keys, mix_seeds, stream_normal, stream_uniform
-from diffuse.training.data import BatchOrder, TrainData, build_dataset
-from diffuse.training.ema import EMA
-from diffuse.training.export import base_model_record, write_model
+from diffuse.training.export import write_model
 from diffuse.training.inputs import (
     check_sample_settings,
-    load_codec,
-    load_init_weights,
-    load_text_encoder,
 )
 from diffuse.training.loop_state import (
     LoopState,
@@ -55,8 +49,7 @@ from diffuse.training.loop_state import (
     rng_state,
     set_rng_state,
 )
-from diffuse.training.model import build_network, build_process, count_parameters, param_groups
-from diffuse.training.replica import Replica
+from diffuse.training.model import build_network
 from diffuse.training.run_folder import open_run, prepare_run_dir
 from diffuse.training.run_loop import (
     NonFiniteError,
@@ -150,43 +143,6 @@ def draw_per_sample(
     )
 
 
-@dataclass
-class _Inputs:
-    """What is read and built before the run folder is touched."""
-
-    data: TrainData
-    order: BatchOrder
-    codec: VAE | None
-    text: tuple[TextEncoder, list[str | None]] | None
-    num_classes: int
-    build_net: Callable[[], tuple[nn.Module, Any]]
-    net: nn.Module
-    net_cfg: Any
-
-
-@dataclass
-class _Run:
-    """Everything one rank trains with."""
-
-    cfg: TrainConfig
-    out: Path
-    info: dist.DistInfo
-    inputs: _Inputs
-    captions: CaptionBank | None
-    process: NoiseProcess
-    ema: EMA
-    replica: Replica
-    optimizer: torch.optim.Optimizer
-    denoiser: Denoiser
-    config_record: dict[str, Any]
-    per_rank: int
-    image_shape: tuple[int, int, int]
-
-    @property
-    def null_label(self) -> int:
-        return self.inputs.num_classes  # the network's reserved "no class" index
-
-
 def train(
     cfg: TrainConfig,
     out: str | Path,
@@ -237,11 +193,11 @@ def _train(
     on_sample: SampleFn | None,
 ) -> TrainResult:
     """`train` after the process group is set up."""
-    _set_threads(cfg, info)
+    set_threads(cfg, info)
     check_sample_settings(cfg)
-    inputs = _read_inputs(cfg, net_builder)  # a bad file or setting fails before any write
+    inputs = read_inputs(cfg, net_builder)  # a bad file or setting fails before any write
     has_run = open_run(out, cfg, resume, info)
-    run = _assemble(cfg, out, info, inputs)
+    run = assemble(cfg, out, info, inputs)
     loop, steps = LoopState(), _Steps(run)
     if has_run and resume:
         found = load_resume_checkpoint(out, info)
@@ -263,96 +219,6 @@ def _train(
         inputs.data.close()
     model_dir = _export(run)
     return TrainResult(out, loop.step, model_dir, steps.last_loss, steps.nonfinite_total)
-
-
-def _set_threads(cfg: TrainConfig, info: dist.DistInfo) -> None:
-    """train.threads, or the cores shared evenly among CPU ranks."""
-    if cfg.optim.batch_size % info.world_size:
-        raise ConfigError(
-            f"optim.batch_size = {cfg.optim.batch_size} must be divisible by the "
-            f"{info.world_size} processes"
-        )
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    elif info.distributed and info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
-
-
-def _read_inputs(cfg: TrainConfig, net_builder: Callable[..., tuple[nn.Module, Any]]) -> _Inputs:
-    """Data, codec, text encoder and the network (with `train.init`), shaped for what training
-    feeds it: latents when there is a codec."""
-    data = TrainData(build_dataset(cfg.data, seed=cfg.train.seed), cfg.data)
-    order = BatchOrder(len(data), cfg.optim.batch_size, cfg.train.seed, data.dataset.fingerprint())
-    text = load_text_encoder(cfg, data) if cfg.model.text_encoder else None
-    codec = load_codec(cfg) if cfg.data.codec else None
-    num_classes = data.num_classes if cfg.model.class_conditional else 0
-    channels, size = data.channels, data.image_size
-    if codec is not None:
-        channels, size, _ = codec.latent_shape(data.image_size)
-    text_dims = {}
-    if text is not None:
-        text_dims = {"context_dim": text[0].dim, "pooled_dim": text[0].pooled_dim}
-    build_net = functools.partial(
-        net_builder,
-        cfg.model,
-        in_channels=channels,
-        image_size=size,
-        num_classes=num_classes,
-        **text_dims,
-    )
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    net, net_cfg = build_net()
-    if cfg.train.init:  # fine-tuning: the EMA starts from these weights too
-        load_init_weights(cfg.train.init, net, net_cfg)
-    return _Inputs(data, order, codec, text, num_classes, build_net, net, net_cfg)
-
-
-def _assemble(cfg: TrainConfig, out: Path, info: dist.DistInfo, inputs: _Inputs) -> _Run:
-    """Latent and caption caches, then the network on its device with its EMA, replica
-    wrapping, optimizer and denoiser."""
-    o, data, net, codec = cfg.optim, inputs.data, inputs.net, inputs.codec
-    if codec is not None:  # latent diffusion: every image encoded once, cached in the run
-        data.encode_latents(codec.to(info.device), out if info.is_main else None)
-        codec.cpu()  # sample grids decode on the CPU
-    captions = None
-    if inputs.text is not None:
-        encoder, texts = inputs.text
-        encoder.to(info.device)  # encoding every caption is its heavy use
-        captions = CaptionBank(encoder, texts, cache_dir=out if info.is_main else None)
-    net.to(info.device)
-    process = build_process(cfg.process)
-    ema = EMA(net, cfg.ema.halflife_images, cfg.ema.rampup)
-    replica = Replica(net, cfg, info)
-    if replica.fsdp:  # the average is sharded like the network, so its update stays local
-        replica.shard(ema.module)
-    fused = info.device.type == "cuda" and not replica.fsdp
-    optimizer = torch.optim.AdamW(
-        param_groups(net, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, fused=fused or None
-    )
-    p = cfg.process
-    denoiser = Denoiser(replica.forward_module, process, p.parametrization, sigma_data=p.sigma_data)
-    config_record = {
-        "format": 1,
-        "recipe": to_dict(cfg),
-        "network": to_dict(inputs.net_cfg),
-        "class_names": data.class_names if inputs.num_classes else [],
-    }
-    if cfg.train.init:
-        config_record["base_model"] = base_model_record(Path(cfg.train.init).expanduser())
-    per_rank = o.batch_size // info.world_size
-    logger.info(
-        "network %s: %.2fM parameters; %d images; %d ranks x %d images/step",
-        cfg.model.preset,
-        count_parameters(net) / 1e6,
-        len(data),
-        info.world_size,
-        per_rank,
-    )
-    shape = (data.channels, data.image_size, data.image_size)
-    return _Run(
-        cfg, out, info, inputs, captions, process, ema, replica, optimizer, denoiser,
-        config_record, per_rank, shape,
-    )  # fmt: skip
 
 
 def _micro_batches(n: int, micro: int) -> Iterator[slice]:
@@ -378,7 +244,7 @@ class _Steps:
     in a row) and the last finite loss.
     """
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: Run) -> None:
         self.run = run
         self.images_seen, self.nonfinite_total, self.streak = 0, 0, 0
         self.last_loss = float("nan")
@@ -528,7 +394,7 @@ class _Steps:
         return LoopState.from_state(state)
 
 
-def _sample(run: _Run, on_sample: SampleFn, at_step: int) -> None:
+def _sample(run: Run, on_sample: SampleFn, at_step: int) -> None:
     """Hand the EMA denoiser to the sample-grid callback (rank 0, or all ranks under FSDP)."""
     if not (run.replica.fsdp or run.info.is_main):
         return  # under FSDP every rank takes part in the sharded forward passes
@@ -551,7 +417,7 @@ def _sample(run: _Run, on_sample: SampleFn, at_step: int) -> None:
     )
 
 
-def _export(run: _Run) -> Path | None:
+def _export(run: Run) -> Path | None:
     """Write the EMA network to out/model on rank 0 (gathered first under FSDP)."""
     ema_state = run.replica.full_state(run.ema.module)  # collective under FSDP
     model_dir = None
