@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffuse.cli.train import draw_sample_grid
 from diffuse.config import ConfigError, load_recipe
 from diffuse.pipelines.sample import generate, load_trained
 from diffuse.training.data import TrainData
@@ -65,7 +66,7 @@ def codec_dir(tmp_path_factory) -> Path:
 
 def test_latent_run_caches_latents_and_ships_its_codec(codec_dir, tmp_path):
     run = tmp_path / "run"
-    result = train(diffusion_recipe(codec_dir), run)
+    result = train(diffusion_recipe(codec_dir), run, on_sample=draw_sample_grid)
     assert (run / TrainData.LATENT_CACHE).is_file()
     info = json.loads((result.model_dir / "diffusion.json").read_text())
     assert (info["channels"], info["image_size"], info["codec"]) == (4, 4, "vae")

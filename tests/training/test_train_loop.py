@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from diffuse.cli.train import draw_sample_grid
 from diffuse.config import ConfigError, load_recipe
 from diffuse.nets.unet import UNet
 from diffuse.training.checkpoint import list_checkpoints
@@ -187,7 +188,7 @@ def test_output_folder_of_another_run_is_refused_and_untouched(tmp_path):
 
 def test_bad_data_fails_before_anything_is_written(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="none.npz not found.*diffuse data"):
         train(_cfg("data.source='npz'", f"data.path='{tmp_path}/none.npz'"), out)
     assert not out.exists()
 
@@ -215,6 +216,7 @@ def test_model_folder_and_sample_cli(tmp_path, capsys):
     result = train(
         _cfg("train.steps=2", "sample.every_steps=2", "sample.seeds=[0, 1, 2]", "sample.steps=2"),
         tmp_path / "run",
+        on_sample=draw_sample_grid,
     )
     assert (tmp_path / "run" / "samples" / "step-0000002.png").is_file()
     model = load_trained(tmp_path / "run")

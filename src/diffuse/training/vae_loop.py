@@ -1,7 +1,8 @@
 """Training the KL autoencoder of latent diffusion: `diffuse train` on a recipe with a [vae] table.
 
-The same run folder, data order, checkpoints, resume and time budget as diffusion training
-(`diffuse.training.loop`), with the autoencoder's loss (`diffuse.training.vae_loss`): L1 plus
+The same run folder, data order, checkpoints, resume, time budget, logging and Ctrl-C handling
+as diffusion training (the shared `diffuse.training.run_loop.run_steps`), with the
+autoencoder's loss (`diffuse.training.vae_loss`): L1 plus
 (1 - SSIM), a small KL, and a hinge patch discriminator from `loss.disc_start` steps on when
 `loss.disc` > 0. At the end the latent scale and shift are fitted on training images and the
 codec is written to RUN/model (`vae.safetensors`, `vae.json`), loadable with
@@ -15,21 +16,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from diffuse.codecs.vae import VAE, load_vae, save_vae
 from diffuse.config import ConfigError, VAETrainConfig, to_dict
 from diffuse.training import checkpoint as ckpt
+from diffuse.training import dist
 from diffuse.training.counter_rng import mix_seeds
 from diffuse.training.data import BatchOrder, TrainData, build_dataset
-from diffuse.training.dist import pick_device
-from diffuse.training.loop import NonFiniteError, config_differences, lr_at, prepare_run_dir
+from diffuse.training.inputs import config_differences
+from diffuse.training.loop_state import LoopState, load_resume_checkpoint
 from diffuse.training.model import count_parameters
-from diffuse.training.progress import MetricsLog, Progress
+from diffuse.training.run_folder import open_run
+from diffuse.training.run_loop import NonFiniteError, StepReport, interruptible, run_steps
 from diffuse.training.vae_loss import VAELoss, psnr
 
 logger = logging.getLogger(__name__)
@@ -61,12 +64,19 @@ def train_vae(
         progress: show a progress bar (None: when stderr is a terminal).
     Returns:
         VAETrainResult; the codec is in `out/model`.
+    Raises:
+        TrainingInterrupted: Ctrl-C; the newest checkpoint is intact, resume continues it.
     """
     out = Path(out)
+    with interruptible(out):
+        return _train_vae(cfg, out, resume, progress is not False)
+
+
+def _train_vae(cfg: VAETrainConfig, out: Path, resume: bool, show: bool) -> VAETrainResult:
+    """`train_vae` inside the interrupt guard."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
-    o = cfg.optim
+    info = dist.DistInfo(device=dist.pick_device(cfg.train.device))
     data = TrainData(build_dataset(cfg.data, seed=cfg.train.seed), cfg.data)
     if data.image_size % cfg.vae.downsample:
         raise ValueError(
@@ -77,129 +87,133 @@ def train_vae(
         raise ValueError(
             f"the data has {data.channels} channels but vae.in_channels = {cfg.vae.in_channels}"
         )
-    order = BatchOrder(len(data), o.batch_size, cfg.train.seed, data.dataset.fingerprint())
-    has_run = prepare_run_dir(out, cfg, resume)
-    removed = ckpt.remove_stale_temporaries(out) if has_run else 0
-    if removed:
-        logger.info("removed %d interrupted checkpoint write(s)", removed)
-
-    torch.manual_seed(cfg.train.seed)
-    vae = VAE(cfg.vae)
-    if cfg.train.init:
-        _load_init_codec(cfg.train.init, vae)
-    vae = vae.to(device)
-    decoder_only = cfg.finetune.decoder_only
-    vae.encoder.requires_grad_(not decoder_only)
-    trained = [p for p in vae.parameters() if p.requires_grad]
-    loss_fn = VAELoss(cfg.loss, cfg.vae.in_channels).to(device)
-    optimizer = torch.optim.AdamW(
-        trained, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
-    )
-    critic_opt = (
-        torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=o.lr, betas=(0.5, 0.9))
-        if loss_fn.discriminator is not None
-        else None
-    )
-    logger.info(
-        "autoencoder: %.2fM parameters (%.2fM trained), f=%d, %d latent channels; %d images "
-        "of %d px",
-        count_parameters(vae) / 1e6,
-        sum(p.numel() for p in trained) / 1e6,
-        cfg.vae.downsample,
-        cfg.vae.latent_channels,
-        len(data),
-        data.image_size,
-    )
-    step, elapsed = 0, 0.0
+    order = BatchOrder(len(data), cfg.optim.batch_size, cfg.train.seed, data.dataset.fingerprint())
+    has_run = open_run(out, cfg, resume, info)
+    steps = _VAESteps(cfg, out, info.device, data, order)
+    loop = LoopState()
     if has_run:
-        state = ckpt.load_latest(out, map_location=device)
-        if state is not None:
-            vae.load_state_dict(state.model)
-            optimizer.load_state_dict(state.state["optimizer"])
-            if critic_opt is not None:
-                loss_fn.load_state_dict(state.state["critic"])
-                critic_opt.load_state_dict(state.state["critic_optimizer"])
-            step, elapsed = state.step, float(state.state.get("elapsed", 0.0))
-            logger.info("resumed from step %d", step)
+        found = load_resume_checkpoint(out, info, map_location=info.device)
+        if found is not None:
+            loop = steps.restore(found)
+    try:
+        loop = run_steps(
+            cfg, out, loop, steps, steps.save, info=info, resumed=has_run, show_progress=show
+        )
+    finally:
+        data.close()
+    model_dir = _export(steps.vae, cfg, data, info.device, out)
+    return VAETrainResult(out, loop.step, model_dir, steps.last_loss)
 
-    def save(at_step: int) -> None:
-        weights = {k: v.detach().cpu() for k, v in vae.state_dict().items()}
-        extra = {"optimizer": optimizer.state_dict(), "elapsed": elapsed + time.perf_counter() - t0}
-        if critic_opt is not None:
-            extra["critic"] = loss_fn.state_dict()
-            extra["critic_optimizer"] = critic_opt.state_dict()
+
+class _VAESteps:
+    """One optimizer step of autoencoder training (a `run_loop.StepFn`) and its checkpoint."""
+
+    def __init__(
+        self,
+        cfg: VAETrainConfig,
+        out: Path,
+        device: torch.device,
+        data: TrainData,
+        order: BatchOrder,
+    ) -> None:
+        self.cfg, self.out, self.device, self.data, self.order = cfg, out, device, data, order
+        o = cfg.optim
+        torch.manual_seed(cfg.train.seed)
+        vae = VAE(cfg.vae)
+        if cfg.train.init:
+            _load_init_codec(cfg.train.init, vae)
+        self.vae = vae.to(device)
+        self.vae.encoder.requires_grad_(not cfg.finetune.decoder_only)
+        self.trained = [p for p in self.vae.parameters() if p.requires_grad]
+        self.loss_fn = VAELoss(cfg.loss, cfg.vae.in_channels).to(device)
+        self.optimizer = torch.optim.AdamW(
+            self.trained, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+        )
+        disc = self.loss_fn.discriminator
+        self.critic_opt = (
+            torch.optim.AdamW(disc.parameters(), lr=o.lr, betas=(0.5, 0.9)) if disc else None
+        )
+        self.last_loss = math.nan
+        logger.info(
+            "autoencoder: %.2fM parameters (%.2fM trained), f=%d, %d latent channels; %d images "
+            "of %d px",
+            count_parameters(self.vae) / 1e6,
+            sum(p.numel() for p in self.trained) / 1e6,
+            cfg.vae.downsample,
+            cfg.vae.latent_channels,
+            len(data),
+            data.image_size,
+        )
+
+    def __call__(self, step: int, lr: float, log: bool) -> StepReport:
+        """Run 0-based step `step` at learning rate `lr`; PSNR and loss parts when `log`."""
+        cfg, vae, loss_fn = self.cfg, self.vae, self.loss_fn
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        indices, _ = self.order.shard(step, 0, 1)
+        noise = torch.Generator().manual_seed(mix_seeds(cfg.train.seed, step, 0x7AE))
+        flips = torch.rand(len(indices), generator=noise) < 0.5 if cfg.data.flip else None
+        images = self.data.batch(indices, flips)[0].to(self.device)
+        vae.train()
+        recon, posterior = vae(images, noise)
+        loss, parts = loss_fn.autoencoder(images, recon, posterior.kl(), step)
+        if not math.isfinite(float(loss.detach())):
+            raise NonFiniteError(
+                f"step {step + 1}: non-finite autoencoder loss {float(loss.detach())}; "
+                "lower optim.lr"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.trained, cfg.optim.grad_clip)
+        self.optimizer.step()
+        if self.critic_opt is not None and loss_fn.disc_active(step):
+            critic = loss_fn.critic(images, recon)
+            self.critic_opt.zero_grad(set_to_none=True)
+            critic.backward()
+            self.critic_opt.step()
+            parts["critic"] = float(critic.detach())
+        self.last_loss = float(loss.detach())
+        fields: dict[str, float] = {}
+        if log:
+            with torch.no_grad():
+                fields["psnr"] = round(float(psnr(recon, images).mean()), 3)
+            fields.update({k: round(v, 6) for k, v in parts.items()})
+        return StepReport(self.last_loss, len(indices), fields)
+
+    def save(self, at_step: int, loop_entries: dict[str, Any]) -> None:
+        """Write the checkpoint of `at_step`."""
+        weights = {k: v.detach().cpu() for k, v in self.vae.state_dict().items()}
+        extra = {**loop_entries, "optimizer": self.optimizer.state_dict()}
+        if self.critic_opt is not None:
+            extra["critic"] = self.loss_fn.state_dict()
+            extra["critic_optimizer"] = self.critic_opt.state_dict()
         ckpt.save_checkpoint(
-            out,
+            self.out,
             at_step,
             model=weights,
             ema=weights,  # the autoencoder keeps no average: both are the trained weights
-            config={"recipe": to_dict(cfg)},
+            config={"recipe": to_dict(self.cfg)},
             state=extra,
-            keep=cfg.checkpoint.keep,
+            keep=self.cfg.checkpoint.keep,
         )
 
-    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if has_run else None)
-    bar = Progress(cfg.train.steps, step, enabled=progress is not False)
-    t0 = t_log = time.perf_counter()
-    images_log, last_loss, final_step = 0, math.nan, cfg.train.steps
-    try:
-        while step < cfg.train.steps:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            indices, _ = order.shard(step, 0, 1)
-            noise = torch.Generator().manual_seed(mix_seeds(cfg.train.seed, step, 0x7AE))
-            flips = torch.rand(len(indices), generator=noise) < 0.5 if cfg.data.flip else None
-            images = data.batch(indices, flips)[0].to(device)
-            vae.train()
-            recon, posterior = vae(images, noise)
-            loss, parts = loss_fn.autoencoder(images, recon, posterior.kl(), step)
-            if not math.isfinite(float(loss.detach())):
-                raise NonFiniteError(
-                    f"step {step + 1}: non-finite autoencoder loss {float(loss.detach())}; "
-                    "lower optim.lr"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if o.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trained, o.grad_clip)
-            optimizer.step()
-            if critic_opt is not None and loss_fn.disc_active(step):
-                critic = loss_fn.critic(images, recon)
-                critic_opt.zero_grad(set_to_none=True)
-                critic.backward()
-                critic_opt.step()
-                parts["critic"] = float(critic.detach())
-            step += 1
-            images_log += len(indices)
-            last_loss = float(loss.detach())
-            if step % cfg.log.every_steps == 0 or step == final_step:
-                now = time.perf_counter()
-                ips = images_log / max(now - t_log, 1e-9)
-                with torch.no_grad():
-                    batch_psnr = float(psnr(recon, images).mean())
-                record = {"step": step, "loss": last_loss, "psnr": round(batch_psnr, 3)}
-                record.update({k: round(v, 6) for k, v in parts.items()})
-                record.update(
-                    {"images_per_s": round(ips, 2), "time_s": round(elapsed + now - t0, 3)}
-                )
-                metrics.write(record)
-                bar.update(step, last_loss, ips)
-                t_log, images_log = now, 0
-                spent = elapsed + now - t0
-                if cfg.train.max_minutes and spent >= 60.0 * cfg.train.max_minutes:
-                    logger.info("train.max_minutes reached at step %d; finishing", step)
-                    final_step = step
-            if step % cfg.checkpoint.every_steps == 0 or step == final_step:
-                save(step)
-            if step == final_step:
-                break
-    finally:
-        bar.close()
-        data.close()
-        metrics.close()
+    def restore(self, found: ckpt.Checkpoint) -> LoopState:
+        """Load a checkpoint's weights and optimizer states; returns its loop state."""
+        self.vae.load_state_dict(found.model)
+        self.optimizer.load_state_dict(found.state["optimizer"])
+        if self.critic_opt is not None:
+            self.loss_fn.load_state_dict(found.state["critic"])
+            self.critic_opt.load_state_dict(found.state["critic_optimizer"])
+        return LoopState.from_state({"step": found.step, **found.state})
 
+
+def _export(
+    vae: VAE, cfg: VAETrainConfig, data: TrainData, device: torch.device, out: Path
+) -> Path:
+    """Fit the latent scale and shift (or keep the initial codec's), then write RUN/model."""
     vae.eval()
-    if decoder_only:  # the latent space is the initial codec's, normalisation included
+    if cfg.finetune.decoder_only:  # the latent space is the initial codec's, normalisation too
         stats = vae.stats()
     else:
         count = min(len(data), STATS_IMAGES)
@@ -208,8 +222,7 @@ def train_vae(
         )
         stats = vae.fit_latent_stats(sample.to(device))
     logger.info("latent shift %s, scale %s", stats.shift, stats.scale)
-    model_dir = save_vae(vae.cpu(), out / "model")
-    return VAETrainResult(out, step, model_dir, last_loss)
+    return save_vae(vae.cpu(), out / "model")
 
 
 def _load_init_codec(init: str, vae: VAE) -> None:
