@@ -228,10 +228,13 @@ def test_one_default_per_sampling_setting() -> None:
     recipe_defaults = SampleConfig()
     for f in dataclasses.fields(SamplingDefaults):
         assert getattr(recipe_defaults, f.name) == getattr(SamplingDefaults(), f.name), f.name
-    cfg = load_recipe(None, ["data.source='procedural'", "sample.guidance=3.5"])
+    overrides = ["data.source='procedural'", "sample.guidance=3.5", "process.weighting='min_snr'"]
+    cfg = load_recipe(None, overrides)
     info = ModelInfo.from_recipe(cfg, class_names=["a"], channels=1, image_size=8)
     assert info.sampling == SamplingDefaults(guidance=3.5) and info.null_label == 1
-    assert info.recipe["sample"]["guidance"] == 3.5 and info.process == cfg.process
+    assert info.recipe["sample"]["guidance"] == 3.5
+    assert info.process == dataclasses.replace(cfg.process, weighting="natural")  # loss only
+    assert ModelInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
 
 
 def test_provenance_records_the_weights_recipe_and_chain(tmp_path, tiny_model) -> None:

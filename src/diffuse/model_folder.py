@@ -219,9 +219,15 @@ class ModelInfo:
         Returns:
             The info; `save_model` sets `codec` when it is given a codec folder.
         """
-        s = cfg.sample
+        s, p = cfg.sample, cfg.process
         return cls(
-            process=cfg.process,
+            # What sampling needs of the process; the loss weighting stays in the recipe.
+            process=ProcessConfig(
+                kind=p.kind,
+                parametrization=p.parametrization,
+                sigma_data=p.sigma_data,
+                options=dict(p.options),
+            ),
             channels=channels,
             image_size=image_size,
             class_names=tuple(class_names),
