@@ -43,7 +43,7 @@ from diffuse.config import ConfigError, ProcessConfig, TrainConfig, to_dict
 from diffuse.denoiser import Denoiser, Parametrization
 from diffuse.io import MissingModelFileError, ModelFileError, atomic_write_text, file_sha256
 from diffuse.nets.io import CONFIG_FILE, WEIGHTS_FILE, load_network, save_network
-from diffuse.processes import EDM, VE, CosineVP, DiscreteVP, NoiseProcess, RectifiedFlow
+from diffuse.processes import PROCESSES, NoiseProcess
 
 __all__ = [
     "CODEC_FOLDER",
@@ -71,16 +71,6 @@ INFO_FILE = "diffusion.json"  # process, parametrisation, conditioning, codec, s
 CODEC_FOLDER = "vae"  # subfolder holding a latent model's codec
 FORMAT = 2  # the diffusion.json version save_model writes
 _READABLE = (1, 2)
-
-# The closed set of processes a model or recipe may name (a table of classes, not a string
-# lookup of arbitrary globals).
-PROCESSES: dict[str, type[NoiseProcess]] = {
-    "edm": EDM,
-    "cosine_vp": CosineVP,
-    "discrete_vp": DiscreteVP,
-    "ve": VE,
-    "rectified_flow": RectifiedFlow,
-}
 
 
 def check_options(
