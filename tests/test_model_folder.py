@@ -197,6 +197,10 @@ def test_save_model_copies_the_codec_of_a_latent_model(tmp_path) -> None:
     assert isinstance(model.codec, VAE) and model.image_size == 16
     with pytest.raises(ValueError, match="names the codec folder 'vae' but no codec_source"):
         save_model(tmp_path / "other", _tiny_net(4, 4), read_info(folder))
+    weights = folder / "vae" / "vae.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a truncated codec is named too
+    with pytest.raises(ModelFileError, match="vae.safetensors: not a readable safetensors"):
+        load_model(folder)
 
 
 def test_format_1_folders_are_read(tmp_path, tiny_model) -> None:
