@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     names = args.sets.split(",")
     sets = {k: v for k, v in prompt_sets(args.n, args.prompt_seed).items() if k in names}
-    seen = training_captions(pipe.model.info)
+    seen = training_captions(pipe.model.info.to_dict())
     overlap = {name: sum(p in seen for p in prompts) for name, prompts in sets.items()}
     t0 = time.perf_counter()
     results: dict[str, dict] = {}

@@ -1,6 +1,495 @@
-"""The saved-model folder: the one place that names its files (and, soon, reads and writes it)."""
+"""The saved-model folder: the one thing training writes and pipelines read.
+
+A model folder (what `diffuse train` leaves in RUN/model/, and the bundled model) holds
+
+    config.json        the network's architecture (`nets.io`)
+    model.safetensors  the network's weights (`nets.io`)
+    diffusion.json     `ModelInfo`: process, parametrisation, conditioning, codec, sampling
+                       defaults, the training recipe and provenance
+    vae/               the codec of a latent model (a copy of the VAE folder it was trained on)
+
+    save_model("runs/x/model", ema_net, info, codec_source=Path("models/shapes-vae"))
+    model = load_model("runs/x/model")          # or the run folder "runs/x"
+    images = model.decode(latents)
+
+diffusion.json carries a format version. Version 2 (written now) stores the four sampling
+defaults under "sampling"; version 1 (every model shipped before it) stored the recipe's whole
+[sample] section under "sample" and is still read. An unknown version is an error naming the
+file and the version, never a guess.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffuse.codecs.base import Codec
+from diffuse.codecs.identity import IdentityCodec
+from diffuse.codecs.vae import load_vae
+from diffuse.config import ConfigError, ProcessConfig, TrainConfig, process_options, to_dict
+from diffuse.denoiser import Denoiser, Parametrization
+from diffuse.io import MissingModelFileError, ModelFileError, atomic_write_text, file_sha256
+from diffuse.nets.io import CONFIG_FILE, WEIGHTS_FILE, load_network, save_network
+from diffuse.processes import PROCESSES, NoiseProcess
+
+__all__ = [
+    "CODEC_FOLDER",
+    "CONFIG_FILE",
+    "FORMAT",
+    "INFO_FILE",
+    "PROCESSES",
+    "WEIGHTS_FILE",
+    "ModelFileError",
+    "ModelInfo",
+    "SamplingDefaults",
+    "TrainedModel",
+    "build_process",
+    "check_options",
+    "load_model",
+    "provenance",
+    "read_info",
+    "resolve_model_folder",
+    "save_model",
+]
+
+logger = logging.getLogger(__name__)
+
 INFO_FILE = "diffusion.json"  # process, parametrisation, conditioning, codec, sampling defaults
-WEIGHTS_FILE = "model.safetensors"  # the network's weights (safetensors)
+CODEC_FOLDER = "vae"  # subfolder holding a latent model's codec
+FORMAT = 2  # the diffusion.json version save_model writes
+_READABLE = (1, 2)
+
+
+def check_options(
+    cls: type, options: Mapping[str, Any], where: str, reserved: tuple[str, ...] = ()
+) -> None:
+    """Check that `options` name fields of the dataclass `cls`.
+
+    Args:
+        cls: the dataclass the options are passed to.
+        options: field name -> value.
+        where: the recipe key they came from, for messages (e.g. "process.options").
+        reserved: fields set from elsewhere (the data), which the options must not set.
+    Raises:
+        ConfigError: a reserved or unknown key (with the closest valid name, if any).
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in options:
+        if key in reserved:
+            raise ConfigError(f"{where}.{key} is set from the data; remove it")
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"unknown key {where}.{key!r} for {cls.__name__}{hint}; valid: {', '.join(names)}"
+            )
+
+
+def build_process(cfg: ProcessConfig) -> NoiseProcess:
+    """The noise process of a [process] section (or a saved model), with its options checked.
+
+    Args:
+        cfg: kind, options and sigma_data (EDM's default for its own `sigma_data`).
+    Returns:
+        The process.
+    Raises:
+        ConfigError: an unknown kind, unknown options or invalid values.
+    """
+    if cfg.kind not in PROCESSES:
+        raise ConfigError(f"process.kind must be one of {sorted(PROCESSES)}, got {cfg.kind!r}")
+    cls = PROCESSES[cfg.kind]
+    options = dataclasses.asdict(cfg.options)  # typed per kind, checked when read
+    if cfg.kind == "edm":
+        options.setdefault("sigma_data", cfg.sigma_data)
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"process.options {cfg.options}: {err}") from None
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """How a model samples when the caller does not say: the ONE default of each setting.
+
+    Args:
+        sampler, schedule: names known to `diffuse.samplers.registry`.
+        steps: sampler steps.
+        guidance: classifier-free guidance scale (1: none).
+    """
+
+    sampler: str = "dpmpp_2m"
+    schedule: str = "karras"
+    steps: int = 25
+    guidance: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"sampling steps must be an integer >= 1, got {self.steps!r}")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise ValueError(f"sampling guidance must be a finite number >= 0, got {self.guidance}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What diffusion.json records about a model, typed.
+
+    Args:
+        process: kind, options, parametrisation and sigma_data of the model's noise process.
+        channels, image_size: (C, S) of what the network makes: S x S latents of a latent
+            model, pixels of a pixel model.
+        class_names: the classes it is conditioned on (empty: unconditional or text).
+        null_label: the network's "no class" index (default: len(class_names)).
+        text_encoder: the text encoder it was trained with ("" none, "default" the bundled
+            MiniLM, else a folder or package name).
+        codec: subfolder holding its codec ("" pixel space: the identity codec).
+        sampling: the default sampler, schedule, steps and guidance.
+        recipe: the training recipe, as JSON (None if unknown).
+        base_model: provenance of the model it was fine-tuned from (see `provenance`).
+        format: the diffusion.json version it was read from (`save_model` writes FORMAT).
+    """
+
+    process: ProcessConfig
+    channels: int
+    image_size: int
+    class_names: tuple[str, ...] = ()
+    null_label: int = -1
+    text_encoder: str = ""
+    codec: str = ""
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    recipe: dict[str, Any] | None = None
+    base_model: dict[str, Any] | None = None
+    format: int = FORMAT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        if self.null_label < 0:
+            object.__setattr__(self, "null_label", len(self.class_names))
+        if self.channels < 1 or self.image_size < 1:
+            raise ValueError(
+                f"channels and image_size must be >= 1, got {self.channels}, {self.image_size}"
+            )
+        Parametrization.parse(self.process.parametrization)  # names the valid ones if unknown
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the network makes."""
+        return (self.channels, self.image_size, self.image_size)
+
+    @classmethod
+    def from_recipe(
+        cls,
+        cfg: TrainConfig,
+        *,
+        class_names: tuple[str, ...] | list[str],
+        channels: int,
+        image_size: int,
+        base_model: dict[str, Any] | None = None,
+    ) -> ModelInfo:
+        """The info of a model trained from a recipe (what the trainer exports).
+
+        Args:
+            cfg: the training recipe (process, text encoder, [sample] defaults, the record).
+            class_names: the data's classes ([] for unconditional and text models).
+            channels, image_size: of what the network makes (latents of a latent model).
+            base_model: `provenance` of `train.init`'s folder, if fine-tuned.
+        Returns:
+            The info; `save_model` sets `codec` when it is given a codec folder.
+        """
+        s, p = cfg.sample, cfg.process
+        return cls(
+            # What sampling needs of the process; the loss weighting stays in the recipe.
+            process=ProcessConfig(
+                kind=p.kind,
+                parametrization=p.parametrization,
+                sigma_data=p.sigma_data,
+                options=p.options,
+            ),
+            channels=channels,
+            image_size=image_size,
+            class_names=tuple(class_names),
+            text_encoder=cfg.model.text_encoder,
+            sampling=SamplingDefaults(s.sampler, s.schedule, s.steps, float(s.guidance)),
+            recipe=to_dict(cfg),
+            base_model=base_model,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written to diffusion.json (always version FORMAT)."""
+        p = self.process
+        data: dict[str, Any] = {
+            "format": FORMAT,
+            "process": {"kind": p.kind, "options": dataclasses.asdict(p.options)},
+            "parametrization": p.parametrization,
+            "sigma_data": p.sigma_data,
+            "class_names": list(self.class_names),
+            "null_label": self.null_label,
+            "channels": self.channels,
+            "image_size": self.image_size,
+            "text_encoder": self.text_encoder,
+            "codec": self.codec,
+            "sampling": dataclasses.asdict(self.sampling),
+            "recipe": self.recipe,
+        }
+        if self.base_model is not None:
+            data["base_model"] = self.base_model
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelInfo:
+        """Inverse of `to_dict`; also reads version 1 (its "sample" section).
+
+        Raises:
+            ValueError: an unknown version, a missing key or a bad value (see `read_info`
+                for the error naming the file).
+        """
+        version = data.get("format", 1)  # the first folders had no version key
+        if version not in _READABLE:
+            raise ValueError(
+                f"unknown format version {version!r} (this diffuse reads versions "
+                f"{', '.join(map(str, _READABLE))}); upgrade diffuse to load it"
+            )
+        process = data["process"]
+        kind = process["kind"]
+        if kind not in PROCESSES:
+            raise ValueError(f"process kind must be one of {sorted(PROCESSES)}, got {kind!r}")
+        # Version 1 kept the whole [sample] recipe section (grid seeds and prompts too).
+        stored = data.get("sampling" if version >= 2 else "sample") or {}
+        known = {f.name for f in dataclasses.fields(SamplingDefaults)}
+        sampling = {k: v for k, v in stored.items() if k in known}
+        if "steps" in sampling:
+            sampling["steps"] = int(sampling["steps"])
+        if "guidance" in sampling:
+            sampling["guidance"] = float(sampling["guidance"])
+        return cls(
+            process=ProcessConfig(
+                kind=kind,
+                parametrization=data["parametrization"],
+                sigma_data=float(data["sigma_data"]),
+                options=process_options(kind, process.get("options") or {}),
+            ),
+            channels=int(data["channels"]),
+            image_size=int(data["image_size"]),
+            class_names=tuple(data.get("class_names") or ()),
+            null_label=int(data.get("null_label", -1)),
+            text_encoder=str(data.get("text_encoder") or ""),
+            codec=str(data.get("codec") or ""),
+            sampling=SamplingDefaults(**sampling),
+            recipe=data.get("recipe"),
+            base_model=data.get("base_model"),
+            format=int(version),
+        )
+
+
+def resolve_model_folder(folder: str | os.PathLike) -> Path:
+    """The model folder itself, or the `model/` folder of a training run folder.
+
+    Args:
+        folder: a model folder or a run folder written by `diffuse train`.
+    Returns:
+        The folder that holds diffusion.json.
+    Raises:
+        MissingModelFileError: neither holds one (a FileNotFoundError; the path looked at).
+    """
+    folder = Path(folder)
+    if (folder / INFO_FILE).is_file():
+        return folder
+    if (folder / "model" / INFO_FILE).is_file():
+        return folder / "model"
+    raise MissingModelFileError(
+        f"{folder} holds no trained model ({INFO_FILE} missing); pass the run folder or "
+        "its model/ folder written by `diffuse train`"
+    )
+
+
+def read_info(folder: str | os.PathLike) -> ModelInfo:
+    """Read a model folder's diffusion.json (any readable version).
+
+    Args:
+        folder: a model folder or a training run folder.
+    Returns:
+        The typed info.
+    Raises:
+        MissingModelFileError: no diffusion.json there.
+        ModelFileError: a damaged file or an unknown version (naming the file and the fault).
+    """
+    path = resolve_model_folder(folder) / INFO_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"{path} is damaged: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(
+            f"{path} is damaged: expected a JSON object, got {type(data).__name__}"
+        )
+    try:
+        return ModelInfo.from_dict(data)
+    except KeyError as err:
+        raise ModelFileError(f"{path} is damaged: missing key {err}") from None
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ModelFileError(f"{path}: {err}") from None
+
+
+def save_model(
+    folder: str | os.PathLike,
+    net: nn.Module,
+    info: ModelInfo,
+    codec_source: str | os.PathLike | None = None,
+) -> Path:
+    """Write a complete model folder, replacing any old one in a single rename.
+
+    The network (`nets.io.save_network`), diffusion.json and a copy of the codec folder go into
+    a temporary folder next to `folder`, which is then swapped into place, so `folder` is always
+    either the old model or the whole new one.
+
+    Args:
+        folder: destination model folder.
+        net: the network to ship (a UNet or DiT; the trainer passes its EMA copy).
+        info: what to record; its `codec` is set to CODEC_FOLDER when `codec_source` is given.
+        codec_source: the VAE folder of a latent model (copied into the model), else None.
+    Returns:
+        The folder path.
+    Raises:
+        ValueError: `info` names a codec but no `codec_source` is given.
+    """
+    folder = Path(folder)
+    if codec_source is not None:
+        info = dataclasses.replace(info, codec=info.codec or CODEC_FOLDER)
+    elif info.codec:
+        raise ValueError(f"info names the codec folder {info.codec!r} but no codec_source given")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        save_network(net, tmp)
+        if codec_source is not None:
+            shutil.copytree(codec_source, tmp / info.codec)
+        atomic_write_text(tmp / INFO_FILE, json.dumps(info.to_dict(), indent=2) + "\n")
+        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+        if folder.exists():
+            os.rename(folder, old)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def provenance(folder: str | os.PathLike) -> dict[str, Any]:
+    """Provenance of a fine-tuned model's start: the folder, the sha256 of its weights, its
+    recipe and, in turn, its own base model (so the whole chain of recipes stays on record even
+    after the base folder is overwritten).
+
+    Args:
+        folder: the model folder fine-tuning started from.
+    Returns:
+        {"path", "weights_sha256", "recipe"?, "base_model"?} as JSON-ready values.
+    """
+    folder = Path(folder)
+    record: dict[str, Any] = {"path": str(folder)}
+    record["weights_sha256"] = file_sha256(folder / WEIGHTS_FILE)
+    if (folder / INFO_FILE).is_file():
+        info = read_info(folder)
+        record["recipe"] = info.recipe
+        if info.base_model is not None:
+            record["base_model"] = info.base_model
+    return record
+
+
+@dataclass
+class TrainedModel:
+    """A loaded model: its denoiser, its codec and what it was trained on.
+
+    The denoiser makes `shape` tensors (latents of the codec); `decode` turns them into images.
+    Pixel-space models have the identity codec, so callers never branch on "latent or not".
+    """
+
+    denoiser: Denoiser
+    info: ModelInfo
+    codec: Codec  # IdentityCodec (pixel space) or a VAE
+    folder: Path  # the model folder it was loaded from
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes the model is conditioned on (index = label)."""
+        return list(self.info.class_names)
+
+    @property
+    def null_label(self) -> int:
+        """The network's "no class" index, the unconditional input of guidance."""
+        return self.info.null_label
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the denoiser makes (latent or image)."""
+        return self.info.shape
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the model is conditioned on (0: unconditional)."""
+        return len(self.info.class_names)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the decoded images."""
+        return self.shape[-1] * self.codec.downsample
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images [B, C, H, W] in [-1, 1] (clamped) from what the denoiser made."""
+        return self.codec.decode(latents).clamp(-1, 1)
+
+
+def _load_codec(folder: Path, info: ModelInfo) -> Codec:
+    """The model's codec: the VAE in the subfolder `info.codec` names, else the identity;
+    checked against the latent shape the network makes."""
+    if not info.codec:
+        return IdentityCodec(info.channels)
+    codec = load_vae(folder / info.codec)
+    made = codec.latent_shape(info.image_size * codec.downsample)
+    if tuple(made) != info.shape:
+        raise ModelFileError(
+            f"{folder}: the network makes latents {info.shape} but the codec {info.codec!r} "
+            f"encodes to {tuple(made)} (latent channels {codec.channels}, factor "
+            f"{codec.downsample})"
+        )
+    return codec.eval().requires_grad_(False)
+
+
+def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedModel:
+    """Load a model folder, or the `model/` folder inside a training run folder.
+
+    Args:
+        folder: the model folder or run folder.
+        device: where the network and the codec go.
+    Returns:
+        The model, frozen, in eval mode.
+    Raises:
+        MissingModelFileError: no model there, or one of its files is missing (a
+            FileNotFoundError too; the path in the message).
+        ModelFileError: a damaged, empty or truncated file, an unknown format version, or a
+            codec that does not match the network (a ValueError naming the file).
+    """
+    folder = resolve_model_folder(folder)
+    info = read_info(folder)
+    try:
+        process = build_process(info.process)
+    except ConfigError as err:
+        raise ModelFileError(f"{folder / INFO_FILE}: {err}") from None
+    codec = _load_codec(folder, info)
+    net = load_network(folder).to(device).eval().requires_grad_(False)
+    denoiser = Denoiser(
+        net, process, info.process.parametrization, sigma_data=info.process.sigma_data
+    )
+    return TrainedModel(denoiser, info, codec.to(device), folder)

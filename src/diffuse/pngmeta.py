@@ -7,12 +7,12 @@ so `diffuse generate --from-png FILE` can reproduce it exactly.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
+
+from diffuse.io import atomic_path
 
 KEY = "diffuse"
 
@@ -36,14 +36,8 @@ def save_png(image: Image.Image, path: str | Path, params: dict[str, Any], overw
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     info.add_text(KEY, json.dumps(params, sort_keys=True))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "xb") as handle:
+        image.save(handle, format="PNG", pnginfo=info)
     return path
 
 

@@ -11,6 +11,7 @@ import torch
 from diffuse.cli import main
 from diffuse.metrics import evaluate as ev
 from diffuse.metrics.classifier import Classifier, ClassifierConfig
+from diffuse.model_folder import SamplingDefaults
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def test_eval_model_samples_through_the_pipeline(tiny_world, monkeypatch, capsys
         shape=(1, 8, 8),
         num_classes=10,
         null_label=10,
-        info={"sample": {"steps": 3}},
+        info=SimpleNamespace(sampling=SamplingDefaults(steps=3, guidance=1.5)),
         decode=lambda x: x,  # pixel space: the identity codec
     )
 
@@ -86,7 +87,7 @@ def test_eval_model_samples_through_the_pipeline(tiny_world, monkeypatch, capsys
     assert images.shape == (25, 8, 8, 1) and images.dtype == np.uint8
     np.testing.assert_array_equal(labels, np.arange(25) % 10)
     assert [c[0][0] for c in calls] == [100, 110, 120] and calls[-1][0][-1] == 124
-    assert all(c[2] == 3 and c[3] == 1.0 for c in calls)  # the model's saved step count
+    assert all(c[2] == 3 and c[3] == 1.5 for c in calls)  # the model's saved defaults
     assert images[9, 0, 0, 0] == 255 and images[10, 0, 0, 0] == 0
     assert main(["eval", "--model", "x", "--dataset", "mnist", "-n", "20", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 20

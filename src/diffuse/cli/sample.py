@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from diffuse.pipelines.sample import generate, load_trained, save_grid
 
     model = load_trained(args.model, device=args.device)
-    defaults = model.info.get("sample", {})
+    defaults = model.info.sampling  # model_folder.SamplingDefaults
     seeds = parse_seeds(args.seeds) if args.seeds else list(range(args.n))
     if not seeds:
         raise CliError("no seeds given")
@@ -67,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
         labels = [cycle[i % len(cycle)] for i in range(len(seeds))]
     elif args.classes:
         raise CliError("this model is unconditional; --class does not apply")
-    guidance = args.guidance if args.guidance is not None else float(defaults.get("guidance", 1))
+    guidance = args.guidance if args.guidance is not None else defaults.guidance
     if guidance < 0:
         raise CliError(f"--guidance must be >= 0, got {guidance}")
-    steps = args.steps if args.steps is not None else int(defaults.get("steps", 25))
+    steps = args.steps if args.steps is not None else defaults.steps
     if steps < 1:
         raise CliError(f"--steps must be >= 1, got {steps}")
-    sampler = args.sampler or defaults.get("sampler", "dpmpp_2m")
-    schedule = args.schedule or defaults.get("schedule", "karras")
+    sampler = args.sampler or defaults.sampler
+    schedule = args.schedule or defaults.schedule
     try:
         images = generate(
             model.denoiser,

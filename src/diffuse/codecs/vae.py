@@ -16,16 +16,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from diffuse.io import (
+    MissingModelFileError,
+    ModelFileError,
+    atomic_path,
+    atomic_write_text,
+    load_safetensors,
+)
 from diffuse.nets.layers import SelfAttention, batch_invariant
+
+VAE_WEIGHTS_FILE = "vae.safetensors"
+VAE_CONFIG_FILE = "vae.json"  # config and latent statistics
 
 
 @dataclass(frozen=True)
@@ -340,52 +349,55 @@ def _blend_ramp(length: int, ramp: int, dtype: torch.dtype, device: torch.device
 
 
 def save_vae(vae: VAE, folder: str | Path) -> Path:
-    """Write `vae.safetensors` and `vae.json` (config + latent stats) into `folder`, atomically."""
-    from safetensors.torch import save_file
+    """Write `vae.safetensors` and `vae.json` (config + latent stats) into `folder`, atomically.
 
+    Args:
+        vae: the autoencoder.
+        folder: destination (created if needed; other files in it are left alone).
+    Returns:
+        The folder path.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
     meta = {"kind": "vae", "config": asdict(vae.cfg), "stats": asdict(vae.stats())}
-    for name, write in (
-        ("vae.safetensors", lambda path: save_file(state, path)),
-        ("vae.json", lambda path: Path(path).write_text(json.dumps(meta, indent=2))),
-    ):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, folder / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    with atomic_path(folder / VAE_WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    atomic_write_text(folder / VAE_CONFIG_FILE, json.dumps(meta, indent=2))
     return folder
 
 
 def load_vae(folder: str | Path) -> VAE:
-    """Load a VAE written by `save_vae`; clear errors for missing or damaged files."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Load a VAE written by `save_vae`.
 
+    Args:
+        folder: the folder holding vae.json and vae.safetensors.
+    Returns:
+        The VAE in eval mode, with `source` set to `folder`.
+    Raises:
+        MissingModelFileError: a file is missing (a FileNotFoundError too; with the path).
+        ModelFileError: a damaged, empty, truncated or mismatched file (a ValueError naming the
+            file and what is wrong).
+    """
     folder = Path(folder)
-    meta_path, weights = folder / "vae.json", folder / "vae.safetensors"
+    meta_path, weights = folder / VAE_CONFIG_FILE, folder / VAE_WEIGHTS_FILE
     for path in (meta_path, weights):
         if not path.is_file():
-            raise FileNotFoundError(f"VAE file missing: {path}")
+            raise MissingModelFileError(f"VAE file missing: {path}")
     try:
         meta = json.loads(meta_path.read_text())
         cfg = VAEConfig(**meta["config"])
         stats = LatentStats(**meta["stats"])
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{meta_path} is damaged: {err}") from None
+        raise ModelFileError(f"{meta_path} is damaged: {err}") from None
     vae = VAE(cfg, stats)
+    state = load_safetensors(weights)
     try:
-        state = load_file(weights)
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{weights} is not a readable safetensors file: {err}") from None
-    missing, unexpected = vae.load_state_dict(state, strict=False)
+        missing, unexpected = vae.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ModelFileError(f"{weights} does not match its config: {err}") from None
     if missing or unexpected:
-        raise ValueError(
+        raise ModelFileError(
             f"{weights} does not match its config: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )

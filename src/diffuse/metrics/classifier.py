@@ -16,13 +16,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
+
+from diffuse.io import atomic_path, atomic_write_text, load_safetensors
 
 __all__ = [
     "ClassifierConfig",
@@ -192,8 +194,6 @@ def save_classifier(
         dtype: storage dtype of floating-point tensors; fp16 halves the shipped files and
             changes held-out accuracy by less than its noise (loading casts back to fp32).
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -203,22 +203,9 @@ def save_classifier(
         if not k.endswith("num_batches_tracked")
     }
     doc = {"config": model.config.to_dict(), "training": metadata or {}}
-    for target, write in (
-        (path, lambda p: save_file(state, p)),
-        (
-            path.with_suffix(".json"),
-            lambda p: Path(p).write_text(json.dumps(doc, indent=2) + "\n"),
-        ),
-    ):
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped assets must be world-readable
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(doc, indent=2) + "\n")
 
 
 def load_classifier(
@@ -238,9 +225,8 @@ def load_classifier(
         FileNotFoundError: the weights or the config are missing (the message says how to make
             them).
         ValueError: an unknown dataset name.
+        ModelFileError: an empty, truncated or damaged weights file (named in the message).
     """
-    from safetensors.torch import load_file
-
     name = str(dataset_or_path)
     if name in CLASSIFIER_DATASETS:
         path = classifier_dir() / f"{name}.safetensors"
@@ -261,7 +247,7 @@ def load_classifier(
     doc = json.loads(cfg_path.read_text())
     config = ClassifierConfig.from_dict(doc["config"])
     model = Classifier(config)
-    state = load_file(str(path))
+    state = load_safetensors(path)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     expected = {k: v for k, v in expected.items() if not k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(state))

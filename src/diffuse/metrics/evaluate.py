@@ -332,9 +332,9 @@ def sample_model_for_eval(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     model = load_trained(model_dir, device=device)
-    defaults = model.info.get("sample", {})
-    steps = int(defaults.get("steps", 25)) if steps is None else steps
-    guidance = float(defaults.get("guidance", 1.0)) if guidance is None else guidance
+    defaults = model.info.sampling  # model_folder.SamplingDefaults
+    steps = defaults.steps if steps is None else steps
+    guidance = defaults.guidance if guidance is None else guidance
     labels = balanced_labels(n, model.num_classes) if model.num_classes else None
     chunks = []
     for start in range(0, n, batch_size):
@@ -345,8 +345,8 @@ def sample_model_for_eval(
             range(seed + start, seed + stop),
             labels=None if labels is None else labels[start:stop].tolist(),
             null_label=model.null_label,
-            sampler=defaults.get("sampler", "dpmpp_2m"),
-            schedule=defaults.get("schedule", "karras"),
+            sampler=defaults.sampler,
+            schedule=defaults.schedule,
             steps=steps,
             guidance=guidance if labels is not None else 1.0,
             device=device,

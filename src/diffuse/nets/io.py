@@ -10,13 +10,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from diffuse.io import (
+    MissingModelFileError,
+    ModelFileError,
+    atomic_path,
+    atomic_write_text,
+    load_safetensors,
+)
 from diffuse.nets.dit import DiT, DiTConfig
 from diffuse.nets.unet import UNet, UNetConfig
 
@@ -66,17 +72,6 @@ def config_from_dict(data: dict) -> UNetConfig | DiTConfig:
     return cls(**fields)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call write(tmp_path), then rename the temporary file over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_network(net: nn.Module, folder: str | os.PathLike) -> Path:
     """Write a network's weights and config into `folder` (created if needed; other files in it
     are left alone).
@@ -87,18 +82,14 @@ def save_network(net: nn.Module, folder: str | os.PathLike) -> Path:
     Returns:
         The folder path.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = config_to_dict(net.config)
     # safetensors needs dense, unshared tensors; channels_last weights are stored contiguous.
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    _atomic_write(
-        folder / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"kind": meta["kind"]})
-    )
-    text = json.dumps(meta, indent=2) + "\n"
-    _atomic_write(folder / CONFIG_FILE, lambda p: p.write_text(text))
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"kind": meta["kind"]})
+    atomic_write_text(folder / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return folder
 
 
@@ -111,28 +102,27 @@ def load_network(folder: str | os.PathLike, *, device: str | torch.device = "cpu
     Returns:
         The network in eval mode.
     Raises:
-        FileNotFoundError: a file is missing (with the path).
-        ValueError: a damaged or incompatible config or weights file.
+        MissingModelFileError: a file is missing (a FileNotFoundError too; with the path).
+        ModelFileError: a damaged, truncated or incompatible config or weights file (a
+            ValueError naming the file and what is wrong).
     """
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for path in (cfg_path, w_path):
         if not path.is_file():
-            raise FileNotFoundError(f"no {path.name} in {folder}")
+            raise MissingModelFileError(f"no {path.name} in {folder}")
     try:
         config = config_from_dict(json.loads(cfg_path.read_text()))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"{cfg_path} is damaged: {err}") from None
+    except (ValueError, TypeError, AttributeError) as err:  # bad JSON, fields or values
+        raise ModelFileError(f"{cfg_path} is damaged: {err}") from None
     net = UNet(config) if isinstance(config, UNetConfig) else DiT(config)
-    state = load_file(str(w_path), device=str(device))
+    state = load_safetensors(w_path, device)
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
-        raise ValueError(f"{w_path} does not match its config: {err}") from None
+        raise ModelFileError(f"{w_path} does not match its config: {err}") from None
     if missing or unexpected:
-        raise ValueError(
+        raise ModelFileError(
             f"{w_path} does not match its config: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )

@@ -1,9 +1,9 @@
 """Sampling a trained class-conditional (or unconditional) pixel model: grids by seed.
 
-A trained model folder (what `diffuse train` leaves in RUN/model/) holds the network
-(`nets.io.save_network`) and `diffusion.json` (process, parametrization, classes). This module
-loads it and runs a sampler from `diffuse.samplers`, with classifier-free guidance from
-`diffuse.guidance`; it adds no sampling logic of its own.
+A trained model folder (what `diffuse train` leaves in RUN/model/) is loaded by
+`diffuse.model_folder.load_model` (`load_trained` here is the same function). This module runs
+a sampler from `diffuse.samplers` on it, with classifier-free guidance from `diffuse.guidance`;
+it adds no sampling logic of its own.
 
     model = load_trained("runs/mnist/model")
     images = generate(model.denoiser, model.shape, seeds=range(16), labels=[7] * 16,
@@ -13,10 +13,8 @@ loads it and runs a sampler from `diffuse.samplers`, with classifier-free guidan
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,110 +22,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffuse.config import ProcessConfig, process_options
 from diffuse.denoiser import Cond, Denoiser
 from diffuse.guidance import cfg as guided
 from diffuse.guidance import expand_cond
-from diffuse.model_folder import INFO_FILE
+from diffuse.model_folder import TrainedModel, load_model
 from diffuse.nets.layers import invariant_batch_size, pad_batch
 from diffuse.samplers.base import Callback
 
 __all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid", "to_uint8"]
 
-MODEL_INFO = INFO_FILE  # a model folder's process, classes and provenance
-
-
-@dataclass
-class TrainedModel:
-    """A loaded model: its denoiser, its codec and what it was trained on.
-
-    The denoiser makes `shape` tensors (latents of the codec); `decode` turns them into images.
-    Pixel-space models have the identity codec, so callers never branch on "latent or not".
-    """
-
-    denoiser: Denoiser
-    class_names: list[str]
-    null_label: int
-    shape: tuple[int, int, int]  # (C, H, W) of what the denoiser makes (latent or image)
-    info: dict[str, Any]
-    codec: Any  # IdentityCodec (pixel space) or a VAE
-
-    @property
-    def num_classes(self) -> int:
-        """Classes the model is conditioned on (0: unconditional)."""
-        return len(self.class_names)
-
-    @property
-    def image_size(self) -> int:
-        """Side of the decoded images."""
-        return self.shape[-1] * self.codec.downsample
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """Images [B, C, H, W] in [-1, 1] (clamped) from what the denoiser made."""
-        return self.codec.decode(latents).clamp(-1, 1)
-
-
-def load_trained(folder: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """Load a model folder, or the `model/` folder inside a training run folder.
-
-    Raises:
-        FileNotFoundError: no model (with the path looked at).
-        ValueError: a damaged diffusion.json.
-    """
-    from diffuse.nets.io import load_network
-    from diffuse.training.model import build_process
-
-    folder = Path(folder)
-    if not (folder / MODEL_INFO).is_file() and (folder / "model" / MODEL_INFO).is_file():
-        folder = folder / "model"
-    info_path = folder / MODEL_INFO
-    if not info_path.is_file():
-        raise FileNotFoundError(
-            f"{folder} holds no trained model ({MODEL_INFO} missing); pass the run folder or "
-            "its model/ folder written by `diffuse train`"
-        )
-    try:
-        info = json.loads(info_path.read_text())
-        process_cfg = ProcessConfig(
-            kind=info["process"]["kind"],
-            parametrization=info["parametrization"],
-            sigma_data=float(info["sigma_data"]),
-            options=process_options(info["process"]["kind"], info["process"].get("options", {})),
-        )
-        shape = (int(info["channels"]), int(info["image_size"]), int(info["image_size"]))
-        class_names = [str(c) for c in info.get("class_names", [])]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{info_path} is damaged: {err}") from None
-    codec = _load_codec(folder, info, shape)
-    net = load_network(folder).to(device).eval().requires_grad_(False)
-    denoiser = Denoiser(
-        net,
-        build_process(process_cfg),
-        process_cfg.parametrization,
-        sigma_data=process_cfg.sigma_data,
-    )
-    null_label = int(info.get("null_label", len(class_names)))
-    return TrainedModel(denoiser, class_names, null_label, shape, info, codec.to(device))
-
-
-def _load_codec(folder: Path, info: dict[str, Any], shape: tuple[int, int, int]) -> Any:
-    """The model's codec: the VAE in the subfolder diffusion.json's "codec" names, else the
-    identity; checked against the latent shape the network makes."""
-    from diffuse.codecs.identity import IdentityCodec
-    from diffuse.codecs.vae import load_vae
-
-    name = info.get("codec", "")
-    if not name:
-        return IdentityCodec(shape[0])
-    codec = load_vae(folder / name)
-    made = codec.latent_shape(shape[-1] * codec.downsample)
-    if tuple(made) != tuple(shape):
-        raise ValueError(
-            f"{folder}: the network makes latents {tuple(shape)} but the codec {name!r} "
-            f"encodes to {tuple(made)} (latent channels {codec.channels}, factor "
-            f"{codec.downsample})"
-        )
-    return codec.eval().requires_grad_(False)
+# Loading lives with the folder format; these names stay for existing callers.
+load_trained = load_model
 
 
 def _rows(cond: Cond, start: int, stop: int, padded: int) -> Cond:

@@ -23,6 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffuse.codecs.base import PromptEncoder
+from diffuse.codecs.text_encoder import TextEncoder
+from diffuse.io import file_sha256
+from diffuse.model_folder import WEIGHTS_FILE, TrainedModel, load_model
 from diffuse.pipelines.call_conventions import (
     OUTPUT_TYPES,
     GenerationOutput,
@@ -32,8 +36,9 @@ from diffuse.pipelines.call_conventions import (
     seeds_from_generators,
     to_pil,
 )
-from diffuse.pipelines.sample import TrainedModel, generate, load_trained
+from diffuse.pipelines.sample import generate
 from diffuse.samplers.base import Callback, StepInfo
+from diffuse.samplers.registry import get_sampler, get_schedule
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -84,28 +89,32 @@ class GenerationParams:
 
 
 def weights_hash(folder: Path) -> str:
-    """The first 12 hex digits of the sha256 of the model's weights file."""
-    from diffuse.training.checkpoint import file_sha256
+    """The first 12 hex digits of the sha256 of the model's weights file.
 
-    return file_sha256(folder / "model.safetensors")[:12]
+    Args:
+        folder: the model folder.
+    Returns:
+        12 hex digits.
+    """
+    return file_sha256(folder / WEIGHTS_FILE)[:12]
 
 
 class TextToImagePipeline:
     """A text-conditioned model with its text encoder; call it with a prompt.
 
     Args:
-        model: the loaded model folder (`pipelines.sample.load_trained`).
-        encoder: the frozen text encoder named in its diffusion.json.
+        model: the loaded model folder (`model_folder.load_model`).
+        encoder: the frozen text encoder named in its diffusion.json (a `PromptEncoder`).
         name: the model's name (folder name), recorded in PNG metadata.
         model_hash: see `weights_hash`.
     """
 
     def __init__(
-        self, model: TrainedModel, encoder: Any, name: str, model_hash: str, device: str
+        self, model: TrainedModel, encoder: PromptEncoder, name: str, model_hash: str, device: str
     ) -> None:
         self.model, self.encoder, self.name, self.model_hash = model, encoder, name, model_hash
         self.device = device
-        self.defaults = dict(model.info.get("sample", {}))
+        self.defaults = model.info.sampling  # what an unset sampler, steps, guidance... become
 
     @property
     def size(self) -> int:
@@ -126,8 +135,6 @@ class TextToImagePipeline:
         size: int | None = None,
     ) -> GenerationParams:
         """Check a request and fill in the model's defaults (ValueError naming a bad value)."""
-        from diffuse.samplers.registry import get_sampler, get_schedule
-
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise ValueError("prompt and negative prompt must be strings")
         if seeds is None:
@@ -142,14 +149,14 @@ class TextToImagePipeline:
             raise ValueError("give at least one seed")
         if any(not 0 <= s < 2**63 for s in seeds):
             raise ValueError(f"seeds must be in [0, 2**63), got {list(seeds)}")
-        sampler = sampler or self.defaults.get("sampler", "dpmpp_2m")
-        schedule = schedule or self.defaults.get("schedule", "karras")
+        sampler = sampler or self.defaults.sampler
+        schedule = schedule or self.defaults.schedule
         get_sampler(sampler)  # unknown names raise, listing the valid ones
         get_schedule(schedule)
-        steps = int(self.defaults.get("steps", 25) if steps is None else steps)
+        steps = int(self.defaults.steps if steps is None else steps)
         if not 1 <= steps <= 1000:
             raise ValueError(f"steps must be in 1..1000, got {steps}")
-        guidance = float(self.defaults.get("guidance", 4.0) if guidance is None else guidance)
+        guidance = float(self.defaults.guidance if guidance is None else guidance)
         if not math.isfinite(guidance) or guidance < 0:
             raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
         size = self.size if size is None else int(size)
@@ -358,15 +365,16 @@ def load_pipeline(
         model: model folder or run folder written by `diffuse train`; None = the bundled model.
         device: where the network and the encoder run.
         text_encoder: override the encoder named in the model (a local folder or package).
+    Returns:
+        The pipeline.
     Raises:
-        FileNotFoundError: no model there.
-        ValueError: the model is not text-conditioned.
+        FileNotFoundError: no model there (a `model_folder.MissingModelFileError`).
+        ValueError: the model is not text-conditioned; a damaged model file
+            (`model_folder.ModelFileError`, naming the file).
     """
-    from diffuse.codecs.text_encoder import TextEncoder
-
     folder = Path(model) if model is not None else default_model_dir()
-    trained = load_trained(folder, device=device)
-    name = trained.info.get("text_encoder", "")
+    trained = load_model(folder, device=device)
+    name = trained.info.text_encoder
     if not name and text_encoder is None:
         raise ValueError(
             f"{folder} is not a text-to-image model (its diffusion.json names no text encoder); "
@@ -374,7 +382,7 @@ def load_pipeline(
         )
     source = text_encoder if text_encoder is not None else (None if name == "default" else name)
     encoder = TextEncoder(source, device=device)
-    root = folder if (folder / "model.safetensors").is_file() else folder / "model"
+    root = trained.folder
     label = DEFAULT_MODEL if model is None else root.resolve().name
     if label == "model":  # a run folder's model/: name it after the run
         label = root.resolve().parent.name

@@ -7,6 +7,7 @@ from diffuse.processes.vp import CosineVP, DiscreteVP
 
 __all__ = [
     "EDM",
+    "PROCESSES",
     "VE",
     "CosineVP",
     "DiscreteVP",
@@ -17,3 +18,13 @@ __all__ = [
     "resolution_shift",
     "shift_time",
 ]
+
+# The closed set of processes a recipe or a saved model may name, by its `process.kind` (a
+# table of classes, not a string lookup of arbitrary globals).
+PROCESSES: dict[str, type[NoiseProcess]] = {
+    "edm": EDM,
+    "cosine_vp": CosineVP,
+    "discrete_vp": DiscreteVP,
+    "ve": VE,
+    "rectified_flow": RectifiedFlow,
+}

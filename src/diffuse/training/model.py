@@ -3,53 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any
 
 import torch
 from torch import nn
 
-from diffuse.config import ConfigError, ModelConfig, ProcessConfig
-from diffuse.processes import EDM, VE, CosineVP, DiscreteVP, NoiseProcess, RectifiedFlow
+from diffuse.config import ConfigError, ModelConfig
+
+# Building a process from its config moved to model_folder (pipelines use it too); re-exported.
+from diffuse.model_folder import PROCESSES, build_process, check_options
 
 __all__ = ["PROCESSES", "build_network", "build_process", "param_groups", "preset"]
-
-# The closed set of processes a recipe may name (a table of classes, not a string lookup of
-# arbitrary globals).
-PROCESSES: dict[str, type[NoiseProcess]] = {
-    "edm": EDM,
-    "cosine_vp": CosineVP,
-    "discrete_vp": DiscreteVP,
-    "ve": VE,
-    "rectified_flow": RectifiedFlow,
-}
-
-
-def _check_options(
-    cls: type, options: dict[str, Any], where: str, reserved: tuple[str, ...] = ()
-) -> None:
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in options:
-        if key in reserved:
-            raise ConfigError(f"{where}.{key} is set from the data; remove it")
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"unknown key {where}.{key!r} for {cls.__name__}{hint}; valid: {', '.join(names)}"
-            )
-
-
-def build_process(cfg: ProcessConfig) -> NoiseProcess:
-    """The noise process of a [process] section, with its `options` checked."""
-    cls = PROCESSES[cfg.kind]
-    options = dataclasses.asdict(cfg.options)  # typed per kind, checked when the recipe is read
-    if cfg.kind == "edm":
-        options.setdefault("sigma_data", cfg.sigma_data)
-    try:
-        return cls(**options)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"process.options {cfg.options}: {err}") from None
 
 
 def preset(name: str) -> Any:
@@ -92,7 +56,7 @@ def build_network(
         if "context_dim" not in names:
             raise ConfigError(f"model.text_encoder: {cfg.preset!r} takes no text conditioning")
         data_fields.update(context_dim=context_dim, pooled_dim=pooled_dim)
-    _check_options(type(base), cfg.overrides, "model.overrides", tuple(data_fields))
+    check_options(type(base), cfg.overrides, "model.overrides", tuple(data_fields))
     fields = {k: v for k, v in data_fields.items() if k in names}
     if "out_channels" in names:
         fields["out_channels"] = in_channels
