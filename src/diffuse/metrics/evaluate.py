@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffuse.metrics.classifier import Classifier, load_classifier
-from diffuse.metrics.frechet import feature_stats, frechet_distance
-from diffuse.metrics.kid import kid
-from diffuse.training.data import (
+from diffuse.data_files import (
     HELDOUT_SEED,
     HELDOUT_SIZE,
     heldout_indices,
     missing_data_message,
     shared_data_dir,
 )
+from diffuse.metrics.classifier import Classifier, load_classifier
+from diffuse.metrics.frechet import feature_stats, frechet_distance
+from diffuse.metrics.kid import kid
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def load_split(name: str, root: str | os.PathLike | None = None) -> DatasetSplit
 
     Args:
         name: one of `DATASET_FILES`.
-        root: folder of the archives; defaults to `diffuse.training.data.shared_data_dir()`
+        root: folder of the archives; defaults to `diffuse.data_files.shared_data_dir()`
             ($DIFFUSE_DATA, else ../shared/data beside the repository root).
 
     Raises:

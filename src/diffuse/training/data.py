@@ -28,6 +28,13 @@ import torch
 from torch import Tensor
 
 from diffuse.config import DataConfig
+from diffuse.data_files import (
+    heldout_indices,
+    missing_data_message,
+    resolve_data_path,
+    shared_data_dir,
+    shared_data_file,
+)
 from diffuse.training.counter_rng import mix_seeds
 
 logger = logging.getLogger(__name__)
@@ -51,86 +58,10 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-SHARED_PREFIX = "shared:"
 
 
 class DataError(ValueError):
     """Missing, corrupt or unusable training data."""
-
-
-# --------------------------------------------------------------------------------------------
-# The shared data folder
-# --------------------------------------------------------------------------------------------
-
-
-def shared_data_dir() -> Path:
-    """The shared data folder: $DIFFUSE_DATA, else ../shared/data beside the repository root.
-
-    This is the one place that decides where tests, benchmarks and recipes find the shared
-    datasets (see shared/data/README.md).
-    """
-    env = os.environ.get("DIFFUSE_DATA")
-    if env:
-        return Path(env).expanduser()
-    repo_root = Path(__file__).resolve().parents[3]  # src/diffuse/training/data.py -> repo
-    return repo_root.parent / "shared" / "data"
-
-
-# The archives `diffuse data` makes from the official distributions: file name -> the command
-# (without its output) that writes it. Recipes name them as `shared:NAME`.
-STANDARD_ARCHIVES: dict[str, str] = {
-    "mnist-train.npz": "diffuse data mnist MNIST_FOLDER",
-    "mnist-test.npz": "diffuse data mnist MNIST_FOLDER --split test",
-    "fashion-mnist-train.npz": "diffuse data fashion-mnist FASHION_MNIST_FOLDER",
-    "fashion-mnist-test.npz": "diffuse data fashion-mnist FASHION_MNIST_FOLDER --split test",
-    "cifar10-train.npz": "diffuse data cifar10 cifar-10-binary.tar.gz",
-    "cifar10-test.npz": "diffuse data cifar10 cifar-10-binary.tar.gz --split test",
-}
-
-
-def missing_data_message(path: str | Path, shared: bool = True) -> str:
-    """The error text for a dataset archive that is not there: where it was looked for and
-    the `diffuse data` command that makes it.
-
-    Args:
-        path: the archive looked for.
-        shared: it was looked for in the shared data folder ($DIFFUSE_DATA), not at a path
-            the user gave.
-    Returns:
-        One message, e.g. "data file /x/mnist-train.npz not found (...); make it with: ...".
-    """
-    path = Path(path)
-    make = STANDARD_ARCHIVES.get(path.name, "diffuse data folder IMAGE_FOLDER")
-    if shared:
-        env = os.environ.get("DIFFUSE_DATA")
-        origin = f"$DIFFUSE_DATA={env}" if env else "$DIFFUSE_DATA is unset, so ../shared/data"
-        where = f" (looked in {path.parent}: {origin}; set DIFFUSE_DATA to the folder holding it)"
-    else:
-        where = f" (looked in {path.parent}; the shared datasets are found through $DIFFUSE_DATA)"
-    return (
-        f"data file {path} not found{where}; make it from the official files with: "
-        f"{make} --out {path} (see README, Training data)"
-    )
-
-
-def shared_data_file(name: str) -> Path:
-    """Path of `name` inside `shared_data_dir()`.
-
-    Raises:
-        FileNotFoundError: absent; the message names the folder, $DIFFUSE_DATA and the
-            `diffuse data` command that makes the file.
-    """
-    path = shared_data_dir() / name
-    if not path.is_file():
-        raise FileNotFoundError(missing_data_message(path))
-    return path
-
-
-def resolve_data_path(path: str) -> Path:
-    """A recipe's data path: 'shared:NAME' is looked up in the shared folder, else as given."""
-    if path.startswith(SHARED_PREFIX):
-        return shared_data_file(path[len(SHARED_PREFIX) :])
-    return Path(path).expanduser()
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,31 +76,6 @@ class Example:
     image: np.ndarray
     label: int = -1
     caption: str | None = None
-
-
-# The held-out rule, one for every dataset (training excludes exactly what evaluation uses):
-# permute range(N) with numpy's default_rng(HELDOUT_SEED), hold out the LAST `heldout` indices.
-# A permutation, not the plain tail, because Fashion-MNIST and CIFAR-10 are stored sorted by class.
-HELDOUT_SEED = 0
-HELDOUT_SIZE = 5000
-
-
-def heldout_indices(
-    n: int, heldout: int = HELDOUT_SIZE, seed: int = HELDOUT_SEED
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split `range(n)` into (train, held-out) index arrays by the rule above.
-
-    Args:
-        n: dataset size.
-        heldout: size of the held-out part.
-        seed: seed of the permutation.
-    Returns:
-        (train_idx [n - heldout], heldout_idx [heldout]) int64 arrays, in permuted order.
-    """
-    if not 0 < heldout < n:
-        raise ValueError(f"heldout={heldout} must be in (0, n={n})")
-    perm = np.random.default_rng(seed).permutation(n)
-    return perm[: n - heldout], perm[n - heldout :]
 
 
 class NpzDataset:
