@@ -52,7 +52,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def output_paths(output: str, seeds: tuple[int, ...], grid: bool) -> list[Path]:
-    """Where the images go: `output` itself for one image or a grid, else STEM-SEED.png each."""
+    """Where the images go: `output` itself for one image or a grid, else STEM-SEED.png each.
+
+    Args:
+        output: the -o value, a .png path.
+        seeds: the seeds, one image each.
+        grid: one grid image instead of one file per seed.
+    Returns:
+        the paths to write, in seed order.
+    """
     path = Path(output)
     if path.suffix.lower() != ".png":
         raise ValueError(f"output must be a .png file, got {output!r}")
