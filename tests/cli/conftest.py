@@ -43,8 +43,8 @@ steps = 2
 """
 
 
-@pytest.fixture(scope="session")
-def _session_one_thread() -> Iterator[None]:
+@pytest.fixture(scope="package")
+def _one_thread_here() -> Iterator[None]:
     """Tiny networks in this process run on one thread (see tests/conftest.py, one_thread)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -52,8 +52,8 @@ def _session_one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def t2i_run(tmp_path_factory, _session_one_thread) -> Path:
+@pytest.fixture(scope="package")
+def t2i_run(tmp_path_factory, _one_thread_here) -> Path:
     """A run folder holding a one-step text-to-image model trained on Shapes captions (the real
     recipe, configs/shapes-t2i.toml, shrunk)."""
     out = tmp_path_factory.mktemp("t2i") / "run"
@@ -62,7 +62,7 @@ def t2i_run(tmp_path_factory, _session_one_thread) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def class_recipe(tmp_path_factory) -> Path:
     """The tiny class-conditional recipe as a TOML file."""
     path = tmp_path_factory.mktemp("recipe") / "tiny-classes.toml"
@@ -70,8 +70,8 @@ def class_recipe(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def class_run(tmp_path_factory, class_recipe, _session_one_thread) -> Path:
+@pytest.fixture(scope="package")
+def class_run(tmp_path_factory, class_recipe, _one_thread_here) -> Path:
     """A run folder holding the tiny class-conditional model."""
     out = tmp_path_factory.mktemp("classes") / "run"
     assert main(["train", str(class_recipe), "--out", str(out), "--no-progress"]) == 0
