@@ -1,5 +1,6 @@
 """Text-encoder adapter: MiniLM default, tiny CLIP and T5 folders, caching, truncation, freezing."""
 
+import logging
 import shutil
 import sys
 import warnings
@@ -122,14 +123,18 @@ def test_cache_is_lru_and_bounded(minilm, monkeypatch):
     assert not minilm._cache
 
 
-def test_long_prompts_are_truncated_with_a_warning(minilm):
+def test_long_prompts_are_truncated_with_a_logged_warning(minilm, caplog):
     prompt = "word " * 300
-    with pytest.warns(UserWarning, match="302 tokens truncated to the encoder limit of 256"):
+    with caplog.at_level(logging.WARNING, logger="diffuse"):
         enc = minilm.encode([prompt])
     assert enc.context.shape[1] == 256
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "302 tokens truncated to the encoder limit of 256" in caplog.records[0].getMessage()
+    caplog.clear()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        minilm.encode(["a star within the limit"])  # no warning
+        warnings.simplefilter("error")  # a logged warning, never a Python warning
+        minilm.encode(["a star within the limit"])
+    assert not caplog.records  # no warning
 
 
 def test_encoder_is_frozen_but_outputs_feed_training(minilm):

@@ -243,6 +243,7 @@ def test_model_folder_and_sample_cli(tmp_path, capsys):
     again = tmp_path / "again.png"
     assert main([*args[:-1], str(again)]) == 0
     assert Image.open(out).tobytes() == Image.open(again).tobytes()  # same seeds, same images
+    out = tmp_path / "new.png"  # sample refuses an existing file before anything else
     assert main(["sample", "--model", str(tmp_path / "run"), "--class", "9", "-o", str(out)]) == 2
     assert "not a class of this model" in capsys.readouterr().err
     assert main(["sample", "--model", str(tmp_path), "-o", str(out)]) == 2

@@ -2,6 +2,13 @@
 
 A command module parses and prints; the work is done by library code, so Python users get the
 same behaviour. The library never imports this package.
+
+Imports are at module top, in every command module too. Measured before choosing (2-core CPU,
+median of 5, CPU seconds of `python -m diffuse ...`): `--help` 2.50 s with the commands'
+library imports deferred into their functions, 2.77 s with them at top; `info unet-s` 5.07 s vs
+5.20 s. Deferring saves little because torch (2.29 s alone) is imported on every path anyway:
+the `generate` help lists the Shapes vocabulary (diffuse.shapes imports torch) and `eval` offers
+the dataset names of diffuse.metrics.
 """
 
 from __future__ import annotations

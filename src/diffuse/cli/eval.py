@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 
 from diffuse.cli.arguments import CliError
+from diffuse.metrics import evaluate as ev
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Register `diffuse eval`: FD, KID and class accuracy in the project's classifier features."""
-    from diffuse.metrics.evaluate import DATASET_FILES
-
     p = sub.add_parser(
         "eval",
         help="score a model's samples against a dataset's held-out images",
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--samples", metavar="NPZ", help="saved samples: uint8 NHWC 'images', optional 'labels'"
     )
-    p.add_argument("--dataset", required=True, choices=list(DATASET_FILES))
+    p.add_argument("--dataset", required=True, choices=list(ev.DATASET_FILES))
     p.add_argument(
         "-n", type=int, default=None, help="samples (default 10000, or all of --samples)"
     )
@@ -39,11 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import logging
-
-    from diffuse.metrics import evaluate as ev
-
+    """`diffuse eval`: sample (or read) images, score them, print a table or JSON."""
     if args.n is not None and args.n < 2:
         raise CliError(f"-n must be at least 2, got {args.n}")
     split = ev.load_split(args.dataset)  # a missing archive fails now, not after sampling

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from diffuse.cli.arguments import parse_seeds
+from diffuse.cli.arguments import (
+    add_seeds_option,
+    check_outputs,
+    parse_seeds,
+    print_warning,
+    progress_bar,
+    warning_lines,
+)
+from diffuse.pipelines.sample import save_grid
+from diffuse.pipelines.text_to_image import TextToImagePipeline, load_pipeline, to_pil
+from diffuse.pngmeta import read_params, save_png
+from diffuse.shapes import vocabulary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,8 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
         help="generate images from a text prompt",
-        description="Generate images from a prompt with the bundled default model (or --model). "
+        description="Generate images from a prompt with the bundled default model (or --model).\n"
         "Every PNG carries its generation parameters; --from-png FILE reproduces it exactly.",
+        epilog=vocabulary.describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the epilog's lines
     )
     p.add_argument("prompt", nargs="?", help='the prompt ("" for an unconditional image)')
     p.add_argument("-n", type=int, default=None, help="number of images (default 1)")
@@ -26,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=0, help="first seed (then seed+1, ...)")
-    seeds.add_argument("--seeds", default=None, metavar="S,S,...", help="explicit seeds")
+    add_seeds_option(seeds)
     p.add_argument("--model", default=None, metavar="DIR", help="model folder (default: bundled)")
     p.add_argument("--size", type=int, default=None, help="image side (the model's own)")
     p.add_argument("-o", "--output", default="out.png", help="output PNG (default out.png)")
@@ -40,7 +52,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def output_paths(output: str, seeds: tuple[int, ...], grid: bool) -> list[Path]:
-    """Where the images go: `output` itself for one image or a grid, else STEM-SEED.png each."""
+    """Where the images go: `output` itself for one image or a grid, else STEM-SEED.png each.
+
+    Args:
+        output: the -o value, a .png path.
+        seeds: the seeds, one image each.
+        grid: one grid image instead of one file per seed.
+    Returns:
+        the paths to write, in seed order.
+    """
     path = Path(output)
     if path.suffix.lower() != ".png":
         raise ValueError(f"output must be a .png file, got {output!r}")
@@ -52,8 +72,6 @@ def output_paths(output: str, seeds: tuple[int, ...], grid: bool) -> list[Path]:
 def _request(args: argparse.Namespace) -> dict:
     """The generation request from the command line, or from --from-png (flags given still
     override nothing there: the PNG's parameters are reproduced as they are)."""
-    from diffuse.pngmeta import read_params
-
     if args.from_png:
         stored = read_params(args.from_png)
         try:
@@ -77,11 +95,8 @@ def _request(args: argparse.Namespace) -> dict:
         }
     if args.prompt is None:
         raise ValueError('give a PROMPT (use "" for an unconditional image) or --from-png FILE')
-    if args.seeds is not None:
-        try:
-            seeds = parse_seeds([args.seeds])
-        except ValueError as err:
-            raise ValueError(f"--seeds {args.seeds!r}: {err}") from None
+    seeds = parse_seeds(args.seeds)
+    if seeds is not None:
         if args.n is not None and args.n != len(seeds):
             raise ValueError(f"-n {args.n} does not match the {len(seeds)} --seeds")
     else:
@@ -104,12 +119,32 @@ def _request(args: argparse.Namespace) -> dict:
     }
 
 
+def warn_unknown_words(pipe: TextToImagePipeline, prompts: list[str]) -> None:
+    """One warning line naming the prompt words a Shapes-caption model never saw (other
+    models: nothing is known about their vocabulary, so nothing is said).
+
+    Args:
+        pipe: the loaded pipeline (its model info records the training recipe).
+        prompts: the prompt and the negative prompt.
+    """
+    if not vocabulary.trained_on_shapes_captions(pipe.model.info.recipe):
+        return
+    unknown = vocabulary.unknown_words(" ".join(prompts))
+    if unknown:
+        plural = "s" if len(unknown) > 1 else ""
+        names = ", ".join(repr(w) for w in unknown)
+        print_warning(
+            "generate", f"the model never saw the word{plural} {names}; {vocabulary.summary()}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """`diffuse generate`: prompt -> PNG(s) carrying their generation parameters."""
-    from diffuse.pipelines.sample import save_grid
-    from diffuse.pipelines.text_to_image import load_pipeline, to_pil
-    from diffuse.pngmeta import save_png
+    with warning_lines("generate"):  # the library's warnings (e.g. a truncated prompt)
+        return _run(args)
 
+
+def _run(args: argparse.Namespace) -> int:
     request = _request(args)
     grid, nrow, wanted_hash = request.pop("grid"), request.pop("nrow"), request.pop("model_hash")
     repeated = sorted({s for s in request["seeds"] if request["seeds"].count(s) > 1})
@@ -118,10 +153,7 @@ def run(args: argparse.Namespace) -> int:
     if nrow is not None and nrow < 1:
         raise ValueError(f"--nrow must be >= 1, got {nrow}")
     paths = output_paths(args.output, tuple(request["seeds"]), grid)
-    if not args.overwrite:  # refuse before any work, so nothing is half written
-        taken = [str(p) for p in paths if p.exists()]
-        if taken:
-            raise FileExistsError(f"{', '.join(taken)} exists; pass --overwrite to replace it")
+    check_outputs(paths, args.overwrite)  # before any work, so nothing is half written
     pipe = load_pipeline(args.model, device=args.device)
     if wanted_hash and wanted_hash != pipe.model_hash:
         raise ValueError(
@@ -129,17 +161,9 @@ def run(args: argparse.Namespace) -> int:
             f"{pipe.name!r} has {pipe.model_hash}; pass that model with --model"
         )
     params = pipe.params(**request)
-    bar = None
-    if not args.no_progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=params.steps, unit="step", desc="generate", file=sys.stderr)
-    callback = (lambda info: bar.update(1)) if bar is not None else None  # noqa: E731
-    try:
+    warn_unknown_words(pipe, [params.prompt, params.negative_prompt])
+    with progress_bar(params.steps, "generate", not args.no_progress) as callback:
         images = pipe.generate(params, callback=callback)
-    finally:
-        if bar is not None:
-            bar.close()
     if grid:
         nrow = nrow or max(1, round(len(params.seeds) ** 0.5))
         meta = params.for_seed(params.seeds[0]) | {

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 
+from diffuse import nets
 from diffuse.cli.arguments import CliError
+from diffuse.nets.flops import network_info
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,11 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from diffuse import nets
-    from diffuse.nets.flops import network_info
-
+    """`diffuse info`: print the preset's size and cost (a table, or JSON with --json)."""
     for name in ("size", "channels", "batch"):
         value = getattr(args, name)
         if value is not None and value < 1:

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
-from diffuse.cli.arguments import CliError, parse_seeds
+from diffuse.cli.arguments import (
+    CliError,
+    add_seeds_option,
+    check_outputs,
+    parse_seeds,
+    progress_bar,
+    warning_lines,
+)
+from diffuse.pipelines.sample import generate, load_trained, save_grid
+
+# Images per sampler call (results do not depend on it); the progress bar counts its batches.
+BATCH_SIZE = 64
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="class index or name (repeatable; default: cycle through all classes)",
     )
     p.add_argument("-n", type=int, default=16, help="number of images (default 16)")
-    p.add_argument(
-        "--seeds", nargs="+", metavar="S", help="seeds, e.g. 0 1 2 or 0-15 (default: 0 .. n-1)"
-    )
+    add_seeds_option(p, several_words=True)
     p.add_argument("--sampler", help="sampler name (default: the recipe's)")
     p.add_argument("--schedule", help="schedule name (default: the recipe's)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the recipe's)")
@@ -34,22 +45,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nrow", type=int, help="images per grid row")
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--output", default="samples.png", help="output PNG (default samples.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """`diffuse sample`: a PNG grid from a trained model."""
-    import math
+    with warning_lines("sample"):
+        return _run(args)
 
-    from diffuse.pipelines.sample import generate, load_trained, save_grid
 
-    model = load_trained(args.model, device=args.device)
-    defaults = model.info.sampling  # model_folder.SamplingDefaults
-    seeds = parse_seeds(args.seeds) if args.seeds else list(range(args.n))
-    if not seeds:
-        raise CliError("no seeds given")
+def _run(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        raise CliError(f"output must be a .png file, got {args.output!r}")
     if args.n < 1:
         raise CliError(f"-n must be >= 1, got {args.n}")
+    seeds = parse_seeds(args.seeds) or list(range(args.n))
+    check_outputs([output], args.overwrite)  # before the model loads and anything is sampled
+    model = load_trained(args.model, device=args.device)
+    defaults = model.info.sampling  # model_folder.SamplingDefaults
     labels = None
     if model.num_classes:
         wanted = []
@@ -75,19 +91,23 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--steps must be >= 1, got {steps}")
     sampler = args.sampler or defaults.sampler
     schedule = args.schedule or defaults.schedule
+    batches = math.ceil(len(seeds) / BATCH_SIZE)
     try:
-        images = generate(
-            model.denoiser,
-            model.shape,
-            seeds,
-            labels=labels,
-            null_label=model.null_label,
-            sampler=sampler,
-            schedule=schedule,
-            steps=steps,
-            guidance=guidance if labels is not None else 1.0,
-            device=args.device,
-        )
+        with progress_bar(steps * batches, "sample", not args.no_progress) as callback:
+            images = generate(
+                model.denoiser,
+                model.shape,
+                seeds,
+                labels=labels,
+                null_label=model.null_label,
+                sampler=sampler,
+                schedule=schedule,
+                steps=steps,
+                guidance=guidance if labels is not None else 1.0,
+                device=args.device,
+                batch_size=BATCH_SIZE,
+                callback=callback,
+            )
     except KeyError as err:
         raise CliError(f"unknown sampler or schedule: {err}") from None
     nrow = args.nrow or (len(seeds) if len(seeds) <= 10 else math.ceil(math.sqrt(len(seeds))))
@@ -100,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         "steps": steps,
         "guidance": guidance,
     }
-    path = save_grid(model.decode(images), args.output, nrow=nrow, params=params)
+    path = save_grid(
+        model.decode(images), output, nrow=nrow, params=params, overwrite=args.overwrite
+    )
     print(f"wrote {len(seeds)} samples to {path}")
     return 0

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -320,10 +319,13 @@ class TextEncoder:
         lengths = [len(ids) for ids in self.tokenizer(prompts, verbose=False)["input_ids"]]
         for prompt, n in zip(prompts, lengths):
             if n > self.max_length:
-                warnings.warn(
-                    f"prompt of {n} tokens truncated to the encoder limit of {self.max_length} "
-                    f"tokens: {prompt[:60]!r}...",
-                    stacklevel=3,
+                # A logged warning: the CLI shows it as one line, a library user's logging
+                # configuration decides where it goes.
+                logger.warning(
+                    "prompt of %d tokens truncated to the encoder limit of %d tokens: %r...",
+                    n,
+                    self.max_length,
+                    prompt[:60],
                 )
         batch = self.tokenizer(
             prompts,
