@@ -110,7 +110,7 @@ def test_text_run_writes_cache_and_a_text_model_folder(run):
     info = json.loads((run / "model" / "diffusion.json").read_text())
     assert info["text_encoder"] == "default"
     assert info["class_names"] == [] and info["image_size"] == 32 and info["channels"] == 3
-    assert info["sample"]["prompts"]  # the recipe's sample prompts travel with the model
+    assert info["recipe"]["sample"]["prompts"]  # the sample prompts travel with the model
     net = json.loads((run / "model" / "config.json").read_text())["config"]
     assert net["context_dim"] == 384 and net["pooled_dim"] == 384 and net["num_classes"] == 0
 

@@ -19,12 +19,12 @@ from diffuse.codecs.text_encoder import TextEncoder
 from diffuse.codecs.vae import VAE
 from diffuse.config import ConfigError, TrainConfig, to_dict
 from diffuse.denoiser import Denoiser
+from diffuse.model_folder import provenance
 from diffuse.processes import NoiseProcess
 from diffuse.training import dist
 from diffuse.training.captions import CaptionBank
 from diffuse.training.data import BatchOrder, TrainData, build_dataset
 from diffuse.training.ema import EMA
-from diffuse.training.export import base_model_record
 from diffuse.training.inputs import load_codec, load_init_weights, load_text_encoder
 from diffuse.training.model import build_process, count_parameters, param_groups
 from diffuse.training.replica import Replica
@@ -167,7 +167,7 @@ def assemble(cfg: TrainConfig, out: Path, info: dist.DistInfo, inputs: Inputs) -
         "class_names": data.class_names if inputs.num_classes else [],
     }
     if cfg.train.init:
-        config_record["base_model"] = base_model_record(Path(cfg.train.init).expanduser())
+        config_record["base_model"] = provenance(Path(cfg.train.init).expanduser())
     per_rank = o.batch_size // info.world_size
     logger.info(
         "network %s: %.2fM parameters; %d images; %d ranks x %d images/step",
