@@ -60,9 +60,9 @@ _NO_LIMIT = int(1e30)
 _TOKENIZER_CLASSES = (None, "BertTokenizer", "BertTokenizerFast")
 # Hugging Face name pieces -> ours. Layer i: "encoder.layer.{i}." -> "layers.{i}.".
 _EMBEDDING_NAMES = {
-    "embeddings.word_embeddings.": "embeddings.word.",
-    "embeddings.position_embeddings.": "embeddings.position.",
-    "embeddings.token_type_embeddings.": "embeddings.token_type.",
+    "embeddings.word_embeddings.weight": "embeddings.word",
+    "embeddings.position_embeddings.weight": "embeddings.position",
+    "embeddings.token_type_embeddings.weight": "embeddings.token_type",
     "embeddings.LayerNorm.": "embeddings.norm.",
 }
 _LAYER_NAMES = {
@@ -248,43 +248,48 @@ class BertOutput:
 
 
 class BertEmbeddings(nn.Module):
-    """Token ids -> LayerNorm(word + token type 0 + absolute position) embeddings."""
+    """Token ids -> LayerNorm(word + token type 0 + absolute position) embeddings.
 
-    def __init__(self, config: BertConfig) -> None:
+    The three tables are plain [rows, D] parameters, created empty: they only ever hold loaded
+    weights (and nn.Embedding's random init on the meta device imports torch._dynamo, ~2 s).
+    """
+
+    def __init__(self, config: BertConfig, device: torch.device | str | None = None) -> None:
         super().__init__()
-        self.word = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        d = config.hidden_size
+        self.word = nn.Parameter(torch.empty(config.vocab_size, d, device=device))
+        self.position = nn.Parameter(torch.empty(config.max_position_embeddings, d, device=device))
+        self.token_type = nn.Parameter(torch.empty(config.type_vocab_size, d, device=device))
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps, device=device)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """Args: input_ids [B, L] int64. Returns: [B, L, D]."""
         length = input_ids.shape[1]
         # Single-segment input: every token has type 0. Sum in transformers' order
         # ((word + type) + position) so the float results are identical.
-        x = self.word(input_ids) + self.token_type.weight[0]  # [B, L, D]
-        x = x + self.position.weight[:length]  # [L, D] broadcast over B
+        x = F.embedding(input_ids, self.word) + self.token_type[0]  # [B, L, D]
+        x = x + self.position[:length]  # [L, D] broadcast over B
         return self.norm(x)
 
 
 class BertLayer(nn.Module):
     """One post-norm transformer layer: x = LN(x + attn(x)); x = LN(x + ff(x))."""
 
-    def __init__(self, config: BertConfig) -> None:
+    def __init__(self, config: BertConfig, device: torch.device | str | None = None) -> None:
         super().__init__()
-        d = config.hidden_size
+        d, eps = config.hidden_size, config.layer_norm_eps
         self.heads = config.num_attention_heads
         self.head_dim = d // self.heads
         # Separate q/k/v projections (not one fused matmul) keep outputs bitwise equal to the
         # checkpoint's reference implementation.
-        self.query = nn.Linear(d, d)
-        self.key = nn.Linear(d, d)
-        self.value = nn.Linear(d, d)
-        self.attn_out = nn.Linear(d, d)
-        self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.ff_in = nn.Linear(d, config.intermediate_size)
-        self.ff_out = nn.Linear(config.intermediate_size, d)
-        self.ff_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.query = nn.Linear(d, d, device=device)
+        self.key = nn.Linear(d, d, device=device)
+        self.value = nn.Linear(d, d, device=device)
+        self.attn_out = nn.Linear(d, d, device=device)
+        self.attn_norm = nn.LayerNorm(d, eps=eps, device=device)
+        self.ff_in = nn.Linear(d, config.intermediate_size, device=device)
+        self.ff_out = nn.Linear(config.intermediate_size, d, device=device)
+        self.ff_norm = nn.LayerNorm(d, eps=eps, device=device)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
         """Args: x [B, L, D]; attn_mask [B, 1, L, L] bool (True = attend) or None (no padding).
@@ -309,16 +314,20 @@ class BertEncoder(nn.Module):
 
     Args:
         config: sizes (see `BertConfig`).
+        device: where the parameters are created ("meta": shapes only, for loading weights by
+            assignment without a random initialisation).
 
     Attributes:
         config: the config, as `TextEncoder` reads `hidden_size` / `max_position_embeddings`.
     """
 
-    def __init__(self, config: BertConfig) -> None:
+    def __init__(self, config: BertConfig, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.config = config
-        self.embeddings = BertEmbeddings(config)
-        self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.embeddings = BertEmbeddings(config, device)
+        self.layers = nn.ModuleList(
+            BertLayer(config, device) for _ in range(config.num_hidden_layers)
+        )
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> BertOutput:
         """Encode token ids.
@@ -400,9 +409,10 @@ def load_bert(folder: str | Path) -> BertEncoder:
     bad_dtypes = sorted({str(t.dtype) for t in state.values() if t.dtype != torch.float32})
     if bad_dtypes:
         raise ValueError(f"{path}: weights stored as {bad_dtypes}, expected float32")
-    # Built on the meta device and filled by assignment: no time spent on a random init.
-    with torch.device("meta"):
-        model = BertEncoder(config)
+    # Built on the meta device and filled by assignment: no time spent on a random init. The
+    # device is passed to each layer: a `with torch.device("meta")` block imports torch._dynamo
+    # (~2 s on a 2-core CPU, as much as the transformers import this module avoids).
+    model = BertEncoder(config, device="meta")
     expected = {name: p.shape for name, p in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
