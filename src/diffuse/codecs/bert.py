@@ -312,6 +312,9 @@ class BertLayer(nn.Module):
 class BertEncoder(nn.Module):
     """A BERT encoder (Devlin et al. 2019, "BERT", section 3): embeddings, then N layers.
 
+    Made to run loaded weights: the embedding tables start uninitialised, so build it with
+    `load_bert` rather than training one from scratch.
+
     Args:
         config: sizes (see `BertConfig`).
         device: where the parameters are created ("meta": shapes only, for loading weights by
