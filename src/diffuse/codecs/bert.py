@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from tokenizers import Tokenizer, normalizers
 from torch import Tensor, nn
 
 __all__ = [
@@ -457,12 +458,6 @@ class BertTokenizer:
     """
 
     def __init__(self, folder: str | Path) -> None:
-        try:
-            from tokenizers import Tokenizer, normalizers
-        except ImportError as error:  # optional: only text-conditioned models need it
-            raise ImportError(
-                "the BERT tokenizer needs the `tokenizers` package: pip install tokenizers"
-            ) from error
         folder = Path(folder)
         path = folder / TOKENIZER_FILE
         try:
