@@ -1,0 +1,32 @@
+"""Reading and writing the diffusers folder layout (model_index.json, unet/, vae/,
+text_encoder/, tokenizer/, scheduler/, safetensors weights).
+
+Each diffusers component is mapped onto a diffuse network, codec or process by renaming and
+reshaping its weights (no diffusers module runs here, and diffusers is not imported):
+
+    folder.py      finding components, configs and weights files; the supported classes
+    weights.py     the one renaming/reshaping routine both directions use
+    unet.py        UNet2DModel and UNet2DConditionModel <-> `nets.unet.UNet`
+    dit.py         DiTTransformer2DModel <-> `nets.dit.DiT`
+    autoencoder.py AutoencoderKL <-> `codecs.autoencoder_kl.AutoencoderKL`
+    scheduler.py   scheduler configs <-> a diffuse process, parametrisation and schedule
+    pipeline.py    a whole folder -> `ImportedModel`; a diffuse network -> a diffusers folder
+"""
+
+from diffuse.interop.folder import (
+    SUPPORTED_CLASSES,
+    UnsupportedModelError,
+    is_diffusers_folder,
+    weights_digest,
+)
+# from diffuse.interop.pipeline import ImportedModel, export_diffusers, import_diffusers
+
+__all__ = [
+    "SUPPORTED_CLASSES",
+    "ImportedModel",
+    "UnsupportedModelError",
+    "export_diffusers",
+    "import_diffusers",
+    "is_diffusers_folder",
+    "weights_digest",
+]
