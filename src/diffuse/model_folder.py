@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from diffuse.codecs.base import Codec
 from diffuse.codecs.identity import IdentityCodec
-from diffuse.codecs.vae import load_vae
+from diffuse.codecs.codec_folder import load_codec
 from diffuse.config import ConfigError, ProcessConfig, TrainConfig, process_options, to_dict
 from diffuse.denoiser import Denoiser, Parametrization
 from diffuse.io import MissingModelFileError, ModelFileError, atomic_write_text, file_sha256
@@ -456,7 +456,7 @@ def _load_codec(folder: Path, info: ModelInfo) -> Codec:
     checked against the latent shape the network makes."""
     if not info.codec:
         return IdentityCodec(info.channels)
-    codec = load_vae(folder / info.codec)
+    codec = load_codec(folder / info.codec)
     made = codec.latent_shape(info.image_size * codec.downsample)
     if tuple(made) != info.shape:
         raise ModelFileError(
