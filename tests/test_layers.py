@@ -54,7 +54,9 @@ LAYERS: dict[str, frozenset[str]] = {
             "shapes",
         }
     ),
-    "foundation": frozenset({"model_folder", "config", "io", "pngmeta", "data_files"}),
+    "foundation": frozenset(
+        {"model_folder", "interop", "config", "io", "pngmeta", "data_files"}
+    ),
     "tasks": frozenset({"pipelines", "training", "metrics"}),
     "front": frozenset({"cli", "server", "__main__"}),
     "root": frozenset({"__init__"}),

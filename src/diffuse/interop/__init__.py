@@ -19,7 +19,7 @@ from diffuse.interop.folder import (
     is_diffusers_folder,
     weights_digest,
 )
-# from diffuse.interop.pipeline import ImportedModel, export_diffusers, import_diffusers
+from diffuse.interop.pipeline import ImportedModel, export_diffusers, import_diffusers
 
 __all__ = [
     "SUPPORTED_CLASSES",
