@@ -37,7 +37,7 @@ def tiny_tokenizer() -> transformers.CLIPTokenizer:
 def tiny_text_encoder(vocab_size: int) -> transformers.CLIPTextModel:
     config = transformers.CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
+        hidden_size=16,
         intermediate_size=37,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -50,17 +50,18 @@ def tiny_text_encoder(vocab_size: int) -> transformers.CLIPTextModel:
 
 
 def tiny_sd_unet(linear_projection: bool = False) -> diffusers.UNet2DConditionModel:
-    """SD-1.x-shaped: cross-attention at the two upper levels, a plain lowest level."""
+    """SD-1.x-shaped: cross-attention at the upper level and in the middle, a plain lowest
+    level (SD 2.x-shaped with linear projections and a constant head width)."""
     return diffusers.UNet2DConditionModel(
         sample_size=LATENT,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(32, 64, 64),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4, 4) if linear_projection else 2,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=(2, 4) if linear_projection else 2,
         norm_num_groups=8,
         use_linear_projection=linear_projection,
     ).eval()

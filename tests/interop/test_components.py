@@ -23,11 +23,11 @@ def test_sd_unet_matches(fixture, request):
     folder = request.getfixturevalue(fixture)
     theirs = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet").eval()
     ours = import_diffusers(folder).net
-    assert ours.config.transformer_depth == 1 and ours.config.context_dim == 32
+    assert ours.config.transformer_depth == 1 and ours.config.context_dim == 16
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 8, 8, generator=g)
     t = torch.tensor([981.0, 21.0])
-    context = torch.randn(2, 77, 32, generator=g)
+    context = torch.randn(2, 77, 16, generator=g)
     with torch.no_grad():
         _close(ours(x, t, context=context), theirs(x, t, encoder_hidden_states=context).sample)
 
