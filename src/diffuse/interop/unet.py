@@ -208,8 +208,7 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> dict[str, Any]:
             "this U-Net has no diffusers counterpart: " + "; ".join(reasons)
         )
     widths = [cfg.base_channels * m for m in cfg.channel_mult]
-    heads = [cfg.heads_for(w) for w in widths]
-    head_dims = {w // h for w, h in zip(widths, heads)}
+    head_dims = {c // cfg.heads_for(c) for c in cfg.attention_channels()} or {widths[0]}
     if len(head_dims) != 1:
         raise UnsupportedModelError(
             f"this U-Net has no diffusers counterpart: head widths {sorted(head_dims)} differ "
