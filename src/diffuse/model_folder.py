@@ -544,14 +544,17 @@ def import_diffusers_folder(
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} exists; pass --overwrite to replace it")
     imported = import_diffusers(source)
-    text = imported.text_encoder is not None
+    text, classes = imported.text_encoder is not None, bool(imported.class_names)
     info = ModelInfo(
         process=imported.process,
         channels=imported.channels,
         image_size=imported.image_size,
+        class_names=imported.class_names,
         text_encoder=TEXT_FOLDER if text else "",
         text_padding=imported.text_padding,
-        sampling=SamplingDefaults(imported.sampler, imported.schedule, 50, 7.5 if text else 1.0),
+        sampling=SamplingDefaults(
+            imported.sampler, imported.schedule, 50, 7.5 if text else (4.0 if classes else 1.0)
+        ),
         base_model={
             "path": str(source),
             "format": "diffusers",

@@ -152,3 +152,27 @@ def ddpm_folder(tmp_path_factory) -> Path:
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     diffusers.DDPMPipeline(unet=tiny_unet2d(), scheduler=scheduler).save_pretrained(folder)
     return folder
+
+
+def tiny_dit(tie_embedders: bool = True) -> diffusers.DiTTransformer2DModel:
+    """Class-conditional DiT with a learned-sigma output, as DiT-XL/2 is laid out. A converted
+    DiT checkpoint holds the same timestep/class embedder in every block: tied here too."""
+    torch.manual_seed(2)
+    model = diffusers.DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=LATENT,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+    ).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # adaLN-Zero starts at zero: make every path count
+            p.add_(0.05 * torch.randn_like(p))
+        if tie_embedders:
+            first = model.transformer_blocks[0].norm1.emb
+            for block in model.transformer_blocks[1:]:
+                block.norm1.emb.load_state_dict(first.state_dict())
+    return model

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diffuse.interop import UnsupportedModelError
 from diffuse.interop.folder import find_components
 from diffuse.interop.pipeline import import_codec, import_diffusers, import_network
-from tests.interop.conftest import diffusers, tiny_unet2d
+from tests.interop.conftest import diffusers, tiny_dit, tiny_unet2d
 
 TOL = 1e-5
 
@@ -91,3 +92,22 @@ def test_text_encoder_matches_pipeline_prompt_embeddings(sd_folder):
     ours = load_pipeline(sd_folder).conditioning(["a red cat"])
     assert set(ours) == {"context", "context_mask"} and bool(ours["context_mask"].all())
     _close(ours["context"], theirs)
+
+
+def test_dit_matches(tmp_path):
+    model = tiny_dit()
+    model.save_pretrained(tmp_path / "transformer")
+    ours = import_diffusers(tmp_path / "transformer").net
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([999.0, 500.0, 1.0])
+    labels = torch.tensor([0, 7, 10])  # 10: the null class of classifier-free guidance
+    with torch.no_grad():
+        theirs = model(x, t, class_labels=labels).sample[:, :4]  # the eps half of learned sigma
+        _close(ours(x, t, class_labels=labels), theirs)
+
+
+def test_dit_with_differing_block_embedders_is_refused(tmp_path):
+    tiny_dit(tie_embedders=False).save_pretrained(tmp_path / "transformer")
+    with pytest.raises(UnsupportedModelError, match="embedder differs"):
+        import_diffusers(tmp_path / "transformer")

@@ -16,15 +16,17 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.torch import save_file
-from torch import nn
+from torch import Tensor, nn
 
 from diffuse.codecs.autoencoder_kl import AutoencoderKL
 from diffuse.config import DiscreteVPOptions, ProcessConfig
 from diffuse.interop.autoencoder import autoencoder_config_from_diffusers, autoencoder_renames
+from diffuse.interop.dit import dit_config_from_diffusers, dit_renames, dit_state_from_diffusers
 from diffuse.interop.folder import (
     Component,
     UnsupportedModelError,
@@ -41,13 +43,14 @@ from diffuse.interop.scheduler import (
 from diffuse.interop.unet import unet_config_from_diffusers, unet_config_to_diffusers, unet_renames
 from diffuse.interop.weights import Rename, to_diffuse, to_diffusers
 from diffuse.io import MissingModelFileError, ModelFileError, atomic_write_text
+from diffuse.nets.dit import DiT
 from diffuse.nets.unet import UNet
 
 __all__ = ["ImportedModel", "export_diffusers", "import_codec", "import_diffusers"]
 
 logger = logging.getLogger(__name__)
 
-NETWORK_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
+NETWORK_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel")
 TEXT_ENCODER_CLASSES = ("CLIPTextModel", "T5EncoderModel")
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 # The version written into exported configs: the oldest diffusers whose loaders read them.
@@ -89,9 +92,21 @@ class ImportedModel:
         """Side of what the network makes (latents of a latent model)."""
         return self.net.config.image_size
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class indices as names ("0", "1", ...) of a class-conditional network."""
+        return tuple(str(i) for i in range(self.net.config.num_classes))
 
-def _load(net: nn.Module, renames: list[Rename], component: Component) -> nn.Module:
+
+def _load(
+    net: nn.Module,
+    renames: list[Rename],
+    component: Component,
+    arrange: Callable[[dict[str, Tensor], str], dict[str, Tensor]] | None = None,
+) -> nn.Module:
     state, path = read_weights(component)
+    if arrange is not None:
+        state = arrange(state, str(path))
     try:
         net.load_state_dict(to_diffuse(renames, state, str(path)))
     except RuntimeError as err:  # shape mismatches between the weights and config.json
@@ -103,19 +118,28 @@ def _load(net: nn.Module, renames: list[Rename], component: Component) -> nn.Mod
 
 
 def import_network(component: Component) -> nn.Module:
-    """The diffuse network of a UNet2DModel or UNet2DConditionModel component."""
+    """The diffuse network of a UNet2DModel, UNet2DConditionModel or DiTTransformer2DModel
+    component."""
     where = str(component.folder / "config.json")
     if component.class_name not in NETWORK_CLASSES:
         raise UnsupportedModelError(
             f"{component.folder}: {component.class_name} is not a denoiser network; supported: "
             f"{', '.join(NETWORK_CLASSES)}"
         )
+    config = read_config(component)
     try:
-        cfg, linear = unet_config_from_diffusers(
-            read_config(component), component.class_name, where
-        )
+        if component.class_name == "DiTTransformer2DModel":
+            dit = dit_config_from_diffusers(config, where)
+        else:
+            cfg, linear = unet_config_from_diffusers(config, component.class_name, where)
     except KeyError as err:
         raise ModelFileError(f"{where} is damaged: missing key {err}") from None
+    if component.class_name == "DiTTransformer2DModel":
+
+        def arrange(state: dict[str, Tensor], path: str) -> dict[str, Tensor]:
+            return dit_state_from_diffusers(dit, config, state, path)
+
+        return _load(DiT(dit), dit_renames(dit), component, arrange)
     return _load(UNet(cfg), unet_renames(cfg, linear), component)
 
 
