@@ -36,7 +36,6 @@ PROMPT = "a red cat"
 def build_folder(folder: Path, size: int) -> Path:
     """A small SD-shaped StableDiffusionPipeline folder with random weights."""
     import diffusers
-
     from tests.interop.conftest import tiny_text_encoder, tiny_tokenizer
 
     torch.manual_seed(0)

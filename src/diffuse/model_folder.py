@@ -36,10 +36,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffuse.codecs.base import Codec
-from diffuse.codecs.identity import IdentityCodec
 from diffuse.codecs.autoencoder_kl import save_codec
+from diffuse.codecs.base import Codec
 from diffuse.codecs.codec_folder import load_codec
+from diffuse.codecs.identity import IdentityCodec
 from diffuse.config import ConfigError, ProcessConfig, TrainConfig, process_options, to_dict
 from diffuse.denoiser import Denoiser, Parametrization
 from diffuse.interop import import_diffusers, is_diffusers_folder, weights_digest

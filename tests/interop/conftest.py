@@ -15,6 +15,12 @@ PROMPT = "a red cat"
 LATENT = 8  # latent side; the tiny VAE has factor 2, so images are 16 x 16
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread(one_thread):
+    """Tiny networks on a shared CPU: one thread (see tests/conftest.py)."""
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _conversion_cache(tmp_path, monkeypatch):
     """Converted diffusers folders go under the test's tmp_path, never ~/.cache."""

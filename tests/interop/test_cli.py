@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.interop.conftest import LATENT, PROMPT, diffusers
 
 from diffuse.cli import main
 from diffuse.guidance import classifier_free_guidance
 from diffuse.model_folder import INFO_FILE, cached_import, import_diffusers_folder, load_model
 from diffuse.pipelines.text_to_image import load_pipeline
 from diffuse.samplers.registry import SAMPLERS, get_sampler, get_schedule
-from tests.interop.conftest import LATENT, PROMPT, diffusers
 
 
 def test_convert_to_diffuse_and_generate(sd_folder, tmp_path):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.interop.conftest import diffusers, tiny_dit, tiny_unet2d
 
 from diffuse.interop import UnsupportedModelError
 from diffuse.interop.folder import find_components
 from diffuse.interop.pipeline import import_codec, import_diffusers, import_network
-from tests.interop.conftest import diffusers, tiny_dit, tiny_unet2d
 
 TOL = 1e-5
 

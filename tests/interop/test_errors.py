@@ -6,11 +6,11 @@ import json
 import shutil
 
 import pytest
+from tests.interop.conftest import tiny_unet2d
 
 from diffuse.interop import SUPPORTED_CLASSES, UnsupportedModelError, import_diffusers
 from diffuse.io import MissingModelFileError, ModelFileError
 from diffuse.model_folder import import_diffusers_folder, load_model
-from tests.interop.conftest import tiny_unet2d
 
 
 @pytest.fixture

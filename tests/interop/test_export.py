@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 import torch
+from tests.interop.conftest import diffusers
 
 from diffuse.config import DiscreteVPOptions, ProcessConfig
 from diffuse.interop import UnsupportedModelError, export_diffusers, import_diffusers
 from diffuse.nets.unet import UNet, unet_preset
-from tests.interop.conftest import diffusers
 
 VP = ProcessConfig(kind="discrete_vp", parametrization="v", options=DiscreteVPOptions())
 

@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from tests.interop.conftest import LATENT, PROMPT, diffusers
 
 from diffuse.guidance import classifier_free_guidance
 from diffuse.pipelines.text_to_image import load_pipeline
 from diffuse.samplers.registry import get_sampler, get_schedule
-from tests.interop.conftest import LATENT, PROMPT, diffusers
 
 STEPS, GUIDANCE = 20, 7.5
 

@@ -111,9 +111,7 @@ def _load(
         net.load_state_dict(to_diffuse(renames, state, str(path)))
     except RuntimeError as err:  # shape mismatches between the weights and config.json
         first = str(err).strip().splitlines()[1:2] or [str(err)]
-        raise ModelFileError(
-            f"{path} does not match its config.json: {first[0].strip()}"
-        ) from None
+        raise ModelFileError(f"{path} does not match its config.json: {first[0].strip()}") from None
     return net.eval().requires_grad_(False)
 
 

@@ -57,9 +57,7 @@ def module_renames(
     return out
 
 
-def to_diffuse(
-    renames: list[Rename], state: Mapping[str, Tensor], where: str
-) -> dict[str, Tensor]:
+def to_diffuse(renames: list[Rename], state: Mapping[str, Tensor], where: str) -> dict[str, Tensor]:
     """A diffusers state dict as diffuse's.
 
     Args:

@@ -204,9 +204,10 @@ def sinusoidal_embedding(
     used for diffusion time by DDPM and ADM).
 
     emb = [cos(s c f_0), ..., cos(s c f_{h-1}), sin(s c f_0), ..., sin(s c f_{h-1})] with
-    f_i = max_period^(-i/(h - freq_shift)), h = dim/2. With the default frequencies (1 down to 1e-4) both
-    c = 1000 t (or a DDPM index in [0, 999]) and c = ln(sigma)/4 in about [-2, 2] get distinct
-    features (EDM uses the latter with exactly these frequencies); `scale` stretches a small range.
+    f_i = max_period^(-i/(h - freq_shift)), h = dim/2. With the default frequencies (1 down to
+    1e-4) both c = 1000 t (or a DDPM index in [0, 999]) and c = ln(sigma)/4 in about [-2, 2] get
+    distinct features (EDM uses the latter with exactly these frequencies); `scale` stretches a
+    small range.
 
     Args:
         c_noise: (B,) noise level code, any float range.

@@ -15,7 +15,6 @@ from torch import Tensor
 
 from diffuse.processes.base import NoiseProcess, as_f64
 
-
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
