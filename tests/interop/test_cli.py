@@ -12,6 +12,8 @@ from diffuse.cli import main
 from diffuse.guidance import classifier_free_guidance
 from diffuse.model_folder import INFO_FILE, cached_import, import_diffusers_folder, load_model
 from diffuse.pipelines.text_to_image import load_pipeline
+from diffuse.samplers.fit import fit_schedule
+from diffuse.samplers.multistep import unipc
 from diffuse.samplers.registry import SAMPLERS, get_sampler, get_schedule
 
 
@@ -80,3 +82,21 @@ def test_every_sampler_runs_on_imported_sd(sd_pipeline, name):
         out = get_sampler(name)(denoise, x * float(levels[0]), levels)
         images = model.decode(out)
     assert images.shape == (1, 3, 2 * LATENT, 2 * LATENT) and bool(torch.isfinite(images).all())
+
+
+def test_schedule_can_be_fitted_on_imported_sd(sd_pipeline):
+    """The few-step schedule fit (`samplers.fit`) runs on an imported model like on any other."""
+    model = sd_pipeline.model
+    process = model.denoiser.process
+    denoise = classifier_free_guidance(
+        model.denoiser, sd_pipeline.conditioning([PROMPT]), sd_pipeline.conditioning([""]), 7.5
+    )
+    x = torch.randn(2, 4, LATENT, LATENT, generator=torch.Generator().manual_seed(1))
+    span = {"level_min": process.level_min, "level_max": process.level_max}
+    with torch.no_grad():
+        levels = fit_schedule(
+            denoise, unipc, x * process.level_max, 3, **span, reference_steps=6, budget=3
+        )
+    assert levels.shape == (4,) and float(levels[-1]) == 0.0
+    assert float(levels[0]) == pytest.approx(process.level_max)
+    assert bool((levels[:-1] > levels[1:]).all())
