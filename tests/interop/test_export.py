@@ -6,10 +6,11 @@ import dataclasses
 
 import pytest
 import torch
-from tests.interop.conftest import diffusers
+from tests.interop.conftest import diffusers, tiny_dit
 
 from diffuse.config import DiscreteVPOptions, ProcessConfig
 from diffuse.interop import UnsupportedModelError, export_diffusers, import_diffusers
+from diffuse.nets.dit import DiT, dit_preset
 from diffuse.nets.unet import UNet, unet_preset
 
 VP = ProcessConfig(kind="discrete_vp", parametrization="v", options=DiscreteVPOptions())
@@ -79,3 +80,26 @@ def test_export_refuses_to_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         export_diffusers(UNet(unet_preset("unet-tiny")), VP, "leading", tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_dit_export_round_trip(tmp_path):
+    """An imported DiT exports back to a DiTTransformer2DModel equal to the diffusers original
+    (the eps half of its learned-sigma output)."""
+    original = tiny_dit()
+    original.save_pretrained(tmp_path / "transformer")
+    imported = import_diffusers(tmp_path / "transformer")
+    folder = export_diffusers(imported.net, VP, "leading", tmp_path / "out")
+    exported = diffusers.DiTTransformer2DModel.from_pretrained(folder / "transformer").eval()
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    t, labels = torch.tensor([700.0, 30.0]), torch.tensor([2, 10])
+    with torch.no_grad():
+        want = original(x, t, class_labels=labels).sample[:, :4]
+        got = exported(x, t, class_labels=labels).sample
+        assert (got - want).abs().max().item() < 1e-5
+        assert (imported.net(x, t, class_labels=labels) - want).abs().max().item() < 1e-5
+
+
+def test_dit_preset_without_counterpart_is_refused(tmp_path):
+    net = DiT(dit_preset("dit-tiny", num_classes=10))
+    with pytest.raises(UnsupportedModelError, match="freq_shift 1"):
+        export_diffusers(net, VP, "leading", tmp_path / "out")

@@ -25,7 +25,13 @@ from diffuse.interop.folder import UnsupportedModelError
 from diffuse.interop.weights import Rename, module_renames
 from diffuse.nets.dit import DiTConfig
 
-__all__ = ["dit_config_from_diffusers", "dit_renames", "dit_state_from_diffusers"]
+__all__ = [
+    "dit_config_from_diffusers",
+    "dit_config_to_diffusers",
+    "dit_renames",
+    "dit_state_from_diffusers",
+    "dit_state_to_diffusers",
+]
 
 _FIXED: dict[str, Any] = {
     "activation_fn": "gelu-approximate",
@@ -125,3 +131,66 @@ def dit_renames(cfg: DiTConfig) -> list[Rename]:
         out += module_renames(f"{o}.mlp.fc1", f"{t}.ff.net.0.proj")
         out += module_renames(f"{o}.mlp.fc2", f"{t}.ff.net.2")
     return out
+
+
+def dit_config_to_diffusers(cfg: DiTConfig) -> dict[str, Any]:
+    """The DiTTransformer2DModel config of a class-conditional diffuse DiT.
+
+    Raises:
+        UnsupportedModelError: a DiT that DiTTransformer2DModel cannot express (the reasons).
+    """
+    wanted = {
+        "num_classes > 0": cfg.num_classes > 0,
+        "no text (context_dim = pooled_dim = 0)": not (cfg.context_dim or cfg.pooled_dim),
+        "no extra input channels": not cfg.extra_in_channels,
+        "sin-cos positions": cfg.pos_embed == "sincos",
+        "no qk_norm": not cfg.qk_norm,
+        "mlp_ratio 4": cfg.mlp_ratio == 4.0,
+        "the original DiT noise embedding (freq_dim 256, freq_shift 1, noise_scale 1, "
+        "max_period 10000)": (cfg.freq_dim, cfg.freq_shift, cfg.noise_scale, cfg.max_period)
+        == (256, 1.0, 1.0, 10000.0),
+    }
+    missing = [name for name, ok in wanted.items() if not ok]
+    if missing:
+        raise UnsupportedModelError(
+            "this DiT has no diffusers counterpart (DiTTransformer2DModel) without: "
+            + "; ".join(missing)
+        )
+    return {
+        "_class_name": "DiTTransformer2DModel",
+        "num_attention_heads": cfg.num_heads,
+        "attention_head_dim": cfg.head_dim,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "num_layers": cfg.depth,
+        "dropout": 0.0,
+        "norm_num_groups": 32,
+        "attention_bias": True,
+        "sample_size": cfg.image_size,
+        "patch_size": cfg.patch_size,
+        "activation_fn": "gelu-approximate",
+        "num_embeds_ada_norm": cfg.num_classes,
+        "upcast_attention": False,
+        "norm_type": "ada_norm_zero",
+        "norm_elementwise_affine": False,
+        "norm_eps": cfg.mlp_norm_eps,
+    }
+
+
+def dit_state_to_diffusers(cfg: DiTConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of `dit_state_from_diffusers` on `to_diffusers` output: the patch embedding as
+    a convolution kernel, the embedder copied into every block and the output rows back in
+    (row, column, channel) patch order."""
+    state = dict(state)
+    p, c = cfg.patch_size, cfg.out_channels
+    weight = state["pos_embed.proj.weight"]  # the patch embedding as a stride-p convolution
+    state["pos_embed.proj.weight"] = weight.reshape(cfg.hidden_size, cfg.in_channels, p, p)
+    for name in ("weight", "bias"):
+        key = f"proj_out_2.{name}"
+        rows = state[key].reshape(c, p, p, *state[key].shape[1:]).movedim(0, 2)  # (p, q, c)
+        state[key] = rows.reshape(c * p * p, *state[key].shape[1:]).contiguous()
+    first = f"transformer_blocks.0.{_EMB}."
+    for key in [k for k in state if k.startswith(first)]:
+        for i in range(1, cfg.depth):
+            state[key.replace("blocks.0.", f"blocks.{i}.", 1)] = state[key].clone()
+    return state

@@ -26,7 +26,13 @@ from torch import Tensor, nn
 from diffuse.codecs.autoencoder_kl import AutoencoderKL
 from diffuse.config import DiscreteVPOptions, ProcessConfig
 from diffuse.interop.autoencoder import autoencoder_config_from_diffusers, autoencoder_renames
-from diffuse.interop.dit import dit_config_from_diffusers, dit_renames, dit_state_from_diffusers
+from diffuse.interop.dit import (
+    dit_config_from_diffusers,
+    dit_config_to_diffusers,
+    dit_renames,
+    dit_state_from_diffusers,
+    dit_state_to_diffusers,
+)
 from diffuse.interop.folder import (
     Component,
     UnsupportedModelError,
@@ -237,10 +243,13 @@ def export_diffusers(
     *,
     overwrite: bool = False,
 ) -> Path:
-    """Write a diffuse pixel-space U-Net as a diffusers DDPM pipeline folder.
+    """Write a diffuse pixel-space U-Net or class-conditional DiT as a diffusers folder:
+    model_index.json, unet/ (UNet2DModel) or transformer/ (DiTTransformer2DModel), and
+    scheduler/ (DDIMScheduler).
 
     Args:
-        net: a `nets.unet.UNet` without text, classes or extra inputs.
+        net: a `nets.unet.UNet` without text, classes or extra inputs, or a `nets.dit.DiT`
+            with classes and DiT's own noise embedding (e.g. one imported from diffusers).
         process: its process config (discrete_vp with eps, v or x0 prediction).
         schedule: its default schedule (chooses the scheduler's timestep_spacing).
         folder: the destination; written whole or not at all.
@@ -252,30 +261,37 @@ def export_diffusers(
         FileExistsError: the destination exists and overwrite is False.
     """
     folder = Path(folder)
-    if not isinstance(net, UNet):
+    if isinstance(net, UNet):
+        name, pipeline = "unet", "DDIMPipeline"
+        config = unet_config_to_diffusers(net.config)
+        state = to_diffusers(unet_renames(net.config), net.state_dict())
+    elif isinstance(net, DiT):
+        name, pipeline = "transformer", "DiTPipeline"
+        config = dit_config_to_diffusers(net.config)
+        renamed = to_diffusers(dit_renames(net.config), net.state_dict())
+        state = dit_state_to_diffusers(net.config, renamed)
+    else:
         raise UnsupportedModelError(
             f"{type(net).__name__} networks have no diffusers export; supported: U-Nets "
-            "without text or classes (UNet2DModel)"
+            "(UNet2DModel) and class-conditional DiTs (DiTTransformer2DModel)"
         )
-    config = unet_config_to_diffusers(net.config)
     scheduler = scheduler_to_diffusers(process, schedule)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} exists; pass overwrite=True (--overwrite) to replace it")
-    state = to_diffusers(unet_renames(net.config), net.state_dict())
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir()
-        _write_component(tmp / "unet", config, state)
+        _write_component(tmp / name, config, state)
         (tmp / "scheduler").mkdir()
         scheduler = {"_diffusers_version": DIFFUSERS_VERSION, **scheduler}
         text = json.dumps(scheduler, indent=2) + "\n"
         atomic_write_text(tmp / "scheduler" / "scheduler_config.json", text)
         index = {
-            "_class_name": "DDIMPipeline",
+            "_class_name": pipeline,
             "_diffusers_version": DIFFUSERS_VERSION,
             "scheduler": ["diffusers", "DDIMScheduler"],
-            "unet": ["diffusers", "UNet2DModel"],
+            name: ["diffusers", config["_class_name"]],
         }
         atomic_write_text(tmp / "model_index.json", json.dumps(index, indent=2) + "\n")
         old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
