@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.intero
 PROMPT = "a red cat"
 
 
-def build_folder(folder: Path, size: int) -> Path:
+def build_folder(folder: Path, size: int, context_dim: int = 64) -> Path:
     """A small SD-shaped StableDiffusionPipeline folder with random weights."""
     import diffusers
     from tests.interop.conftest import tiny_text_encoder, tiny_tokenizer
@@ -48,7 +48,7 @@ def build_folder(folder: Path, size: int) -> Path:
         block_out_channels=(64, 128, 256, 256),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=16,
+        cross_attention_dim=context_dim,
         attention_head_dim=8,
         norm_num_groups=32,
     )
@@ -71,7 +71,7 @@ def build_folder(folder: Path, size: int) -> Path:
     )
     pipe = diffusers.StableDiffusionPipeline(
         vae=vae.eval(),
-        text_encoder=tiny_text_encoder(len(tokenizer)),
+        text_encoder=tiny_text_encoder(len(tokenizer), context_dim),
         tokenizer=tokenizer,
         unet=unet.eval(),
         scheduler=scheduler,
@@ -90,6 +90,7 @@ def main() -> int:
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--images", type=int, default=2, help="images per call")
+    parser.add_argument("--context-dim", type=int, default=64, help="CLIP width (SD: 768)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
@@ -102,7 +103,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("DIFFUSE_CACHE", str(Path(tmp) / "cache"))
-        folder = build_folder(Path(tmp) / "sd", args.size)
+        folder = build_folder(Path(tmp) / "sd", args.size, args.context_dim)
         theirs = diffusers.StableDiffusionPipeline.from_pretrained(folder)
         theirs.set_progress_bar_config(disable=True)
         ours = load_pipeline(folder)
@@ -145,6 +146,7 @@ def main() -> int:
         "benchmark": "diffusers_speed",
         "unet_parameters": params,
         "image_size": args.size,
+        "context_dim": args.context_dim,
         "images_per_call": args.images,
         "steps": args.steps,
         "guidance": args.guidance,

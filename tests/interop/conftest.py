@@ -40,10 +40,10 @@ def tiny_tokenizer() -> transformers.CLIPTokenizer:
     )
 
 
-def tiny_text_encoder(vocab_size: int) -> transformers.CLIPTextModel:
+def tiny_text_encoder(vocab_size: int, hidden_size: int = 16) -> transformers.CLIPTextModel:
     config = transformers.CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=16,
+        hidden_size=hidden_size,
         intermediate_size=37,
         num_hidden_layers=2,
         num_attention_heads=4,
