@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.interop.conftest import LATENT, PROMPT, diffusers
+from tests.interop.conftest import LATENT, PROMPT, diffusers, tiny_dit, tiny_vae
 
 from diffuse.cli import main
 from diffuse.guidance import classifier_free_guidance
@@ -100,3 +102,23 @@ def test_schedule_can_be_fitted_on_imported_sd(sd_pipeline):
     assert levels.shape == (4,) and float(levels[-1]) == 0.0
     assert float(levels[0]) == pytest.approx(process.level_max)
     assert bool((levels[:-1] > levels[1:]).all())
+
+
+def test_dit_pipeline_samples_by_class_name(tmp_path):
+    """A DiTPipeline folder (DiT + AutoencoderKL) samples by the id2label names its
+    model_index.json records (as the published DiT folders do; save_pretrained omits them)."""
+    folder = tmp_path / "dit"
+    pipe = diffusers.DiTPipeline(
+        transformer=tiny_dit(), vae=tiny_vae(), scheduler=diffusers.DDIMScheduler()
+    )
+    pipe.save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["id2label"] = {str(i): f"class{i}" for i in range(10)}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    model = load_model(folder)
+    assert model.class_names[:2] == ["class0", "class1"] and model.null_label == 10
+    out = tmp_path / "dit.png"
+    cmd = ["sample", "--model", str(folder), "--class", "class3", "-n", "2", "--steps", "2"]
+    assert main([*cmd, "-o", str(out), "--no-progress"]) == 0
+    with Image.open(out) as image:
+        assert image.size[0] > 2 * LATENT

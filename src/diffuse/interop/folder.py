@@ -25,6 +25,7 @@ __all__ = [
     "SUPPORTED_CLASSES",
     "Component",
     "UnsupportedModelError",
+    "class_labels",
     "find_components",
     "is_diffusers_folder",
     "read_config",
@@ -160,6 +161,19 @@ def find_components(folder: str | os.PathLike) -> list[Component]:
     if class_name not in SUPPORTED_CLASSES:
         raise _unsupported(class_name or "(no _class_name)", config_path)
     return [Component(class_name, class_name, folder)]
+
+
+def class_labels(folder: str | os.PathLike) -> dict[int, str]:
+    """The class names a pipeline folder records (DiTPipeline's `id2label`), by index; empty
+    when there are none."""
+    index = Path(folder) / PIPELINE_INDEX
+    if not index.is_file():
+        return {}
+    labels = _read_json(index).get("id2label") or {}
+    try:
+        return {int(k): str(v) for k, v in labels.items()}
+    except (AttributeError, ValueError):
+        raise ModelFileError(f"{index}: id2label must map class indices to names") from None
 
 
 def read_config(component: Component) -> dict[str, Any]:

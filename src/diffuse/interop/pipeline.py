@@ -11,6 +11,7 @@ diffusion_pytorch_model.safetensors) and scheduler/ (scheduler_config.json).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from diffuse.interop.dit import (
 from diffuse.interop.folder import (
     Component,
     UnsupportedModelError,
+    class_labels,
     find_components,
     read_config,
     read_weights,
@@ -76,6 +78,7 @@ class ImportedModel:
         text_padding: "max_length" when the network was trained on a full fixed-length CLIP
             context (Stable Diffusion), else "longest".
         source: the folder it came from.
+        labels: class names by index (a DiT pipeline's id2label; others are named by index).
     """
 
     net: nn.Module
@@ -87,6 +90,7 @@ class ImportedModel:
     tokenizer: Path | None
     text_padding: str
     source: Path
+    labels: dict[int, str] = dataclasses.field(default_factory=dict)
 
     @property
     def channels(self) -> int:
@@ -100,8 +104,8 @@ class ImportedModel:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        """Class indices as names ("0", "1", ...) of a class-conditional network."""
-        return tuple(str(i) for i in range(self.net.config.num_classes))
+        """The class names of a class-conditional network (its index where none is recorded)."""
+        return tuple(self.labels.get(i, str(i)) for i in range(self.net.config.num_classes))
 
 
 def _load(
@@ -225,6 +229,7 @@ def import_diffusers(folder: str | os.PathLike) -> ImportedModel:
         tokenizer=None if tokenizer is None else tokenizer.folder,
         text_padding="max_length" if clip else "longest",
         source=folder,
+        labels=class_labels(folder),
     )
 
 
