@@ -1,8 +1,8 @@
 """The Denoiser: a raw network plus a noise process becomes denoise(x, level, cond) -> x0.
 
-This is the one place where preconditioning and prediction-type conversion happen (DESIGN.md,
-"The denoiser is the interface"). Samplers, guidance and losses only see the level axis:
-x = x0 + level * eps.
+This is the one place where preconditioning and prediction-type conversion happen
+(docs/architecture.md, "The denoiser is the interface"). Samplers, guidance and losses only see
+the level axis: x = x0 + level * eps.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Atomic file writes, file hashes and checked safetensors reads: small helpers every layer uses.
+"""Atomic file writes, file hashes, checked safetensors reads and the width of a progress bar:
+small helpers every layer uses.
 
 A write goes to a temporary file in the destination's folder (same file system), is flushed to
 disk, then renamed over the destination with `os.replace`, so a reader (or a crash) sees either
@@ -19,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import torch
 from safetensors import SafetensorError
@@ -31,6 +33,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "bar_size_options",
     "file_sha256",
     "load_safetensors",
 ]
@@ -162,3 +165,18 @@ def load_safetensors(
         ) from None
     except OSError as err:
         raise ModelFileError(f"{path}: cannot be read: {err}") from None
+
+
+def bar_size_options(stream: IO[str]) -> dict[str, Any]:
+    """The size options of a tqdm progress bar drawn on the terminal `stream`.
+
+    A terminal that reports its size gets a bar that follows it (`dynamic_ncols`). A
+    pseudo-terminal nobody sized (`script` run from a program, some IDE and CI consoles)
+    reports 0 x 0, on which tqdm draws nothing at all; there the bar is 80 columns wide.
+    """
+    try:
+        if os.get_terminal_size(stream.fileno()).columns > 0:
+            return {"dynamic_ncols": True}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"ncols": 80, "nrows": 24}

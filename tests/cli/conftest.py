@@ -78,17 +78,18 @@ def class_run(tmp_path_factory, class_recipe, _one_thread_here) -> Path:
     return out
 
 
-def run_in_terminal(args: list[str], cwd: Path, timeout: float = 120.0) -> tuple[int, str]:
+def run_in_terminal(
+    args: list[str], cwd: Path, timeout: float = 120.0, columns: int = 100
+) -> tuple[int, str]:
     """Run `python -m diffuse ARGS` with stdin, stdout and stderr on a pseudo-terminal, as a
-    person at a terminal would, and return (exit status, everything the terminal showed)."""
+    person at a terminal would, and return (exit status, everything the terminal showed).
+    `columns=0` leaves the terminal unsized, as `script` started by a program leaves it."""
     master, child = os.openpty()
-    # A real terminal has a size; a new pty is 0 x 0, on which tqdm draws an empty bar.
-    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    env = os.environ | {
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24 if columns else 0, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {
         "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
         "TERM": "xterm",
-        "COLUMNS": "100",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "diffuse", *args],

@@ -21,6 +21,17 @@ def test_generate_in_a_terminal_writes_the_png_and_shows_the_bar(t2i_run, termin
     assert Image.open(out).size == (32, 32) and read_params(out)["prompt"] == PROMPT
 
 
+def test_an_unsized_terminal_still_shows_the_bar(t2i_run, terminal, tmp_path):
+    """A pseudo-terminal nobody sized reports 0 columns (`script` run by a program, some IDE
+    consoles); tqdm alone would draw an empty bar there."""
+    out = tmp_path / "out.png"
+    args = ["generate", PROMPT, "--model", str(t2i_run), "--steps", "3", "-o", str(out)]
+    code, shown = terminal(args, tmp_path, columns=0)
+    assert code == 0, shown
+    assert re.search(r"generate: 100%.*\| 3/3 \[", shown), shown
+    assert out.is_file()
+
+
 def test_sample_in_a_terminal_writes_the_grid_and_shows_the_bar(class_run, terminal, tmp_path):
     out = tmp_path / "grid.png"
     args = ["sample", "--model", str(class_run), "-n", "3", "--steps", "2", "-o", str(out)]

@@ -1,4 +1,5 @@
-"""One shared suite for every registered sampler (the contract of DESIGN.md, section 3)."""
+"""One shared suite for every registered sampler (docs/architecture.md, "Samplers are
+functions")."""
 
 from __future__ import annotations
 

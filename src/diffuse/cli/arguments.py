@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from diffuse.io import bar_size_options
+
 __all__ = [
     "SEEDS_HELP",
     "CliError",
@@ -137,7 +139,7 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Iterator[Callable[[obj
     if not (enabled and sys.stderr.isatty()):
         yield lambda info: None
         return
-    bar = tqdm(total=total, unit="step", desc=desc, file=sys.stderr)
+    bar = tqdm(total=total, unit="step", desc=desc, file=sys.stderr, **bar_size_options(sys.stderr))
     try:
         yield lambda info: bar.update(1)  # returns True; samplers ignore non-tensor returns
     finally:

@@ -28,6 +28,7 @@ from diffuse.data_files import (
 from diffuse.metrics.classifier import Classifier, load_classifier
 from diffuse.metrics.frechet import feature_stats, frechet_distance
 from diffuse.metrics.kid import kid
+from diffuse.pipelines.sample import generate, load_trained, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +328,6 @@ def sample_model_for_eval(
         (uint8 images (n, H, W, C), requested labels (n,) cycling 0..K-1, or None for
         unconditional models).
     """
-    from diffuse.pipelines.sample import generate, load_trained, to_uint8
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

@@ -20,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from diffuse.nets import build_network
 from diffuse.nets.layers import reference_kernels
 
 __all__ = ["NetworkInfo", "count_flops", "example_inputs", "network_info"]
@@ -162,7 +163,6 @@ def network_info(
     Raises:
         ValueError: an input the network cannot take (e.g. a size its patches do not divide).
     """
-    from diffuse.nets import build_network
 
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")

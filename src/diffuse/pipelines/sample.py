@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from diffuse.denoiser import Cond, Denoiser
@@ -27,7 +28,10 @@ from diffuse.guidance import cfg as guided
 from diffuse.guidance import expand_cond
 from diffuse.model_folder import TrainedModel, load_model
 from diffuse.nets.layers import invariant_batch_size, pad_batch
+from diffuse.pngmeta import save_png
 from diffuse.samplers.base import Callback
+from diffuse.samplers.noise import SeededNoise
+from diffuse.samplers.registry import get_sampler, get_schedule
 
 __all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid", "to_uint8"]
 
@@ -84,8 +88,6 @@ def generate(
         samples [N, C, H, W] (float32, CPU), unclamped: latents of a latent model, which
         range beyond [-1, 1], or pixels; `TrainedModel.decode` turns either into images.
     """
-    from diffuse.samplers.noise import SeededNoise
-    from diffuse.samplers.registry import get_sampler, get_schedule
 
     seeds = [int(s) for s in seeds]
     if labels is not None:
@@ -160,9 +162,6 @@ def save_grid(
 ) -> Path:
     """Write images [N, C, H, W] in [-1, 1] as a PNG grid (atomically, parameters embedded;
     an existing file is an error unless `overwrite`)."""
-    from PIL import Image
-
-    from diffuse.pngmeta import save_png
 
     grid = to_grid(images, nrow)
     picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)

@@ -1,9 +1,9 @@
 """What every sampler shares: the denoise / noise / callback types, `StepInfo`, input checks.
 
 A sampler is a plain function `sampler(denoise, x, levels, *, callback=None, noise=None, **opts)`
-on the level axis x = x0 + level * eps (DESIGN.md, "One noise axis"). `levels` is a 1-D float64
-CPU tensor, strictly decreasing, ending in exactly 0; all scalar arithmetic uses Python floats
-taken from it, so a loop never synchronises with the device.
+on the level axis x = x0 + level * eps (docs/architecture.md, "One noise axis"). `levels` is a
+1-D float64 CPU tensor, strictly decreasing, ending in exactly 0; all scalar arithmetic uses
+Python floats taken from it, so a loop never synchronises with the device.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from diffuse.samplers.fit import (
     stratified_noises,
     weighted_mse,
 )
-from diffuse.samplers.multistep import exponential_multistep, unipc
+from diffuse.samplers.multistep import deis, exponential_multistep, unipc
 from diffuse.samplers.ode import level_tensor
 
 logger = logging.getLogger(__name__)
@@ -335,7 +335,6 @@ def fit_candidates(
     weights: Tensor | None = None,
 ) -> list[Candidate]:
     """Steps 1-3 of `fit_solver` (see there); returns every candidate with its validation error."""
-    from diffuse.samplers.multistep import deis
 
     if not 0 < validation_fraction < 1 or x.shape[0] < 2:
         raise ValueError(

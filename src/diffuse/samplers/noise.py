@@ -2,7 +2,7 @@
 
 Each sample owns a CPU `torch.Generator` seeded with its seed and draws only its own slice, so
 the stream a sample sees depends on its seed alone - not on the batch size, its position in the
-batch, or the device the sampler runs on (DESIGN.md, "Seeds are per sample").
+batch, or the device the sampler runs on (docs/architecture.md, "Seeds are per sample").
 """
 
 from __future__ import annotations

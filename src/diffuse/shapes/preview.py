@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from diffuse.shapes.render import render_scene
 from diffuse.shapes.scenes import caption, paraphrase, sample_split_scene
@@ -44,7 +45,6 @@ def sample_grid(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write samples.png and README.md into the given folder."""
-    from PIL import Image
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("out", type=Path)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from diffuse.shapes.scenes import COLOURS
+
 if TYPE_CHECKING:
     from diffuse.shapes.scenes import Scene
 
@@ -188,7 +190,6 @@ def render_scene(scene: Scene, resolution: int = 32) -> np.ndarray:
     Returns:
         [resolution, resolution, 3] uint8 image (HWC).
     """
-    from diffuse.shapes.scenes import COLOURS
 
     if resolution < 16:
         raise ValueError(f"resolution must be >= 16, got {resolution}")

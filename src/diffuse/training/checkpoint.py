@@ -32,18 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save
 from torch import Tensor
 
-# The write helpers live in diffuse.io; re-exported for the trainer's existing callers.
-from diffuse.io import atomic_write_bytes, atomic_write_text, file_sha256
+from diffuse.io import file_sha256
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -92,7 +90,6 @@ def _write_synced(path: Path, data: bytes) -> None:
 
 
 def _tensors_bytes(tensors: Mapping[str, Tensor]) -> bytes:
-    from safetensors.torch import save
 
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     return save(flat)

@@ -15,16 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import zipfile
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from diffuse.config import DataConfig
@@ -35,7 +37,10 @@ from diffuse.data_files import (
     shared_data_dir,
     shared_data_file,
 )
+from diffuse.io import file_sha256
+from diffuse.shapes.dataset import ShapesDataset
 from diffuse.training.counter_rng import mix_seeds
+from diffuse.training.tensor_cache import load_cached, save_cached
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +193,6 @@ class FolderDataset:
         return _digest(*(p.relative_to(self.root).as_posix() for p in self.files))
 
     def __getitem__(self, i: int) -> Example:
-        from PIL import Image, ImageOps
 
         path = self.files[i]
         try:
@@ -249,7 +253,6 @@ def _digest(*parts: object) -> str:
 
 def _image_ok(path: Path) -> bool:
     """True if PIL can identify and verify the file (cheap: no full decode)."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
@@ -364,7 +367,6 @@ class ScenesDataset:
     PARALLEL_FROM = 20_000  # render in worker processes from this many scenes on
 
     def __init__(self, size: int, resolution: int, seed: int = 0) -> None:
-        from diffuse.shapes.dataset import ShapesDataset
 
         self.scenes = ShapesDataset(resolution, split="train", length=size, seed=seed)
         self.num_classes, self.class_names, self.channels = 0, [], 3
@@ -378,8 +380,6 @@ class ScenesDataset:
         workers = workers or os.cpu_count() or 1
         if workers == 1 or self.size < self.PARALLEL_FROM:
             return np.stack([self.scenes.image_uint8(i) for i in range(self.size)])
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
         bounds = np.linspace(0, self.size, 4 * workers + 1).astype(int).tolist()
         ranges = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
@@ -417,7 +417,6 @@ def _render_scenes(
     size: int, resolution: int, seed: int, start: int, stop: int
 ) -> tuple[np.ndarray, list[str]]:
     """Images and captions of scenes [start, stop) (a worker process's share)."""
-    from diffuse.shapes.dataset import ShapesDataset
 
     scenes = ShapesDataset(resolution, split="train", length=size, seed=seed)
     images = np.stack([scenes.image_uint8(i) for i in range(start, stop)])
@@ -527,9 +526,6 @@ class TrainData:
         mirrored copies too when the recipe flips), so batches are latents from then on. The
         latents are kept in `cache_dir`/latent-cache.safetensors (None: no file), keyed by the
         codec's weights and the data, and read back on resume. Returns self."""
-        from diffuse.training.checkpoint import file_sha256
-        from diffuse.training.tensor_cache import load_cached, save_cached
-
         weights = Path(codec.source) / "vae.safetensors"
         key = _digest(self.dataset.fingerprint(), self.cfg.flip, file_sha256(weights)[:16])
         path = Path(cache_dir) / self.LATENT_CACHE if cache_dir is not None else None

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from diffuse.training.checkpoint import atomic_write_bytes
+from diffuse.io import atomic_write_bytes
 from diffuse.training.data import DataError, folder_labels, image_files, prepare_image
 
 logger = logging.getLogger(__name__)

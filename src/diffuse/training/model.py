@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffuse import nets
 from diffuse.config import ConfigError, ModelConfig
 
 # Building a process from its config moved to model_folder (pipelines use it too); re-exported.
@@ -18,7 +19,6 @@ __all__ = ["PROCESSES", "build_network", "build_process", "param_groups", "prese
 
 def preset(name: str) -> Any:
     """The config dataclass of a named preset of `diffuse.nets` (a ConfigError if unknown)."""
-    from diffuse import nets
 
     try:
         return nets.get_config(name)
@@ -47,7 +47,6 @@ def build_network(
     Returns:
         (network, its config dataclass).
     """
-    from diffuse import nets
 
     base = preset(cfg.preset)
     data_fields = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}

@@ -14,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from diffuse.training.checkpoint import atomic_write_text
+from diffuse.io import atomic_write_text, bar_size_options
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Progress:
                 total=total,
                 initial=initial,
                 unit="step",
-                dynamic_ncols=True,
+                **bar_size_options(sys.stderr),
                 desc="train",
                 file=sys.stderr,
                 # tqdm's own remaining time knows nothing of the budget: ours is in the postfix.

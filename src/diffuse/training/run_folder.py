@@ -25,6 +25,7 @@ from diffuse.config import (
     from_dict,
     to_dict,
 )
+from diffuse.io import atomic_write_text
 from diffuse.training import checkpoint as ckpt
 from diffuse.training import dist
 
@@ -141,7 +142,7 @@ def prepare_run_dir(out: Path, cfg: Any, resume: bool) -> bool:
             for key, (a, b) in diff.items():
                 logger.info("resumed with %s = %r (was %r)", key, b, a)
             record["config"] = to_dict(cfg)
-            ckpt.atomic_write_text(run_file, json.dumps(record, indent=2) + "\n")
+            atomic_write_text(run_file, json.dumps(record, indent=2) + "\n")
         return True
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(
@@ -154,7 +155,7 @@ def prepare_run_dir(out: Path, cfg: Any, resume: bool) -> bool:
         "created": time.time(),
         "config": to_dict(cfg),
     }
-    ckpt.atomic_write_text(run_file, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(run_file, json.dumps(record, indent=2) + "\n")
     return False
 
 

@@ -2,7 +2,7 @@
 
 A cache file is a safetensors file whose metadata holds a key: a hash of everything the
 tensors were computed from. It is read back only when the key matches, and written atomically
-(`checkpoint.atomic_write_bytes`), so a partial or stale file is never used.
+(`diffuse.io.atomic_write_bytes`), so a partial or stale file is never used.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from safetensors import SafetensorError
+from safetensors.torch import safe_open
 from torch import Tensor
 
-from diffuse.training.checkpoint import atomic_write_bytes
+from diffuse.io import atomic_write_bytes
 
 __all__ = ["load_cached", "save_cached"]
 
@@ -25,8 +27,6 @@ def load_cached(
 ) -> dict[str, Tensor] | None:
     """The tensors cached at `path` if the file exists, was written for `key` and holds every
     `required` name; None otherwise (an unreadable file is reported as `what` and ignored)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
 
     if not path.is_file():
         return None
