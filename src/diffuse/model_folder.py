@@ -12,6 +12,10 @@ A model folder (what `diffuse train` leaves in RUN/model/, and the bundled model
     model = load_model("runs/x/model")          # or the run folder "runs/x"
     images = model.decode(latents)
 
+A diffusers folder (Stable Diffusion, DDPM, DiT; see `diffuse.interop`) is accepted wherever a
+model folder is: `load_model` converts it once into a model folder under $DIFFUSE_CACHE,
+keyed by the sha256 of its weights and configs (`cached_import`).
+
 diffusion.json carries a format version. Version 2 (written now) stores the four sampling
 defaults under "sampling"; version 1 (every model shipped before it) stored the recipe's whole
 [sample] section under "sample" and is still read. An unknown version is an error naming the

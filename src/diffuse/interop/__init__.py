@@ -11,6 +11,13 @@ reshaping its weights (no diffusers module runs here, and diffusers is not impor
     autoencoder.py AutoencoderKL <-> `codecs.autoencoder_kl.AutoencoderKL`
     scheduler.py   scheduler configs <-> a diffuse process, parametrisation and schedule
     pipeline.py    a whole folder -> `ImportedModel`; a diffuse network -> a diffusers folder
+
+Supported: UNet2DModel, UNet2DConditionModel (Stable Diffusion 1.x/2.x layouts),
+DiTTransformer2DModel (class-conditional), AutoencoderKL, CLIP and T5 text encoders (run by
+`codecs.text_encoder` through transformers) and the DDPM-family schedulers (`SUPPORTED_CLASSES`).
+Not yet: PixArt-style text-conditioned Transformer2DModel, SDXL's added embeddings, ControlNet
+and LoRA files. `model_folder` turns an import into a diffuse model folder (`diffuse convert`,
+or on the fly for any `--model`).
 """
 
 from diffuse.interop.folder import (
