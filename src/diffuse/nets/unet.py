@@ -39,6 +39,7 @@ from diffuse.nets.layers import (
     use_reference_kernels,
     zero_,
 )
+from diffuse.nets.spatial_transformer import SpatialTransformer
 from diffuse.nets.winograd import Conv3x3
 
 __all__ = ["PRESETS", "UNet", "UNetConfig", "UNetControl", "unet_preset"]
@@ -74,6 +75,11 @@ class UNetConfig:
         pooled_dim: width of a pooled text embedding added to the time embedding (0: none).
         noise_scale: multiplier of c_noise before the sinusoidal features.
         max_period: longest period of the sinusoidal features.
+        freq_shift, sin_first: variants of the sinusoidal features (see
+            `layers.sinusoidal_embedding`; DDPM's original network uses 1 and True).
+        transformer_depth: > 0 makes every attention block Stable Diffusion's spatial
+            transformer with this many transformer blocks (`nets.spatial_transformer`; needs
+            context_dim); 0 keeps the DDPM/ADM attention block.
     """
 
     in_channels: int = 3
@@ -96,6 +102,9 @@ class UNetConfig:
     pooled_dim: int = 0
     noise_scale: float = 1.0
     max_period: float = 10000.0
+    freq_shift: float = 0.0
+    sin_first: bool = False
+    transformer_depth: int = 0
 
     def __post_init__(self) -> None:
         # TOML and JSON give lists; keep the dataclass hashable and comparable.
@@ -109,6 +118,11 @@ class UNetConfig:
                 raise ValueError(f"UNetConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.num_res_blocks < 1:
             raise ValueError(f"UNetConfig.num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        if self.transformer_depth < 0 or (self.transformer_depth and not self.context_dim):
+            raise ValueError(
+                f"UNetConfig.transformer_depth must be >= 0 and needs context_dim > 0, got "
+                f"transformer_depth={self.transformer_depth}, context_dim={self.context_dim}"
+            )
         if not self.channel_mult or min(self.channel_mult) < 1:
             raise ValueError(
                 f"UNetConfig.channel_mult must be positive integers, got {self.channel_mult}"
@@ -379,7 +393,7 @@ class Upsample(nn.Module):
 class _Stage(nn.Module):
     """A residual block with an optional attention block after it."""
 
-    def __init__(self, res: ResBlock, attn: AttentionBlock | None) -> None:
+    def __init__(self, res: ResBlock, attn: AttentionBlock | SpatialTransformer | None) -> None:
         super().__init__()
         self.res, self.attn = res, attn
 
@@ -413,7 +427,12 @@ class UNet(nn.Module):
         base = cfg.base_channels
         emb_dim = 4 * base
         self.time_embed = NoiseEmbedding(
-            base, emb_dim, max_period=cfg.max_period, scale=cfg.noise_scale
+            base,
+            emb_dim,
+            max_period=cfg.max_period,
+            scale=cfg.noise_scale,
+            freq_shift=cfg.freq_shift,
+            sin_first=cfg.sin_first,
         )
         # Index num_classes is the null class for classifier-free guidance.
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
@@ -432,7 +451,7 @@ class UNet(nn.Module):
             if lv != cfg.levels - 1:
                 self.downsample.append(Downsample(ch))
         self.mid1 = ResBlock(ch, ch, emb_dim, cfg)
-        self.mid_attn = AttentionBlock(ch, cfg.heads_for(ch), cfg) if cfg.mid_attention else None
+        self.mid_attn = self._attention(ch) if cfg.mid_attention else None
         self.mid2 = ResBlock(ch, ch, emb_dim, cfg)
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
@@ -447,12 +466,18 @@ class UNet(nn.Module):
         self.conv_out = Conv3x3(ch, cfg.out_channels)
         self.initialize_weights()
 
-    def _stage(self, cin: int, cout: int, level: int, emb_dim: int) -> _Stage:
+    def _attention(self, channels: int) -> AttentionBlock | SpatialTransformer:
         cfg = self.config
-        attn = None
-        if level in cfg.attention_levels:
-            attn = AttentionBlock(cout, cfg.heads_for(cout), cfg)
-        return _Stage(ResBlock(cin, cout, emb_dim, cfg), attn)
+        heads = cfg.heads_for(channels)
+        if cfg.transformer_depth:
+            return SpatialTransformer(
+                channels, heads, cfg.context_dim, cfg.transformer_depth, cfg.num_groups
+            )
+        return AttentionBlock(channels, heads, cfg)
+
+    def _stage(self, cin: int, cout: int, level: int, emb_dim: int) -> _Stage:
+        attn = self._attention(cout) if level in self.config.attention_levels else None
+        return _Stage(ResBlock(cin, cout, emb_dim, self.config), attn)
 
     def initialize_weights(self) -> None:
         """All initialisation decisions, in one place (DDPM's choices, kept by ADM):
@@ -460,7 +485,8 @@ class UNet(nn.Module):
         - convolutions and linear maps: Xavier-uniform (DDPM's variance_scaling(1, fan_avg,
           uniform)), biases zero;
         - the last convolution of every residual block, the output projection of every
-          attention (self and cross) and the output convolution are zero, so each residual
+          attention (self and cross) and of every spatial transformer, and the output
+          convolution are zero, so each residual
           branch starts as the identity's zero update and the untrained network outputs 0;
         - noise-level MLP and class embedding: normal(0, 0.02) (DiT), keeping the conditioning
           near zero at first; GroupNorm/LayerNorm: weight 1, bias 0 (PyTorch's defaults).
@@ -479,6 +505,8 @@ class UNet(nn.Module):
                 zero_(m.conv2)
             elif isinstance(m, (SelfAttention, CrossAttention)):
                 zero_(m.proj)
+            elif isinstance(m, SpatialTransformer):
+                zero_(m.proj_out)
         zero_(self.conv_out)
 
     def _check(

@@ -179,6 +179,14 @@ class TextToImagePipeline:
         )
 
     @torch.no_grad()
+    def conditioning(self, prompts: list[str]) -> dict[str, Tensor]:
+        """The network's text conditioning of `prompts`: context, mask and, for a network with
+        a pooled embedding (not Stable Diffusion's U-Net), the pooled embedding."""
+        cond = self.encoder.encode(prompts).as_cond()
+        if not getattr(self.model.denoiser.net.config, "pooled_dim", 0):
+            cond.pop("pooled")
+        return cond
+
     def generate(
         self,
         params: GenerationParams,
@@ -197,8 +205,8 @@ class TextToImagePipeline:
         for name, texts in (("prompts", prompts), ("negative prompts", negative_prompts)):
             if texts is not None and len(texts) != len(params.seeds):
                 raise ValueError(f"{len(texts)} {name} for {len(params.seeds)} seeds")
-        prompt_cond = self.encoder.encode(list(prompts or [params.prompt])).as_cond()
-        uncond = self.encoder.encode(list(negative_prompts or [params.negative_prompt])).as_cond()
+        prompt_cond = self.conditioning(list(prompts or [params.prompt]))
+        uncond = self.conditioning(list(negative_prompts or [params.negative_prompt]))
         to = self.device
         latents = generate(
             self.model.denoiser,
@@ -381,7 +389,9 @@ def load_pipeline(
             "use `diffuse sample` for class-conditional models"
         )
     source = text_encoder if text_encoder is not None else (None if name == "default" else name)
-    encoder = TextEncoder(source, device=device)
+    if text_encoder is None and name and (trained.folder / name).is_dir():
+        source = trained.folder / name  # a text encoder shipped inside the model folder
+    encoder = TextEncoder(source, device=device, padding=trained.info.text_padding)
     root = trained.folder
     label = DEFAULT_MODEL if model is None else root.resolve().name
     if label == "model":  # a run folder's model/: name it after the run

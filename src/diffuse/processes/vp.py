@@ -15,6 +15,8 @@ from torch import Tensor
 
 from diffuse.processes.base import NoiseProcess, as_f64
 
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
 
 @dataclass(frozen=True)
 class DiscreteVP(NoiseProcess):
@@ -24,26 +26,41 @@ class DiscreteVP(NoiseProcess):
     the log noise level is interpolated linearly, as k-diffusion does for DDPM models.
 
     Args:
-        beta_schedule: "linear" (beta from beta_start to beta_end, DDPM) or "scaled_linear"
-            (sqrt(beta) linear, Stable Diffusion; defaults 0.00085 to 0.012).
+        beta_schedule: "linear" (beta from beta_start to beta_end, DDPM), "scaled_linear"
+            (sqrt(beta) linear, Stable Diffusion; defaults 0.00085 to 0.012) or
+            "squaredcos_cap_v2" (the cosine schedule discretised, Nichol & Dhariwal 2021,
+            eq. 17, each beta capped at 0.999; beta_start and beta_end unused).
         num_timesteps: number of discrete steps (1000 in both papers).
+        zero_terminal_snr: rescale the schedule so the last step is pure noise (Lin et al.
+            2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1).
+            Its last bar-alpha is then 0; it is set to 2^-24 so that the top level stays finite
+            (4096), as diffusers does.
+        steps_offset: added to the timesteps of the "leading" schedule (diffusers'
+            `steps_offset`; Stable Diffusion's models use 1).
     """
 
-    beta_schedule: Literal["linear", "scaled_linear"] = "linear"
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     num_timesteps: int = 1000
     beta_start: float | None = None
     beta_end: float | None = None
+    zero_terminal_snr: bool = False
+    steps_offset: int = 0
 
     def __post_init__(self) -> None:
-        if self.beta_schedule not in ("linear", "scaled_linear"):
+        if self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(
-                f"beta_schedule must be 'linear' or 'scaled_linear', got {self.beta_schedule!r}"
+                f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got "
+                f"{self.beta_schedule!r}"
             )
         if self.num_timesteps < 2:
             raise ValueError(f"num_timesteps must be >= 2, got {self.num_timesteps}")
         start, end = self._beta_range
         if not 0 < start < end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {start}, {end}")
+        if not 0 <= self.steps_offset < self.num_timesteps:
+            raise ValueError(
+                f"steps_offset must be in [0, {self.num_timesteps}), got {self.steps_offset}"
+            )
 
     @property
     def _beta_range(self) -> tuple[float, float]:
@@ -59,12 +76,26 @@ class DiscreteVP(NoiseProcess):
         n = self.num_timesteps
         if self.beta_schedule == "linear":
             return torch.linspace(start, end, n, dtype=torch.float64)
+        if self.beta_schedule == "squaredcos_cap_v2":
+            steps = torch.arange(n + 1, dtype=torch.float64) / n
+            f = torch.cos((steps + 0.008) / 1.008 * math.pi / 2) ** 2  # bar-alpha at i / n
+            return (1.0 - f[1:] / f[:-1]).clamp(max=0.999)
         return torch.linspace(math.sqrt(start), math.sqrt(end), n, dtype=torch.float64) ** 2
 
     @cached_property
     def alphas_cumprod(self) -> Tensor:
-        """bar-alpha_t = prod (1 - beta), float64 [num_timesteps]."""
-        return torch.cumprod(1.0 - self.betas, dim=0)
+        """bar-alpha_t = prod (1 - beta), float64 [num_timesteps] (rescaled to a zero
+        terminal SNR if asked, Lin et al. 2024, Algorithm 1)."""
+        cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        if not self.zero_terminal_snr:
+            return cumprod
+        root = cumprod.sqrt()
+        first, last = root[0].clone(), root[-1].clone()
+        # Shift so the last sqrt(bar-alpha) is 0, scale so the first keeps its value.
+        root = (root - last) * first / (first - last)
+        cumprod = root**2
+        cumprod[-1] = 2.0**-24  # a finite top level; diffusers' choice
+        return cumprod
 
     @cached_property
     def log_levels(self) -> Tensor:

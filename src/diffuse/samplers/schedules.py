@@ -146,7 +146,8 @@ def uniform_t(
     Table 2), with T = num_timesteps:
         linspace: round(linspace(0, T - 1, N)) reversed (both ends, DDPM's 1000 steps for N = T),
         trailing: round(T - i T / N) - 1 (starts at T - 1, the paper's recommendation),
-        leading:  i * (T // N) reversed (ends at 0, never reaches T - 1).
+        leading:  i * (T // N) reversed (ends at 0, never reaches T - 1), plus the
+                  process's `steps_offset`.
     Otherwise (continuous processes, or a custom range) the same fractions of [t_min, t_max]
     are used with fractional t.
 
@@ -173,6 +174,7 @@ def uniform_t(
             t = (total - torch.arange(steps, dtype=torch.float64) * (total / steps)).round() - 1
         else:
             t = (torch.arange(steps, dtype=torch.float64) * (total // steps)).flip(0)
+            t = t + process.steps_offset
         return finish(process.level(t))
     t_lo = float(process.t_from_level(torch.tensor(level_min, dtype=torch.float64)))
     t_hi = float(process.t_from_level(torch.tensor(level_max, dtype=torch.float64)))

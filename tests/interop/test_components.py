@@ -1,0 +1,113 @@
+"""Every imported component computes what the diffusers original computes (fp32, 1e-5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.interop.conftest import diffusers, tiny_dit, tiny_unet2d
+
+from diffuse.interop import UnsupportedModelError
+from diffuse.interop.folder import find_components
+from diffuse.interop.pipeline import import_codec, import_diffusers, import_network
+
+TOL = 1e-5
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    assert ours.shape == theirs.shape
+    err = (ours - theirs).abs().max().item()
+    assert err <= TOL * max(1.0, theirs.abs().max().item()), err
+
+
+@pytest.mark.parametrize("fixture", ["sd_folder", "sd_v_folder"])
+def test_sd_unet_matches(fixture, request):
+    folder = request.getfixturevalue(fixture)
+    theirs = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet").eval()
+    ours = import_diffusers(folder).net
+    assert ours.config.transformer_depth == 1 and ours.config.context_dim == 16
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    t = torch.tensor([981.0, 21.0])
+    context = torch.randn(2, 77, 16, generator=g)
+    with torch.no_grad():
+        _close(ours(x, t, context=context), theirs(x, t, encoder_hidden_states=context).sample)
+
+
+def test_unet2d_matches(tmp_path):
+    model = tiny_unet2d()
+    model.save_pretrained(tmp_path / "unet")
+    (component,) = find_components(tmp_path / "unet")
+    ours = import_network(component)
+    assert ours.config.sin_first and ours.config.freq_shift == 1
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([999.0, 3.0])
+    with torch.no_grad():
+        _close(ours(x, t), model(x, t).sample)
+
+
+def test_unet_cifar_preset_is_unet2d_of_ddpm_cifar_config():
+    """The `unet-cifar` preset has exactly the parameters of UNet2DModel's DDPM CIFAR-10
+    config (google/ddpm-cifar10-32's layout), tensor for tensor."""
+    from diffuse.interop.unet import unet_config_from_diffusers, unet_renames
+    from diffuse.nets.unet import unet_preset
+
+    config = dict(
+        sample_size=32,
+        block_out_channels=(128, 256, 256, 256),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        attention_head_dim=None,
+        norm_eps=1e-6,
+        in_channels=3,
+        out_channels=3,
+    )
+    model = diffusers.UNet2DModel(**config)
+    cfg, _ = unet_config_from_diffusers(dict(model.config), "UNet2DModel", "cifar")
+    preset = unet_preset("unet-cifar", dropout=0.0, freq_shift=0.0)
+    assert cfg == preset
+    theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    mapped = {k for r in unet_renames(cfg) for k in r.theirs}
+    assert mapped == set(theirs)
+
+
+def test_autoencoder_matches(sd_folder):
+    theirs = diffusers.AutoencoderKL.from_pretrained(sd_folder / "vae").eval()
+    ours = import_codec(next(c for c in find_components(sd_folder) if c.name == "vae"))
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    latents = torch.randn(2, 4, 8, 8, generator=g)
+    scale = theirs.config.scaling_factor
+    with torch.no_grad():
+        _close(ours.encode(images), theirs.encode(images).latent_dist.mean * scale)
+        _close(ours.decode(latents), theirs.decode(latents / scale).sample)
+
+
+def test_text_encoder_matches_pipeline_prompt_embeddings(sd_folder):
+    """The imported text path gives the prompt embeddings StableDiffusionPipeline computes."""
+    from diffuse.pipelines.text_to_image import load_pipeline
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder)
+    theirs, _ = pipe.encode_prompt("a red cat", "cpu", 1, False)
+    ours = load_pipeline(sd_folder).conditioning(["a red cat"])
+    assert set(ours) == {"context", "context_mask"} and bool(ours["context_mask"].all())
+    _close(ours["context"], theirs)
+
+
+def test_dit_matches(tmp_path):
+    model = tiny_dit()
+    model.save_pretrained(tmp_path / "transformer")
+    ours = import_diffusers(tmp_path / "transformer").net
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([999.0, 500.0, 1.0])
+    labels = torch.tensor([0, 7, 10])  # 10: the null class of classifier-free guidance
+    with torch.no_grad():
+        theirs = model(x, t, class_labels=labels).sample[:, :4]  # the eps half of learned sigma
+        _close(ours(x, t, class_labels=labels), theirs)
+
+
+def test_dit_with_differing_block_embedders_is_refused(tmp_path):
+    tiny_dit(tie_embedders=False).save_pretrained(tmp_path / "transformer")
+    with pytest.raises(UnsupportedModelError, match="embedder differs"):
+        import_diffusers(tmp_path / "transformer")
