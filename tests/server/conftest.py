@@ -55,7 +55,9 @@ class LiveServer:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.server = build_server(self.app, grace=self.settings.shutdown_grace, log_level="warning")
+        self.server = build_server(
+            self.app, grace=self.settings.shutdown_grace, log_level="warning"
+        )
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -91,7 +93,11 @@ class LiveServer:
         try:
             connection.request(method, path, body=data, headers=sent)
             response = connection.getresponse()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+            return (
+                response.status,
+                {k.lower(): v for k, v in response.getheaders()},
+                response.read(),
+            )
         finally:
             connection.close()
 

@@ -78,10 +78,20 @@ def test_requests_running_together_share_network_calls_and_keep_their_pixels(liv
     requests = [
         {"prompt": PROMPT, "seeds": [1], "steps": 6},
         {"prompt": "a small green triangle at the bottom right", "seeds": [2, 3], "steps": 4},
-        {"prompt": PROMPT, "negative_prompt": "a blue square", "seeds": [5], "steps": 5,
-         "guidance": 2.5, "sampler": "unipc"},
-        {"prompt": "a large yellow star in the top left", "seeds": [7], "steps": 3,
-         "sampler": "heun"},
+        {
+            "prompt": PROMPT,
+            "negative_prompt": "a blue square",
+            "seeds": [5],
+            "steps": 5,
+            "guidance": 2.5,
+            "sampler": "unipc",
+        },
+        {
+            "prompt": "a large yellow star in the top left",
+            "seeds": [7],
+            "steps": 3,
+            "sampler": "heun",
+        },
         {"prompt": PROMPT, "seeds": [8], "steps": 5, "sampler": "dpmpp_2m_sde"},
         {"prompt": PROMPT, "seeds": [9], "steps": 4, "guidance": 1.0},
     ]

@@ -94,9 +94,7 @@ def test_the_page_generates_with_live_previews(live, browser, tmp_path):
     assert shot.stat().st_size > 1000
 
     job_id, index = card.get_attribute("data-job"), card.get_attribute("data-index")
-    status, headers, png = server.request(
-        "GET", f"/api/jobs/{job_id}/images/{index}", token=TOKEN
-    )
+    status, headers, png = server.request("GET", f"/api/jobs/{job_id}/images/{index}", token=TOKEN)
     assert status == 200
     params = params_from_bytes(png)
     assert params["prompt"] == PROMPT and params["seed"] == 7

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from diffuse.denoiser import Cond, Denoiser
-from diffuse.guidance import cfg as guided
 from diffuse.guidance import CondDenoiseFn, expand_cond
+from diffuse.guidance import cfg as guided
 from diffuse.model_folder import TrainedModel, load_model
 from diffuse.nets.layers import invariant_batch_size, pad_batch
 from diffuse.samplers.base import Callback

@@ -61,7 +61,9 @@ def run_calls(
         cond = None
         if part[0].cond is not None:
             cond = {
-                key: torch.cat([c.cond[key].expand(n, *c.cond[key].shape[1:]) for c, n in zip(part, sizes)])
+                key: torch.cat(
+                    [c.cond[key].expand(n, *c.cond[key].shape[1:]) for c, n in zip(part, sizes)]
+                )
                 for key in part[0].cond
             }
         out = network(x, levels, cond)

@@ -51,8 +51,7 @@ STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; ch
 JOB_ID = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="a job id")]
 KEEP_ALIVE_SECONDS = 15.0
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorView}
-    for code in (400, 401, 404, 409, 413, 422, 429, 503)
+    code: {"model": ErrorView} for code in (400, 401, 404, 409, 413, 422, 429, 503)
 }
 
 
@@ -350,4 +349,3 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
         GuardMiddleware, token=settings.token, max_body_bytes=settings.max_body_bytes
     )
     return app
-

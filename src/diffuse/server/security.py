@@ -25,7 +25,10 @@ PUBLIC_PATHS = frozenset({"/", "/static/app.js", "/static/style.css"})
 
 SECURITY_HEADERS = [
     # Nothing is loaded from elsewhere (no CDN); no framing, no MIME sniffing.
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; connect-src 'self' blob:"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data: blob:; connect-src 'self' blob:",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),

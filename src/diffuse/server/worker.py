@@ -214,7 +214,9 @@ class ModelWorker:
             if job.watchers > 0:
                 images = self.pipe.model.decode(info.denoised)
                 grid = to_grid(images, nrow=images.shape[0], padding=0)
-                preview = png_bytes(Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid), {})
+                preview = png_bytes(
+                    Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid), {}
+                )
             job.progress(info.index + 1, preview)
 
         return callback
@@ -237,7 +239,11 @@ class ModelWorker:
             else:
                 pictures = to_pil(images)
                 done = [
-                    JobImage(seed, job.params.for_seed(seed), png_bytes(picture, job.params.for_seed(seed)))
+                    JobImage(
+                        seed,
+                        job.params.for_seed(seed),
+                        png_bytes(picture, job.params.for_seed(seed)),
+                    )
                     for seed, picture in zip(job.params.seeds, pictures)
                 ]
                 job.finish(JobStatus.DONE, images=done)
