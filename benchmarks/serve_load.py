@@ -167,6 +167,9 @@ def run_mode(args: argparse.Namespace, batching: bool, requests: list[list[dict]
         "server_errors": sum(n for s, n in statuses.items() if s.startswith("5")),
         "network_calls": stats["network_calls"],
         "rows_per_call": stats["rows"] / max(1, stats["network_calls"]),
+        "worker_network_s": stats["network_seconds"],
+        "worker_steps_s": stats["step_seconds"],
+        "worker_start_s": stats["start_seconds"],
         "_results": results,
     }
 
@@ -227,14 +230,18 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     print()
-    print("| batching | images/s | p50 s | p95 s | answers | 5xx | network calls | rows/call |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| batching | images/s | p50 s | p95 s | answers | 5xx | network calls | rows/call "
+        "| worker s: network / steps / starts |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for m in summary["modes"]:
         answers = ", ".join(f"{n}x{s}" for s, n in sorted(m["statuses"].items()))
         print(
             f"| {'on' if m['batching'] else 'off'} | {m['images_per_s']:.3f} | {m['p50_s']:.1f} "
             f"| {m['p95_s']:.1f} | {answers} | {m['server_errors']} | {m['network_calls']} "
-            f"| {m['rows_per_call']:.1f} |"
+            f"| {m['rows_per_call']:.1f} | {m['worker_network_s']:.0f} / {m['worker_steps_s']:.0f}"
+            f" / {m['worker_start_s']:.0f} |"
         )
     print(
         f"\nthroughput ratio on/off: {summary['throughput_ratio']:.2f}x; batched images equal "

@@ -84,8 +84,10 @@ def test_runs_at_different_steps_share_one_call_per_tick(smooth_mixture):
             )
             out = network(xs, levels).split([r.call.x.shape[0] for r in live])
             calls += 1
-            for r, o in zip(live, out):
-                r.answer(o)
+            for r, o in zip(live, out):  # resumed together, the runs go on side by side
+                r.resume(o)
+            for r in live:
+                r.settle()
         tick += 1
     for k, expected in enumerate(alone):
         assert torch.equal(runs[k].result(), expected), plans[k][0]

@@ -72,6 +72,7 @@ class StepwiseRun:
         self._to_body: queue.SimpleQueue = queue.SimpleQueue()
         self._to_driver: queue.SimpleQueue = queue.SimpleQueue()
         self._call: NetworkCall | None = None
+        self._running = False  # resumed and not yet settled
         self._finished = False
         self._value: Tensor | None = None
         self._error: BaseException | None = None
@@ -127,14 +128,31 @@ class StepwiseRun:
         Raises:
             RuntimeError: the run has no pending call (it has finished).
         """
+        self.resume(output)
+        self.settle()
+
+    def resume(self, output: Tensor) -> None:
+        """Give the pending call its output and return at once; the body runs on until `settle`
+        is called. Several runs resumed together run side by side (each on its own data, so
+        each computes what it computes alone); settle every one before the next `call`.
+
+        Raises:
+            RuntimeError: the run has no pending call, or was resumed and not settled.
+        """
         if self._call is None:
             raise RuntimeError("the run has finished; there is no call to answer")
-        self._call = None
+        self._call, self._running = None, True
         self._to_body.put(("output", output))
-        self._wait()
+
+    def settle(self) -> None:
+        """Wait until a resumed run calls the network again or ends (a no-op otherwise)."""
+        if self._running:
+            self._running = False
+            self._wait()
 
     def cancel(self) -> None:
         """Stop the run: its pending call raises `RunCancelled` in the body (a no-op once done)."""
+        self.settle()
         if self._finished:
             return
         self._call = None

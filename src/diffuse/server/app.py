@@ -27,6 +27,7 @@ is shared.
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -127,7 +128,7 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
             queue_position=workers[job.params.model].position(job),
             step=job.step,
             steps=job.steps,
-            params={**job.params.for_seed(job.params.seeds[0]), "seeds": list(job.params.seeds)},
+            params=job_params(job),
             error=job.error,
             created=job.created,
             started=job.started,
@@ -182,11 +183,7 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
                         "max_body_bytes": settings.max_body_bytes,
                         "max_queue": settings.max_queue,
                     },
-                    stats={
-                        "network_calls": stats.network_calls,
-                        "rows": stats.rows,
-                        "jobs_finished": stats.jobs_finished,
-                    },
+                    stats=dataclasses.asdict(stats),
                 )
             )
         return out
@@ -349,3 +346,10 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
         GuardMiddleware, token=settings.token, max_body_bytes=settings.max_body_bytes
     )
     return app
+
+
+def job_params(job: Job) -> dict[str, Any]:
+    """A job's parameters as JSON: what each of its PNGs stores, with all its seeds."""
+    params = job.params.for_seed(job.params.seeds[0])
+    del params["seed"]
+    return {**params, "seeds": list(job.params.seeds)}

@@ -91,7 +91,7 @@ class ModelView(BaseModel):
     samplers: list[str]
     schedules: list[str]
     limits: dict[str, int]
-    stats: dict[str, int]
+    stats: dict[str, float]
 
 
 class ErrorView(BaseModel):

@@ -55,11 +55,16 @@ class _Running:
 
 @dataclass
 class WorkerStats:
-    """Counters of one worker: network calls made, rows they carried, jobs finished."""
+    """Counters of one worker: network calls made, rows they carried, jobs finished, and the
+    seconds spent in network calls, in the jobs' own steps (sampler arithmetic, previews, the
+    final decode) and in starting jobs (prompt encoding)."""
 
     network_calls: int = 0
     rows: int = 0
     jobs_finished: int = 0
+    network_seconds: float = 0.0
+    step_seconds: float = 0.0
+    start_seconds: float = 0.0
 
 
 class ModelWorker:
@@ -76,7 +81,8 @@ class ModelWorker:
         self.stats = WorkerStats()
         self._network = invariant_network(pipe.model.denoiser)
         self._queue: collections.deque[Job] = collections.deque()
-        self._running: list[_Running] = []
+        self._running: list[_Running] = []  # touched by the worker thread only
+        self._in_flight = 0  # jobs admitted and not yet finished (under the lock)
         self._cond = threading.Condition()
         self._stopping = False
         self._abort = False
@@ -100,7 +106,7 @@ class ModelWorker:
         with self._cond:
             if self._stopping:
                 raise ShuttingDown("the server is shutting down")
-            if len(self._queue) + len(self._running) >= self.settings.max_queue:
+            if len(self._queue) + self._in_flight >= self.settings.max_queue:
                 raise QueueFull(max(1, min(60, math.ceil(self._interval))))
             self._queue.append(job)
             self._cond.notify_all()
@@ -158,8 +164,10 @@ class ModelWorker:
             if self._stopping and not (self._queue or self._running):
                 return False
             admitted = self._admit()
+        started = time.perf_counter()
         for job in admitted:
             self._begin(job)
+        self.stats.start_seconds += time.perf_counter() - started
         for item in self._running:
             if item.job.cancel_requested and not item.run.done:
                 item.run.cancel()
@@ -167,6 +175,7 @@ class ModelWorker:
         live = [item for item in self._running if not item.run.done]
         if not live:
             return True
+        started = time.perf_counter()
         try:
             outputs = run_calls(self._network, [item.run.call for item in live], self._count)
         except Exception as error:  # a network failure fails the jobs, never the server
@@ -175,9 +184,16 @@ class ModelWorker:
                 item.run.cancel()
                 item.job.finish(JobStatus.FAILED, error=f"network call failed: {error}")
             self._running = [i for i in self._running if not i.job.status.final]
+            with self._cond:
+                self._in_flight = len(self._running)
             return True
-        for item, out in zip(live, outputs):
-            item.run.answer(out)
+        self.stats.network_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        for item, out in zip(live, outputs):  # the jobs' own arithmetic runs side by side
+            item.run.resume(out)
+        for item in live:
+            item.run.settle()
+        self.stats.step_seconds += time.perf_counter() - started
         self._reap()
         return True
 
@@ -195,6 +211,7 @@ class ModelWorker:
                     break
             admitted.append(self._queue.popleft())
             images += count
+        self._in_flight += len(admitted)
         return admitted
 
     def _begin(self, job: Job) -> None:
@@ -249,6 +266,8 @@ class ModelWorker:
                 job.finish(JobStatus.DONE, images=done)
             self._finished_one()
         self._running = still
+        with self._cond:
+            self._in_flight = len(still)
 
     def _finished_one(self) -> None:
         now = time.monotonic()
@@ -267,5 +286,6 @@ class ModelWorker:
             item.run.cancel()
             item.job.finish(JobStatus.CANCELLED, error="the server shut down")
         self._running = []
+        self._in_flight = 0
         while self._queue:
             self._queue.popleft().finish(JobStatus.CANCELLED, error="the server shut down")
