@@ -16,9 +16,11 @@ Routes (all JSON unless said; every one but the page needs the token when one is
     GET    /api/jobs/{id}/events           Server-Sent Events: progress with previews, the end
     GET    /openapi.json                   the schema
 
-Jobs of other tasks (image-to-image, inpainting) get their own POST /api/jobs/<task> route with
-their own request model; everything after the POST (the job, its images, events, cancellation)
-is shared.
+Jobs of other tasks (image-to-image, inpainting with a mask) get their own POST
+/api/jobs/<task> route with their own request model, and hand the worker a `Job` whose body runs
+their pipeline through the worker's `network`; the worker knows no task, and everything after
+the POST (the job, its images, events, cancellation, batching with the other jobs) is shared.
+`GET /api/models` lists each model's `tasks`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations at run time,
@@ -219,7 +221,11 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
             )
         except ValueError as error:
             raise HTTPException(422, str(error)) from None
-        job = Job(TEXT_TO_IMAGE, params)
+        job = Job(
+            TEXT_TO_IMAGE,
+            params,
+            lambda network, callback: pipe.generate(params, callback=callback, network=network),
+        )
         try:
             workers[name].submit(job)
         except QueueFull as full:

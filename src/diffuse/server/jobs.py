@@ -14,10 +14,15 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from torch import Tensor
+
 from diffuse.pipelines.text_to_image import GenerationParams
+from diffuse.samplers.base import Callback
+from diffuse.samplers.stepwise import CallFn
 
 
 class JobStatus(str, enum.Enum):
@@ -47,18 +52,26 @@ class JobImage:
 _ORDER = itertools.count()
 
 
+JobBody = Callable[[CallFn, Callback], Tensor]
+"""body(network, callback) -> images [N, C, H, W] in [-1, 1]: the task itself, run by the
+worker as a `StepwiseRun` (e.g. `TextToImagePipeline.generate` with `network=` and
+`callback=`); it must call the model only through `network`."""
+
+
 class Job:
     """One generation request.
 
     Args:
         kind: the task ("text-to-image"; the routes of other tasks add theirs).
-        params: the checked parameters.
+        params: the checked parameters (stored per seed in each PNG).
+        body: what computes the images (see `JobBody`); the worker knows no task.
     """
 
-    def __init__(self, kind: str, params: GenerationParams) -> None:
+    def __init__(self, kind: str, params: GenerationParams, body: JobBody) -> None:
         self.id = secrets.token_hex(8)
         self.kind = kind
         self.params = params
+        self.body = body
         self.order = next(_ORDER)
         self.created = time.time()
         self.started: float | None = None

@@ -218,10 +218,9 @@ class ModelWorker:
         """Start a job's run: it encodes its prompts and pauses at its first network call."""
         job.start()
 
-        def body(call):  # noqa: ANN001, ANN202 - the stepwise network
-            return self.pipe.generate(job.params, callback=self._on_step(job), network=call)
-
-        self._running.append(_Running(job, StepwiseRun(body, name=f"job-{job.id}")))
+        callback = self._on_step(job)
+        run = StepwiseRun(lambda network: job.body(network, callback), name=f"job-{job.id}")
+        self._running.append(_Running(job, run))
 
     def _on_step(self, job: Job):  # noqa: ANN202
         """The sampler callback of a job: progress, and a preview while someone watches."""
