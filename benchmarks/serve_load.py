@@ -52,13 +52,22 @@ PROMPTS = [
 ]
 
 
+EQUAL_LENGTH = [  # a diagnostic set: different prompts of one token length (10 with MiniLM)
+    "a large yellow star in the top left",
+    "a small green triangle at the bottom right",
+    "a small blue square in the top right",
+]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def plan(clients: int, requests: int, steps: list[int]) -> list[list[dict]]:
+def plan(
+    clients: int, requests: int, steps: list[int], prompts: list[str]
+) -> list[list[dict]]:
     """Per client, its requests: different prompts, seeds and step counts."""
     out = []
     for c in range(clients):
@@ -67,7 +76,7 @@ def plan(clients: int, requests: int, steps: list[int]) -> list[list[dict]]:
             k = c * requests + r
             mine.append(
                 {
-                    "prompt": PROMPTS[k % len(PROMPTS)],
+                    "prompt": prompts[k % len(prompts)],
                     "seeds": [1000 + k],
                     "steps": steps[(c + r) % len(steps)],
                 }
@@ -182,10 +191,18 @@ def main() -> None:
     parser.add_argument("--steps", default="4,6,8,10", help="step counts, used in turn")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per request")
     parser.add_argument("--library-checks", type=int, default=8)
+    parser.add_argument(
+        "--prompt-set",
+        choices=["varied", "equal-length"],
+        default="varied",
+        help="varied: 10 prompts of 5-12 tokens (the measurement); equal-length: 3 prompts of "
+        "one token length, a diagnostic of what splitting calls by prompt length costs",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     args.steps_list = [int(s) for s in args.steps.split(",")]
-    requests = plan(args.clients, args.requests, args.steps_list)
+    prompts = PROMPTS if args.prompt_set == "varied" else EQUAL_LENGTH
+    requests = plan(args.clients, args.requests, args.steps_list, prompts)
     load_before = os.getloadavg()
     on = run_mode(args, True, requests)
     off = run_mode(args, False, requests)
@@ -215,6 +232,7 @@ def main() -> None:
         "clients": args.clients,
         "requests_per_client": args.requests,
         "steps": args.steps_list,
+        "prompt_set": args.prompt_set,
         "model": args.model or "bundled shapes-t2i",
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),

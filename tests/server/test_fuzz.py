@@ -9,7 +9,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, settings
 
-from conftest import LiveServer
+from live_server import LiveServer
 
 schemathesis = pytest.importorskip("schemathesis", reason="needs the 'serve' extra")
 
