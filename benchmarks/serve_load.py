@@ -65,9 +65,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def plan(
-    clients: int, requests: int, steps: list[int], prompts: list[str]
-) -> list[list[dict]]:
+def plan(clients: int, requests: int, steps: list[int], prompts: list[str]) -> list[list[dict]]:
     """Per client, its requests: different prompts, seeds and step counts."""
     out = []
     for c in range(clients):
