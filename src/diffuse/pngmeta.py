@@ -6,6 +6,7 @@ so `diffuse generate --from-png FILE` can reproduce it exactly.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,34 @@ def save_png(image: Image.Image, path: str | Path, params: dict[str, Any], overw
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "xb") as handle:
+        image.save(handle, format="PNG", pnginfo=_info(params))
+    return path
+
+
+def png_bytes(image: Image.Image, params: dict[str, Any]) -> bytes:
+    """The PNG file `save_png` would write, in memory (what a server returns)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=_info(params))
+    return buffer.getvalue()
+
+
+def params_from_bytes(data: bytes) -> dict[str, Any]:
+    """The generation parameters inside PNG file contents (ValueError if there are none)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            text = image.text.get(KEY) if hasattr(image, "text") else None
+    except OSError as err:
+        raise ValueError(f"not a readable PNG: {err}") from None
+    if text is None:
+        raise ValueError("the PNG carries no diffuse generation parameters")
+    return json.loads(text)
+
+
+def _info(params: dict[str, Any]) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
     info.add_text(KEY, json.dumps(params, sort_keys=True))
-    with atomic_path(path) as tmp, open(tmp, "xb") as handle:
-        image.save(handle, format="PNG", pnginfo=info)
-    return path
+    return info
 
 
 def read_params(path: str | Path) -> dict[str, Any]:

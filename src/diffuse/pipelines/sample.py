@@ -24,8 +24,8 @@ from PIL import Image
 from torch import Tensor
 
 from diffuse.denoiser import Cond, Denoiser
+from diffuse.guidance import CondDenoiseFn, expand_cond
 from diffuse.guidance import cfg as guided
-from diffuse.guidance import expand_cond
 from diffuse.model_folder import TrainedModel, load_model
 from diffuse.nets.layers import invariant_batch_size, pad_batch
 from diffuse.pngmeta import save_png
@@ -39,12 +39,28 @@ __all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid", "
 load_trained = load_model
 
 
-def _rows(cond: Cond, start: int, stop: int, padded: int) -> Cond:
-    """Rows start:stop of a batched conditioning (a batch of 1 is shared by every row), the
-    last row repeated up to `padded` rows (see `batch_invariant`)."""
+def _rows(cond: Cond, start: int, stop: int) -> Cond:
+    """Rows start:stop of a batched conditioning (a batch of 1 is shared by every row)."""
     if cond is None:
         return None
-    return {k: v if v.shape[0] == 1 else pad_batch(v[start:stop], padded) for k, v in cond.items()}
+    return {k: v if v.shape[0] == 1 else v[start:stop] for k, v in cond.items()}
+
+
+def invariant_network(denoiser: Denoiser) -> CondDenoiseFn:
+    """denoiser(x, level, cond) with the rows padded as `nets.layers.batch_invariant` pads them:
+    the same seed gives the same pixels in any batch (the network sees whole samples per
+    thread), so rows from many requests may share a call."""
+
+    def network(x: Tensor, level: Tensor, cond: Cond = None) -> Tensor:
+        rows = x.shape[0]
+        padded = invariant_batch_size(rows, x.device)
+        level = torch.as_tensor(level)
+        if level.ndim:
+            level = pad_batch(level, padded)
+        cond = None if cond is None else {k: pad_batch(v, padded) for k, v in cond.items()}
+        return denoiser(pad_batch(x, padded), level, cond)[:rows]
+
+    return network
 
 
 @torch.no_grad()
@@ -65,6 +81,7 @@ def generate(
     device: str | torch.device = "cpu",
     batch_size: int = 64,
     callback: Callback | None = None,
+    network: CondDenoiseFn | None = None,
 ) -> Tensor:
     """Sample one image per seed, optionally conditional with classifier-free guidance.
 
@@ -84,6 +101,9 @@ def generate(
         device: where the network runs.
         batch_size: images per sampler call (results do not depend on it).
         callback: called after each step of each batch with the sampler's `StepInfo`.
+        network: network(x, level, cond) -> x0 estimate, what runs the denoiser on the rows the
+            sampler and guidance ask for (default: the denoiser itself, batch-invariant, see
+            `invariant_network`); a server passes one that batches calls across requests.
     Returns:
         samples [N, C, H, W] (float32, CPU), unclamped: latents of a latent model, which
         range beyond [-1, 1], or pixels; `TrainedModel.decode` turns either into images.
@@ -108,24 +128,20 @@ def generate(
     levels = get_schedule(schedule)(denoiser.process, steps)
     was_training = denoiser.training
     denoiser.eval()
+    network = network or invariant_network(denoiser)
     outputs = []
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start : start + batch_size]
         noise = SeededNoise(chunk, device=device)  # per-sample streams, for stochastic samplers
         x = noise.initial(shape) * float(levels[0])
-        padded = invariant_batch_size(len(chunk), device)
-        c = _rows(cond, start, start + len(chunk), padded)
+        c = _rows(cond, start, start + len(chunk))
         if c is not None and guidance != 1.0:
-            u = _rows(uncond, start, start + len(chunk), padded)
-            net = guided(denoiser, c, u, guidance, rescale=guidance_rescale)
+            u = _rows(uncond, start, start + len(chunk))
+            denoise = guided(network, c, u, guidance, rescale=guidance_rescale)
         else:
 
-            def net(x: Tensor, level: Tensor, c: Cond = c) -> Tensor:
-                return denoiser(x, level, expand_cond(c, x.shape[0]))
-
-        def denoise(x: Tensor, level: Tensor, net=net, padded=padded) -> Tensor:
-            # Same seed, same pixels in any batch: the network sees whole samples per thread.
-            return net(pad_batch(x, padded), level)[: x.shape[0]]
+            def denoise(x: Tensor, level: Tensor, c: Cond = c) -> Tensor:
+                return network(x, level, expand_cond(c, x.shape[0]))
 
         out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
         outputs.append(out.float().cpu())

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from diffuse.codecs.base import PromptEncoder
 from diffuse.codecs.text_encoder import TextEncoder
+from diffuse.guidance import CondDenoiseFn
 from diffuse.io import file_sha256
 from diffuse.model_folder import WEIGHTS_FILE, TrainedModel, load_model
 from diffuse.pipelines.call_conventions import (
@@ -194,13 +195,15 @@ class TextToImagePipeline:
         prompts: Sequence[str] | None = None,
         negative_prompts: Sequence[str] | None = None,
         decode: bool = True,
+        network: CondDenoiseFn | None = None,
     ) -> Tensor:
         """Images [N, 3, H, W] in [-1, 1] for checked parameters (see `params`).
 
         `prompts` and `negative_prompts`, one per seed, replace `params.prompt` and
         `params.negative_prompt` (many prompts in one batch: each image still depends only on
         its prompts and seed). `decode=False` returns the network's samples (the latents of a
-        latent model) instead of images.
+        latent model) instead of images. `network(x, level, cond)` replaces the call of the
+        denoiser (`pipelines.sample.generate`; a server batches requests through it).
         """
         for name, texts in (("prompts", prompts), ("negative prompts", negative_prompts)):
             if texts is not None and len(texts) != len(params.seeds):
@@ -220,6 +223,7 @@ class TextToImagePipeline:
             guidance=params.guidance,
             device=to,
             callback=callback,
+            network=network,
         )
         return self.model.decode(latents) if decode else latents
 

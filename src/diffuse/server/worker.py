@@ -1,0 +1,290 @@
+"""One worker thread per model: it owns the network and advances every admitted job a step.
+
+Each admitted job runs `TextToImagePipeline.generate` as a `samplers.stepwise.StepwiseRun`,
+paused at every network call. A tick of the worker collects the pending call of every running
+job, answers them with as few network calls as the conditioning shapes allow
+(`pipelines.step_batching.run_calls`), and lets each job go on to its next call. A job that
+arrives while others run joins at the next tick at its own first step, with its own prompt,
+seed, step count, guidance scale and sampler; it gets exactly the pixels it would get alone.
+With batching off the worker admits one job at a time, which is how requests are served one by
+one.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from diffuse.pipelines.call_conventions import to_pil
+from diffuse.pipelines.sample import invariant_network, to_grid
+from diffuse.pipelines.step_batching import run_calls
+from diffuse.pipelines.text_to_image import TextToImagePipeline
+from diffuse.pngmeta import png_bytes
+from diffuse.samplers.base import StepInfo
+from diffuse.samplers.stepwise import RunCancelled, StepwiseRun
+from diffuse.server.jobs import Job, JobImage, JobStatus
+from diffuse.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The model's queue is at its bound; `retry_after` is a estimate in whole seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the queue is full; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Exception):
+    """The server is shutting down and takes no new jobs."""
+
+
+@dataclass
+class _Running:
+    job: Job
+    run: StepwiseRun
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker: network calls made, rows they carried, jobs finished, and the
+    seconds spent in network calls, in the jobs' own steps (sampler arithmetic, previews, the
+    final decode) and in starting jobs (prompt encoding)."""
+
+    network_calls: int = 0
+    rows: int = 0
+    jobs_finished: int = 0
+    network_seconds: float = 0.0
+    step_seconds: float = 0.0
+    start_seconds: float = 0.0
+
+
+class ModelWorker:
+    """The thread that owns one model's network.
+
+    Args:
+        pipe: the model.
+        settings: queue bound, batch cap, batching on or off.
+    """
+
+    def __init__(self, pipe: TextToImagePipeline, settings: ServerSettings) -> None:
+        self.pipe = pipe
+        self.settings = settings
+        self.stats = WorkerStats()
+        self._network = invariant_network(pipe.model.denoiser)
+        self._queue: collections.deque[Job] = collections.deque()
+        self._running: list[_Running] = []  # touched by the worker thread only
+        self._in_flight = 0  # jobs admitted and not yet finished (under the lock)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._abort = False
+        self._interval = 1.0  # moving average of seconds between finished jobs (Retry-After)
+        self._last_finish: float | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"worker-{pipe.name}", daemon=True)
+
+    # --- called from the event loop ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue a job.
+
+        Raises:
+            ShuttingDown: the worker is stopping.
+            QueueFull: `max_queue` jobs are already waiting or running.
+        """
+        with self._cond:
+            if self._stopping:
+                raise ShuttingDown("the server is shutting down")
+            if len(self._queue) + self._in_flight >= self.settings.max_queue:
+                raise QueueFull(max(1, min(60, math.ceil(self._interval))))
+            self._queue.append(job)
+            self._cond.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        """Cancel a job: at once if it still waits, at the next tick if it runs."""
+        with self._cond:
+            if job in self._queue:
+                self._queue.remove(job)
+                job.finish(JobStatus.CANCELLED, error="cancelled")
+                return
+            job.request_cancel()
+            self._cond.notify_all()
+
+    def position(self, job: Job) -> int | None:
+        """How many jobs wait before this one (None unless it waits)."""
+        with self._cond:
+            try:
+                return self._queue.index(job)
+            except ValueError:
+                return None
+
+    def stop(self, grace: float) -> None:
+        """Take no new jobs, let the accepted ones finish for up to `grace` seconds, then cancel
+        what is left; returns when the thread has ended."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(grace)
+        with self._cond:
+            self._abort = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()
+        for job in list(self._queue):  # never started (the thread may not have run at all)
+            job.finish(JobStatus.CANCELLED, error="the server shut down")
+        self._queue.clear()
+
+    # --- the worker thread -------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.no_grad():
+            while self._tick():
+                pass
+
+    def _tick(self) -> bool:
+        """Admit, cancel, advance every running job by one network call; False to end."""
+        with self._cond:
+            while not (self._queue or self._running or self._stopping):
+                self._cond.wait()
+            if self._abort:
+                self._shut_down()
+                return False
+            if self._stopping and not (self._queue or self._running):
+                return False
+            admitted = self._admit()
+        started = time.perf_counter()
+        for job in admitted:
+            self._begin(job)
+        self.stats.start_seconds += time.perf_counter() - started
+        for item in self._running:
+            if item.job.cancel_requested and not item.run.done:
+                item.run.cancel()
+        self._reap()
+        live = [item for item in self._running if not item.run.done]
+        if not live:
+            return True
+        started = time.perf_counter()
+        try:
+            outputs = run_calls(self._network, [item.run.call for item in live], self._count)
+        except Exception as error:  # a network failure fails the jobs, never the server
+            logger.exception("network call failed")
+            for item in live:
+                item.run.cancel()
+                item.job.finish(JobStatus.FAILED, error=f"network call failed: {error}")
+            self._running = [i for i in self._running if not i.job.status.final]
+            with self._cond:
+                self._in_flight = len(self._running)
+            return True
+        self.stats.network_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        for item, out in zip(live, outputs):  # the jobs' own arithmetic runs side by side
+            item.run.resume(out)
+        for item in live:
+            item.run.settle()
+        self.stats.step_seconds += time.perf_counter() - started
+        self._reap()
+        return True
+
+    def _admit(self) -> list[Job]:
+        """Jobs to start now (called with the lock held)."""
+        admitted: list[Job] = []
+        images = sum(len(item.job.params.seeds) for item in self._running)
+        while self._queue:
+            job = self._queue[0]
+            count = len(job.params.seeds)
+            if self._running or admitted:
+                if not self.settings.batching:
+                    break
+                if images + count > self.settings.max_batch_images:
+                    break
+            admitted.append(self._queue.popleft())
+            images += count
+        self._in_flight += len(admitted)
+        return admitted
+
+    def _begin(self, job: Job) -> None:
+        """Start a job's run: it encodes its prompts and pauses at its first network call."""
+        job.start()
+
+        callback = self._on_step(job)
+        run = StepwiseRun(lambda network: job.body(network, callback), name=f"job-{job.id}")
+        self._running.append(_Running(job, run))
+
+    def _on_step(self, job: Job):  # noqa: ANN202
+        """The sampler callback of a job: progress, and a preview while someone watches."""
+
+        def callback(info: StepInfo) -> None:
+            preview = None
+            if job.watchers > 0:
+                images = self.pipe.model.decode(info.denoised)
+                grid = to_grid(images, nrow=images.shape[0], padding=0)
+                preview = png_bytes(
+                    Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid), {}
+                )
+            job.progress(info.index + 1, preview)
+
+        return callback
+
+    def _reap(self) -> None:
+        """Finish the jobs whose runs have ended."""
+        still = []
+        for item in self._running:
+            if not item.run.done:
+                still.append(item)
+                continue
+            job = item.job
+            try:
+                images = item.run.result()
+            except RunCancelled:
+                job.finish(JobStatus.CANCELLED, error="cancelled")
+            except Exception as error:
+                logger.exception("job %s failed", job.id)
+                job.finish(JobStatus.FAILED, error=str(error))
+            else:
+                pictures = to_pil(images)
+                done = [
+                    JobImage(
+                        seed,
+                        job.params.for_seed(seed),
+                        png_bytes(picture, job.params.for_seed(seed)),
+                    )
+                    for seed, picture in zip(job.params.seeds, pictures)
+                ]
+                job.finish(JobStatus.DONE, images=done)
+            self._finished_one()
+        self._running = still
+        with self._cond:
+            self._in_flight = len(still)
+
+    def _finished_one(self) -> None:
+        now = time.monotonic()
+        if self._last_finish is not None:
+            self._interval = 0.8 * self._interval + 0.2 * (now - self._last_finish)
+        self._last_finish = now
+        self.stats.jobs_finished += 1
+
+    def _count(self, rows: int) -> None:
+        self.stats.network_calls += 1
+        self.stats.rows += rows
+
+    def _shut_down(self) -> None:
+        """Cancel everything (called with the lock held, once the grace period is over)."""
+        for item in self._running:
+            item.run.cancel()
+            item.job.finish(JobStatus.CANCELLED, error="the server shut down")
+        self._running = []
+        self._in_flight = 0
+        while self._queue:
+            self._queue.popleft().finish(JobStatus.CANCELLED, error="the server shut down")
