@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="convert a diffusers folder to a diffuse model folder, or back",
         description="Convert a diffusers pipeline or network folder (model_index.json, unet/, "
         "vae/, text_encoder/, tokenizer/, scheduler/; safetensors weights) into a diffuse model "
-        "folder, or a diffuse pixel-space U-Net model into a diffusers DDIM pipeline folder. "
+        "folder, or a diffuse pixel-space model (a U-Net without text or classes, a "
+        "class-conditional DiT) into a diffusers pipeline folder. "
         "Any command's --model also takes a diffusers folder directly (converted once and "
         "cached by the hash of its weights).",
     )
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if model.info.codec:
             raise CliError(
                 f"{source} is a latent model; its codec has no diffusers export (only "
-                "pixel-space U-Nets are exported)"
+                "pixel-space models are exported)"
             )
         info = model.info
         net = model.denoiser.net
