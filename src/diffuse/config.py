@@ -277,6 +277,9 @@ class DataConfig:
     # A VAE folder (`diffuse train` on a [vae] recipe writes RUN/model): train in its latent
     # space, the images encoded once into RUN/latent-cache.safetensors ("": pixel space).
     codec: str = ""
+    # scenes only: the captions of the Shapes templates, or the grammar mix (the templates plus
+    # the caption grammar people write, `diffuse.shapes.grammar.training_caption`)
+    captions: Literal["templates", "grammar"] = "templates"
 
     def __post_init__(self) -> None:
         if self.source in ("npz", "folder"):
