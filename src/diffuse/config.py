@@ -290,6 +290,12 @@ class DataConfig:
         _require(0 <= self.pad <= self.resolution, "data.pad", self.pad, "0..resolution")
         _require(self.holdout >= 0, "data.holdout", self.holdout, "must be >= 0")
         _require(self.limit >= 0, "data.limit", self.limit, "must be >= 0")
+        _require(
+            self.captions == "templates" or self.source == "scenes",
+            "data.captions",
+            self.captions,
+            "only the Shapes scenes (data.source = 'scenes') have a caption grammar",
+        )
 
     @property
     def image_size(self) -> int:

@@ -193,6 +193,8 @@ def test_parse_grammar_prompts(prompt, expected):
 
 def test_grammar_data_source():
     assert DataConfig(source="scenes", captions="grammar").captions == "grammar"
+    with pytest.raises(ConfigError, match="data.captions"):
+        DataConfig(source="procedural", captions="grammar")
     with pytest.raises((ConfigError, ValueError, TypeError)):
         ShapesDataset(32, captions="slang")
     plain = ScenesDataset(20, 32, seed=2)
