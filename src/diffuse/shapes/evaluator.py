@@ -28,7 +28,8 @@ breakdown. Detection, in order:
 
 Relations compare cells ("left of" = strictly smaller column), the same rule the captions use.
 Prompts fully satisfied on ground-truth renders of 1,000 held-out scenes: 100% at 32 and 64 px
-(training captions and paraphrases alike). Robustness, same scenes: Gaussian noise of std 8 (of
+(training captions and paraphrases alike; the caption grammar's training and held-out sides
+too). Robustness, same scenes: Gaussian noise of std 8 (of
 255): 100% / 100% (32 / 64 px); std 16: 97% / 100%; one 3x3 binomial blur: 91% / 100%; two:
 53% / 97%. Only shape (and size, which depends on it) degrade: small stars at 32 px are five
 pixels across and, blurred, become blobs. Colour, position and count stay at 100%.
@@ -290,15 +291,19 @@ def _phrases(tokens: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
 
 def parse_prompt(prompt: str) -> PromptSpec:
-    """Parse a Shapes caption (training templates or paraphrases) into its requirements.
+    """Parse a Shapes caption (training templates, paraphrases or the caption grammar of
+    `diffuse.shapes.grammar`) into its requirements.
 
-    Grammar, clause by clause (clauses end at , ; : . "and" "plus" "with"):
+    Grammar, clause by clause (clauses end at , ; : . "and" "plus" "with" "then"):
     "[the|a] [size] [colour] shape" is an object; "the colour shape" naming an object already
     mentioned refers to it. A position phrase belongs to the closest object before it in its
     clause, else to the next object; a clause that is only a position ("in the top left, a red
     circle") belongs to the next clause's first object, or at the end to the last object.
     "A rel B" relates A to B; a clause that opens with the relation ("above a green triangle
-    there is a blue square") relates its second object to its first. Unknown words are ignored.
+    there is a blue square") relates its second object to its first. "it" (and "to its left")
+    and "the first one" name the first object, "the second one" the second, a clause's "which"
+    or "that" the object just named. A misspelt word one slip away from exactly one known word
+    reads as that word. Unknown words are ignored.
 
     Args:
         prompt: the caption.

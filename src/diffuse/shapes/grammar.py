@@ -2,7 +2,7 @@
 
 The caption templates of `diffuse.shapes.scenes` are few and tidy; people write "draw a red
 circle in the top-left corner with a blue square under it", "two shapes: a cherry dot and a
-navy tile next to it", or "Put a big red circle top right pls". This module describes Shapes
+navy tile next to it", or "Put a red circle top right please!". This module describes Shapes
 scenes in such a grammar:
 
 - sentence forms: relative clauses ("a red circle which is in the centre"), pronouns that refer
