@@ -284,6 +284,9 @@ class DataConfig:
     # A VAE folder (`diffuse train` on a [vae] recipe writes RUN/model): train in its latent
     # space, the images encoded once into RUN/latent-cache.safetensors ("": pixel space).
     codec: str = ""
+    # scenes only: the captions of the Shapes templates, or the grammar mix (the templates plus
+    # the caption grammar people write, `diffuse.shapes.grammar.training_caption`)
+    captions: Literal["templates", "grammar"] = "templates"
 
     def __post_init__(self) -> None:
         if self.source in ("npz", "folder"):
@@ -294,6 +297,12 @@ class DataConfig:
         _require(0 <= self.pad <= self.resolution, "data.pad", self.pad, "0..resolution")
         _require(self.holdout >= 0, "data.holdout", self.holdout, "must be >= 0")
         _require(self.limit >= 0, "data.limit", self.limit, "must be >= 0")
+        _require(
+            self.captions == "templates" or self.source == "scenes",
+            "data.captions",
+            self.captions,
+            "only the Shapes scenes (data.source = 'scenes') have a caption grammar",
+        )
 
     @property
     def image_size(self) -> int:

@@ -7,7 +7,13 @@ from diffuse.cli import main
 from diffuse.model_folder import read_info
 from diffuse.pipelines.text_to_image import default_model_dir
 from diffuse.shapes import scenes
-from diffuse.shapes.vocabulary import WORDS, trained_on_shapes_captions, unknown_words
+from diffuse.shapes.vocabulary import (
+    WORDS,
+    caption_kind,
+    describe,
+    trained_on_shapes_captions,
+    unknown_words,
+)
 
 PROMPT = "a red circle above a blue square"
 
@@ -29,6 +35,31 @@ def test_unknown_words_are_named_once_in_prompt_order():
     prompt = "A Dragon, flying above a red circle. The dragon's 3 DRAGONS"
     assert unknown_words(prompt) == ["dragon", "flying", "dragon's", "dragons"]
     assert unknown_words("Above and to the left of: a large WHITE star!") == []
+
+
+def test_the_vocabulary_follows_the_recipes_captions():
+    prompt = "Draw a teal tile next to it, then a wee lilac sparkle under it"
+    assert unknown_words(prompt, "grammar") == []
+    assert unknown_words(prompt) == [
+        "draw",
+        "teal",
+        "tile",
+        "next",
+        "it",
+        "then",
+        "wee",
+        "lilac",
+    ] + [
+        "sparkle",
+        "under",
+    ]
+    assert caption_kind({"data": {"source": "scenes"}}) == "templates"
+    assert caption_kind({"data": {"source": "scenes", "captions": "grammar"}}) == "grammar"
+    assert caption_kind({"data": {"source": "folder"}}) is None
+    listing = describe(captions="grammar")
+    for word in ("teal", "sparkle", "next to", "under", "below it", "draw"):
+        assert word in listing, word
+    assert "teal" not in describe()
 
 
 def test_only_models_trained_on_shapes_captions_are_checked():

@@ -13,8 +13,14 @@ from diffuse.cli.arguments import (
     progress_bar,
     warning_lines,
 )
+from diffuse.model_folder import read_info
 from diffuse.pipelines.sample import save_grid
-from diffuse.pipelines.text_to_image import TextToImagePipeline, load_pipeline, to_pil
+from diffuse.pipelines.text_to_image import (
+    TextToImagePipeline,
+    default_model_dir,
+    load_pipeline,
+    to_pil,
+)
 from diffuse.pngmeta import read_params, save_png
 from diffuse.shapes import vocabulary
 
@@ -26,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generate images from a text prompt",
         description="Generate images from a prompt with the bundled default model (or --model).\n"
         "Every PNG carries its generation parameters; --from-png FILE reproduces it exactly.",
-        epilog=vocabulary.describe(),
+        epilog=vocabulary.describe(captions=_bundled_captions()),
         formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the epilog's lines
     )
     p.add_argument("prompt", nargs="?", help='the prompt ("" for an unconditional image)')
@@ -54,6 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _bundled_captions() -> str:
+    """The kind of Shapes captions the bundled model was trained on (its recipe says)."""
+    kind = vocabulary.caption_kind(read_info(default_model_dir()).recipe)
+    return kind or "templates"
 
 
 def output_paths(output: str, seeds: tuple[int, ...], grid: bool) -> list[Path]:
@@ -132,9 +144,10 @@ def warn_unknown_words(pipe: TextToImagePipeline, prompts: list[str]) -> None:
         pipe: the loaded pipeline (its model info records the training recipe).
         prompts: the prompt and the negative prompt.
     """
-    if not vocabulary.trained_on_shapes_captions(pipe.model.info.recipe):
+    kind = vocabulary.caption_kind(pipe.model.info.recipe)
+    if kind is None:
         return
-    unknown = vocabulary.unknown_words(" ".join(prompts))
+    unknown = vocabulary.unknown_words(" ".join(prompts), kind)
     if unknown:
         plural = "s" if len(unknown) > 1 else ""
         names = ", ".join(repr(w) for w in unknown)

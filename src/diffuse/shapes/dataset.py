@@ -6,10 +6,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffuse.shapes.grammar import heldout_grammar_caption, training_caption
 from diffuse.shapes.render import render_scene
 from diffuse.shapes.scenes import Scene, caption, paraphrase, sample_split_scene
 
 __all__ = ["ShapesDataset", "collate_shapes", "to_float_image"]
+
+# Caption kinds -> the function writing them (scene, seed, index) -> str.
+CAPTIONERS = {
+    "train": caption,
+    "paraphrase": paraphrase,
+    "grammar": training_caption,
+    "heldout-grammar": heldout_grammar_caption,
+}
 
 # Default lengths: the generator is unbounded, these are just epoch sizes.
 DEFAULT_LENGTHS = {
@@ -40,8 +49,10 @@ class ShapesDataset(torch.utils.data.Dataset):
             (one to three objects), or "heldout-1" / "-2" / "-3" (that many objects).
         length: number of items; default 100,000 for train, 1,000 for heldout.
         seed: selects an independent stream of scenes.
-        captions: "train" (training templates) or "paraphrase" (disjoint vocabulary, for
-            evaluating generalisation).
+        captions: "train" (training templates), "paraphrase" (disjoint vocabulary, for
+            evaluating generalisation), "grammar" (the templates mixed with the caption grammar
+            people write, `diffuse.shapes.grammar.training_caption`) or "heldout-grammar" (its
+            held-out forms and words).
     """
 
     def __init__(
@@ -54,8 +65,8 @@ class ShapesDataset(torch.utils.data.Dataset):
     ) -> None:
         if split not in DEFAULT_LENGTHS:
             raise ValueError(f"split must be one of {', '.join(DEFAULT_LENGTHS)}, got {split!r}")
-        if captions not in ("train", "paraphrase"):
-            raise ValueError(f"captions must be 'train' or 'paraphrase', got {captions!r}")
+        if captions not in CAPTIONERS:
+            raise ValueError(f"captions must be one of {', '.join(CAPTIONERS)}, got {captions!r}")
         if size < 16:
             raise ValueError(f"size must be >= 16, got {size}")
         length = DEFAULT_LENGTHS[split] if length is None else length
@@ -79,8 +90,7 @@ class ShapesDataset(torch.utils.data.Dataset):
     def caption(self, index: int) -> str:
         """The caption of item `index`."""
         index = self._index(index)
-        make = caption if self.captions == "train" else paraphrase
-        return make(self.scene(index), self.seed, index)
+        return CAPTIONERS[self.captions](self.scene(index), self.seed, index)
 
     def image_uint8(self, index: int) -> np.ndarray:
         """The render of item `index`, uint8 [size, size, 3]."""
@@ -89,8 +99,7 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, str, Scene]:
         index = self._index(index)
         scene = self.scene(index)
-        make = caption if self.captions == "train" else paraphrase
-        text = make(scene, self.seed, index)
+        text = CAPTIONERS[self.captions](scene, self.seed, index)
         return to_float_image(render_scene(scene, self.size)), text, scene
 
 

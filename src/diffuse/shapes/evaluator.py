@@ -28,7 +28,8 @@ breakdown. Detection, in order:
 
 Relations compare cells ("left of" = strictly smaller column), the same rule the captions use.
 Prompts fully satisfied on ground-truth renders of 1,000 held-out scenes: 100% at 32 and 64 px
-(training captions and paraphrases alike). Robustness, same scenes: Gaussian noise of std 8 (of
+(training captions and paraphrases alike; the caption grammar's training and held-out sides
+too). Robustness, same scenes: Gaussian noise of std 8 (of
 255): 100% / 100% (32 / 64 px); std 16: 97% / 100%; one 3x3 binomial blur: 91% / 100%; two:
 53% / 97%. Only shape (and size, which depends on it) degrade: small stars at 32 px are five
 pixels across and, blurred, become blobs. Colour, position and count stay at 100%.
@@ -49,10 +50,19 @@ from typing import Any
 
 import numpy as np
 
+from diffuse.shapes.grammar import (
+    GRAMMAR_WORDS,
+    HELDOUT_GRAMMAR,
+    POSITION_FILLERS,
+    POSITION_SYNONYMS,
+    POSSESSIVE_RELATIONS,
+    TRAIN_GRAMMAR,
+)
 from diffuse.shapes.render import SHAPE_VERTICES, TRIANGLE_HEIGHT
 from diffuse.shapes.scenes import (
     COLOURS,
     PARAPHRASE_VOCABULARY,
+    PARAPHRASE_WORDS,
     POSITION_WORDS,
     SIZE_EXTENTS,
     TRAIN_VOCABULARY,
@@ -125,7 +135,8 @@ class ObjectSpec:
 
 @dataclass(frozen=True)
 class Relation:
-    """objects[subject] is `kind` ("left", "right", "above", "below") of objects[reference]."""
+    """objects[subject] is `kind` ("left", "right", "above", "below", "beside") of
+    objects[reference]."""
 
     subject: int
     kind: str
@@ -142,10 +153,11 @@ class PromptSpec:
 
 
 def _word_table() -> tuple[dict[str, tuple[str, Any]], list[tuple[tuple[str, ...], str]]]:
-    """Single-word meanings and multi-word relation phrases of both caption vocabularies."""
+    """Single-word meanings and multi-word relation phrases of every caption vocabulary (the
+    templates, the paraphrases and both sides of the grammar)."""
     words: dict[str, tuple[str, Any]] = {}
     relations: list[tuple[tuple[str, ...], str]] = []
-    for vocab in (TRAIN_VOCABULARY, PARAPHRASE_VOCABULARY):
+    for vocab in (TRAIN_VOCABULARY, PARAPHRASE_VOCABULARY, TRAIN_GRAMMAR, HELDOUT_GRAMMAR):
         for canonical, options in vocab.colours.items():
             words.update({w: ("colour", canonical) for w in options})
         for canonical, options in vocab.shapes.items():
@@ -154,11 +166,17 @@ def _word_table() -> tuple[dict[str, tuple[str, Any]], list[tuple[tuple[str, ...
             words.update({w: ("size", canonical) for w in options})
         for kind, phrases in vocab.relations.items():
             relations.extend((tuple(re.findall(r"[a-z]+", p)), kind) for p in phrases)
+    for kind, phrases in POSSESSIVE_RELATIONS.items():  # "to its left": left of the first
+        relations.extend((tuple(re.findall(r"[a-z]+", p)), kind) for p in phrases)
     words.update({w: ("posw", cell) for w, cell in POSITION_WORDS.items()})
+    words.update({w: ("posw", cell) for w, cell in POSITION_SYNONYMS.items()})
     words.update({"two": ("count", 2), "three": ("count", 3), "pair": ("count", 2)})
-    words.update({"trio": ("count", 3)})
-    words.update({w: ("sep", w) for w in (",", ";", ":", ".", "and", "plus", "with")})
-    words.update({"a": ("det", False), "an": ("det", False), "the": ("det", True)})
+    words.update({"trio": ("count", 3), "2": ("count", 2), "3": ("count", 3)})
+    words.update({w: ("sep", w) for w in (",", ";", ":", ".", "and", "plus", "with", "then")})
+    words.update({"a": ("det", False), "an": ("det", False), "one": ("det", False)})
+    words.update({"the": ("det", True)})
+    # "it": the first object; "which" / "that" open a clause about the object just named
+    words.update({"it": ("ref", 0), "which": ("ref", -1), "that": ("ref", -1)})
     relations.sort(key=lambda item: -len(item[0]))  # longest phrase first
     return words, relations
 
@@ -166,20 +184,53 @@ def _word_table() -> tuple[dict[str, tuple[str, Any]], list[tuple[tuple[str, ...
 _WORDS, _RELATION_PHRASES = _word_table()
 # Words that may sit inside a position phrase without ending it ("top left corner").
 _POSITION_FILLERS = frozenset({"corner", "side", "edge", "of", "frame", "spot", "the"})
+_POSITION_FILLERS |= POSITION_FILLERS
+_ORDINALS = {"first": 0, "second": 1, "third": 2}
+_ORDINAL_NOUNS = frozenset({"one", "shape", "object"})
+# Words a misspelt prompt word is corrected to (one letter dropped, added, changed or two
+# neighbouring letters swapped; words of four letters or more, only when one word fits).
+_KNOWN_WORDS = frozenset(
+    w for w in (GRAMMAR_WORDS | PARAPHRASE_WORDS | set(_WORDS)) if w.isalpha() and len(w) >= 4
+)
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _correct(word: str) -> str:
+    """`word`, or the one known word a single slip of the keyboard away from it."""
+    if word in _WORDS or word in _KNOWN_WORDS or len(word) < 4 or not word.isalpha():
+        return word
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    # a letter doubled, dropped or two swapped first; a letter changed only if none fits
+    slips = {a + b[1:] for a, b in splits if b}
+    slips |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
+    slips |= {a + c + b for a, b in splits for c in _LETTERS}
+    for variants in (slips, {a + c + b[1:] for a, b in splits if b for c in _LETTERS}):
+        found = variants & _KNOWN_WORDS
+        if found:
+            return next(iter(found)) if len(found) == 1 else word
+    return word
 
 
 def _tokens(prompt: str) -> list[tuple[str, Any]]:
-    """Lex a prompt into (kind, value) tokens: obj, posw, rel, count, sep, det, other."""
-    words = re.findall(r"[a-z]+|[,;:.]", prompt.lower())
+    """Lex a prompt into (kind, value) tokens: obj, posw, rel, ref, count, sep, det, other."""
+    words = [_correct(w) for w in re.findall(r"[a-z]+|[0-9]+|[,;:.]", prompt.lower())]
     out: list[tuple[str, Any]] = []
     i = 0
     while i < len(words):
         for phrase, kind in _RELATION_PHRASES:
             if tuple(words[i : i + len(phrase)]) == phrase:
                 out.append(("rel", [kind]))
+                if "its" in phrase:
+                    out.append(("ref", 0))
                 i += len(phrase)
                 break
         else:
+            if words[i] == "the" and i + 1 < len(words) and words[i + 1] in _ORDINALS:
+                out.append(("ref", _ORDINALS[words[i + 1]]))  # "the first (one)"
+                i += 2
+                if i < len(words) and words[i] in _ORDINAL_NOUNS:
+                    i += 1
+                continue
             out.append(_WORDS.get(words[i], ("other", words[i])))
             i += 1
     # "above and to the left of": two relations joined by "and" are one combined relation.
@@ -199,8 +250,10 @@ def _tokens(prompt: str) -> list[tuple[str, Any]]:
 
 
 def _phrases(tokens: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """Group tokens into noun phrases ('obj': (definite, size, colour, shape)), position
-    phrases ('pos': (row, col)), relations, counts and separators; drop everything else."""
+    """Group tokens into noun phrases ('obj': (definite, size, colour, shape)), references to
+    objects already named ('ref'), position phrases ('pos': (row, col)), relations, counts and
+    separators; drop everything else (an unknown word between a determiner and its noun, as in
+    "a nice red circle", is skipped)."""
     out: list[tuple[str, Any]] = []
     mods: dict[str, Any] = {}
     i = 0
@@ -229,24 +282,28 @@ def _phrases(tokens: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
             out.append(("pos", (1 if row is None else row, 1 if col is None else col)))
             mods = {}
             continue
-        else:
+        elif kind != "other":
             mods = {}
-            if kind in ("rel", "count", "sep"):
+            if kind in ("rel", "ref", "count", "sep"):
                 out.append((kind, value))
         i += 1
     return out
 
 
 def parse_prompt(prompt: str) -> PromptSpec:
-    """Parse a Shapes caption (training templates or paraphrases) into its requirements.
+    """Parse a Shapes caption (training templates, paraphrases or the caption grammar of
+    `diffuse.shapes.grammar`) into its requirements.
 
-    Grammar, clause by clause (clauses end at , ; : . "and" "plus" "with"):
+    Grammar, clause by clause (clauses end at , ; : . "and" "plus" "with" "then"):
     "[the|a] [size] [colour] shape" is an object; "the colour shape" naming an object already
     mentioned refers to it. A position phrase belongs to the closest object before it in its
     clause, else to the next object; a clause that is only a position ("in the top left, a red
     circle") belongs to the next clause's first object, or at the end to the last object.
     "A rel B" relates A to B; a clause that opens with the relation ("above a green triangle
-    there is a blue square") relates its second object to its first. Unknown words are ignored.
+    there is a blue square") relates its second object to its first. "it" (and "to its left")
+    and "the first one" name the first object, "the second one" the second, a clause's "which"
+    or "that" the object just named. A misspelt word one slip away from exactly one known word
+    reads as that word. Unknown words are ignored.
 
     Args:
         prompt: the caption.
@@ -286,6 +343,9 @@ def parse_prompt(prompt: str) -> PromptSpec:
         for kind, value in clause:
             if kind == "obj":
                 items.append(("obj", resolve(*value)))
+            elif kind == "ref":  # "it", "the second one", "which": an object already named
+                if objects:
+                    items.append(("obj", value if 0 <= value < len(objects) else len(objects) - 1))
             elif kind == "count":
                 count = value
             else:
@@ -653,7 +713,14 @@ class PromptResult:
 def _relation_holds(kind: str, a: Detection, b: Detection) -> bool:
     """Whether detection a is `kind` of detection b, by grid cell (as captions define it)."""
     (ra, ca), (rb, cb) = a.cell, b.cell
-    return {"left": ca < cb, "right": ca > cb, "above": ra < rb, "below": ra > rb}[kind]
+    beside = ra == rb and abs(ca - cb) == 1  # "next to": same row, neighbouring columns
+    return {
+        "left": ca < cb,
+        "right": ca > cb,
+        "above": ra < rb,
+        "below": ra > rb,
+        "beside": beside,
+    }[kind]
 
 
 def check_prompt(

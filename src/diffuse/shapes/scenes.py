@@ -52,6 +52,9 @@ __all__ = [
     "sample_split_scene",
     "caption",
     "paraphrase",
+    "article",
+    "seeded_rng",
+    "true_relations",
     "Vocabulary",
     "TRAIN_VOCABULARY",
     "PARAPHRASE_VOCABULARY",
@@ -210,7 +213,7 @@ def is_heldout(scene: Scene) -> bool:
     return any(pair in _HELDOUT_SET for pair in itertools.combinations(names, 2))
 
 
-def _rng(*keys: int) -> np.random.Generator:
+def seeded_rng(*keys: int) -> np.random.Generator:
     """A generator seeded from a tuple of non-negative integers (platform independent)."""
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in keys]))
 
@@ -257,7 +260,7 @@ def sample_scene(seed: int, index: int, attempt: int = 0) -> Scene:
     One to three objects (uniform), distinct cells, distinct (colour, shape) pairs, uniform
     shape / colour / size, a random background.
     """
-    rng = _rng(seed, index, attempt)
+    rng = seeded_rng(seed, index, attempt)
     n = int(rng.integers(1, 4))
     everything = _all_objects()
     chosen = [everything[i] for i in rng.choice(len(everything), size=n, replace=False)]
@@ -268,7 +271,7 @@ def _sample_heldout_scene(seed: int, index: int, objects: int | None = None) -> 
     """A held-out scene drawn directly (40x faster than rejecting training scenes): one to
     three objects (uniform, or `objects`); one object is a held-out single, two or three hold
     a held-out pair (plus a random third), in random cells."""
-    rng = _rng(seed, index, 3_000_017)
+    rng = seeded_rng(seed, index, 3_000_017)
     n = int(rng.integers(1, 4)) if objects is None else objects
     if n == 1:
         name = HELDOUT_SINGLES[int(rng.integers(len(HELDOUT_SINGLES)))]
@@ -501,14 +504,15 @@ PARAPHRASE_VOCABULARY = Vocabulary(
 )
 
 
-def _true_relations(a: ShapeObject, b: ShapeObject) -> tuple[list[str], list[str]]:
+def true_relations(a: ShapeObject, b: ShapeObject) -> tuple[list[str], list[str]]:
     """Vertical and horizontal relation kinds of `a` relative to `b` that hold (by cell)."""
     vertical = ["above"] if a.row < b.row else ["below"] if a.row > b.row else []
     horizontal = ["left"] if a.col < b.col else ["right"] if a.col > b.col else []
     return vertical, horizontal
 
 
-def _article(phrase: str) -> str:
+def article(phrase: str) -> str:
+    """'a red circle' / 'an orange star': the indefinite article for `phrase`."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
@@ -525,13 +529,13 @@ def _render_caption(scene: Scene, rng: np.random.Generator, vocab: Vocabulary) -
     for k, obj in enumerate(objects, start=1):
         colour, shape = pick(vocab.colours[obj.colour]), pick(vocab.shapes[obj.shape])
         size = pick(vocab.sizes[obj.size]) + " " if with_size else ""
-        fields[f"o{k}"] = _article(f"{size}{colour} {shape}")
+        fields[f"o{k}"] = article(f"{size}{colour} {shape}")
         fields[f"t{k}"] = f"the {colour} {shape}"
         fields[f"p{k}"] = pick(vocab.positions[(obj.row, obj.col)])
         for j, other in enumerate(objects, start=1):
             if j == k:
                 continue
-            vertical, horizontal = _true_relations(obj, other)
+            vertical, horizontal = true_relations(obj, other)
             choices = [[v] for v in vertical] + [[h] for h in horizontal]
             if vertical and horizontal and vocab.combined:
                 choices.append([vertical[0], horizontal[0]])
@@ -558,13 +562,13 @@ def caption(scene: Scene, seed: int = 0, index: int = 0) -> str:
     positions are given absolutely ("in the top left") or as true relations ("to the right of
     a small green triangle").
     """
-    return _render_caption(scene, _rng(seed, index, 1_000_003), TRAIN_VOCABULARY)
+    return _render_caption(scene, seeded_rng(seed, index, 1_000_003), TRAIN_VOCABULARY)
 
 
 def paraphrase(scene: Scene, seed: int = 0, index: int = 0) -> str:
     """A caption in the paraphrase vocabulary ("a crimson disc in the northwest"), whose content
     words never occur in training captions. Deterministic from (seed, index)."""
-    return _render_caption(scene, _rng(seed, index, 2_000_003), PARAPHRASE_VOCABULARY)
+    return _render_caption(scene, seeded_rng(seed, index, 2_000_003), PARAPHRASE_VOCABULARY)
 
 
 def _vocabulary_words(vocab: Vocabulary) -> frozenset[str]:

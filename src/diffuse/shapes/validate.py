@@ -8,6 +8,7 @@ per-attribute breakdown and the timings.
     python -m diffuse.shapes.validate --size 32 64 --n 1000            # expect 1.0
     python -m diffuse.shapes.validate --size 32 --n 1000 --blur 1      # robustness
     python -m diffuse.shapes.validate --size 32 --n 1000 --mismatched  # expect ~0
+    python -m diffuse.shapes.validate --size 64 --captions grammar heldout-grammar
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from diffuse.shapes.dataset import CAPTIONERS
 from diffuse.shapes.evaluator import evaluate
 from diffuse.shapes.render import render_scene
-from diffuse.shapes.scenes import caption, paraphrase, sample_split_scene
+from diffuse.shapes.scenes import sample_split_scene
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--split", choices=("train", "heldout"), default="heldout")
     parser.add_argument(
-        "--captions", choices=("train", "paraphrase"), nargs="+", default=["train", "paraphrase"]
+        "--captions",
+        choices=tuple(CAPTIONERS),
+        nargs="+",
+        default=["train", "paraphrase"],
+        help="caption kinds (grammar: templates + training grammar; heldout-grammar)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--blur", type=int, default=0, help="3x3 binomial blur passes")
@@ -69,8 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         render_s = time.perf_counter() - start
         images = _degrade(images, args.blur, args.noise, args.seed)
         for kind in args.captions:
-            make = caption if kind == "train" else paraphrase
-            prompts = [make(s, args.seed, i) for i, s in enumerate(scenes)]
+            prompts = [CAPTIONERS[kind](s, args.seed, i) for i, s in enumerate(scenes)]
             if args.mismatched:
                 prompts = prompts[1:] + prompts[:1]
             start = time.perf_counter()

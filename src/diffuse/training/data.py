@@ -366,9 +366,14 @@ class ScenesDataset:
 
     PARALLEL_FROM = 20_000  # render in worker processes from this many scenes on
 
-    def __init__(self, size: int, resolution: int, seed: int = 0) -> None:
+    def __init__(
+        self, size: int, resolution: int, seed: int = 0, captions: str = "templates"
+    ) -> None:
 
-        self.scenes = ShapesDataset(resolution, split="train", length=size, seed=seed)
+        self.captions_kind = captions  # "templates" or "grammar" (DataConfig.captions)
+        self.scenes = ShapesDataset(
+            resolution, split="train", length=size, seed=seed, captions=_CAPTIONS[captions]
+        )
         self.num_classes, self.class_names, self.channels = 0, [], 3
         self.size, self.resolution, self.seed = size, resolution, seed
         self.labels = np.full(size, -1, dtype=np.int64)
@@ -390,7 +395,12 @@ class ScenesDataset:
             parts = list(
                 pool.map(
                     _render_scenes,
-                    *zip(*[(self.size, self.resolution, self.seed, a, b) for a, b in ranges]),
+                    *zip(
+                        *[
+                            (self.size, self.resolution, self.seed, a, b, self.captions_kind)
+                            for a, b in ranges
+                        ]
+                    ),
                 )
             )
         self._captions = [text for _, texts in parts for text in texts]
@@ -407,18 +417,26 @@ class ScenesDataset:
 
     def fingerprint(self) -> str:
         """A short hash of the scene stream's parameters."""
-        return _digest("scenes", self.size, self.resolution, self.seed)
+        if self.captions_kind == "templates":  # the fingerprint runs before captions had
+            return _digest("scenes", self.size, self.resolution, self.seed)
+        return _digest("scenes", self.size, self.resolution, self.seed, self.captions_kind)
 
     def __getitem__(self, i: int) -> Example:
         return Example(self.scenes.image_uint8(i), -1, self.scenes.caption(i))
 
 
+# DataConfig.captions -> the ShapesDataset caption kind.
+_CAPTIONS = {"templates": "train", "grammar": "grammar"}
+
+
 def _render_scenes(
-    size: int, resolution: int, seed: int, start: int, stop: int
+    size: int, resolution: int, seed: int, start: int, stop: int, captions: str = "templates"
 ) -> tuple[np.ndarray, list[str]]:
     """Images and captions of scenes [start, stop) (a worker process's share)."""
 
-    scenes = ShapesDataset(resolution, split="train", length=size, seed=seed)
+    scenes = ShapesDataset(
+        resolution, split="train", length=size, seed=seed, captions=_CAPTIONS[captions]
+    )
     images = np.stack([scenes.image_uint8(i) for i in range(start, stop)])
     return images, [scenes.caption(i) for i in range(start, stop)]
 
@@ -429,7 +447,7 @@ AnyDataset = NpzDataset | FolderDataset | ProceduralDataset | ScenesDataset
 def build_dataset(cfg: DataConfig, seed: int = 0) -> AnyDataset:
     """The dataset a recipe's [data] section names (before resizing and flips)."""
     if cfg.source == "scenes":
-        return ScenesDataset(cfg.size, cfg.resolution, seed=seed)
+        return ScenesDataset(cfg.size, cfg.resolution, seed=seed, captions=cfg.captions)
     if cfg.source == "npz":
         return NpzDataset(resolve_data_path(cfg.path), holdout=cfg.holdout, limit=cfg.limit)
     if cfg.source == "folder":
