@@ -17,11 +17,13 @@ __all__ = [
     "HELDOUT_SIZE",
     "SHARED_PREFIX",
     "STANDARD_ARCHIVES",
+    "TEXT_VALIDATION_FRACTION",
     "heldout_indices",
     "missing_data_message",
     "resolve_data_path",
     "shared_data_dir",
     "shared_data_file",
+    "text_split",
 ]
 
 SHARED_PREFIX = "shared:"
@@ -120,3 +122,30 @@ def heldout_indices(
         raise ValueError(f"heldout={heldout} must be in (0, n={n})")
     perm = np.random.default_rng(seed).permutation(n)
     return perm[: n - heldout], perm[n - heldout :]
+
+
+# The held-out rule of a text corpus: the LAST `validation_fraction` of its characters (the
+# usual tiny-shakespeare split: first 90% train, last 10% validation). A contiguous tail, not a
+# random sample, so no validation window overlaps a training window.
+TEXT_VALIDATION_FRACTION = 0.1
+
+
+def text_split(text: str, validation_fraction: float = TEXT_VALIDATION_FRACTION) -> tuple[str, str]:
+    """Split a corpus into (train, validation) by the rule above.
+
+    Args:
+        text: the whole corpus.
+        validation_fraction: the share held out, in (0, 1).
+    Returns:
+        (text[:n], text[n:]) with n = int((1 - validation_fraction) * len(text)).
+    Raises:
+        ValueError: a fraction outside (0, 1) or a split that leaves a part empty.
+    """
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction={validation_fraction} must be in (0, 1)")
+    n = int((1.0 - validation_fraction) * len(text))
+    if n == 0 or n == len(text):
+        raise ValueError(
+            f"a text of {len(text)} characters is too short to hold out {validation_fraction:.0%}"
+        )
+    return text[:n], text[n:]
