@@ -8,18 +8,24 @@ datasets are found ($DIFFUSE_DATA), what a missing archive's error says, and the
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from diffuse.text.vocab import CharVocab
 
 __all__ = [
     "HELDOUT_SEED",
     "HELDOUT_SIZE",
     "SHARED_PREFIX",
     "STANDARD_ARCHIVES",
+    "TextCorpus",
     "TEXT_VALIDATION_FRACTION",
     "heldout_indices",
     "missing_data_message",
+    "read_text_corpus",
     "resolve_data_path",
     "shared_data_dir",
     "shared_data_file",
@@ -149,3 +155,35 @@ def text_split(text: str, validation_fraction: float = TEXT_VALIDATION_FRACTION)
             f"a text of {len(text)} characters is too short to hold out {validation_fraction:.0%}"
         )
     return text[:n], text[n:]
+
+
+@dataclass
+class TextCorpus:
+    """A text corpus split by `text_split`: its vocabulary and both splits as token ids."""
+
+    vocab: CharVocab
+    train: torch.Tensor  # [T_train] int64
+    validation: torch.Tensor  # [T_val] int64
+
+
+def read_text_corpus(
+    path: str, validation_fraction: float = TEXT_VALIDATION_FRACTION, vocab: CharVocab | None = None
+) -> TextCorpus:
+    """Read a UTF-8 text file and split it by `text_split`.
+
+    Args:
+        path: a file, or `shared:NAME` in the shared data folder.
+        validation_fraction: the held-out tail.
+        vocab: the vocabulary to encode with (a trained model's); None builds it from every
+            character of the whole file, so the validation split holds no unknown character.
+    Raises:
+        FileNotFoundError: no such file (naming where it was looked for).
+        UnknownCharactersError: `vocab` lacks characters of the file (listing them).
+    """
+    file = resolve_data_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"text corpus {file} not found (data path {path!r})")
+    text = file.read_text(encoding="utf-8")
+    train, val = text_split(text, validation_fraction)
+    vocab = vocab or CharVocab.from_text(text)
+    return TextCorpus(vocab, vocab.encode(train), vocab.encode(val))

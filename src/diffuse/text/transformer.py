@@ -219,7 +219,9 @@ class TextTransformer(nn.Module):
         assert self.time_mlp is not None
         return self.time_mlp(torch.cat([args.cos(), args.sin()], dim=-1))
 
-    def forward(self, tokens: Tensor, t: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, tokens: Tensor, t: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
         """Logits over the V characters at every position.
 
         Args:

@@ -25,13 +25,12 @@ from typing import Any
 import torch
 
 from diffuse.config import TextTrainConfig, to_dict
-from diffuse.data_files import resolve_data_path, text_split
+from diffuse.data_files import TextCorpus, read_text_corpus
 from diffuse.model_folder import TextModelInfo, save_text_model
 from diffuse.text.bound import BitsPerChar, ar_bits_per_char, mdlm_bound, windows_of
 from diffuse.text.masking import MaskSchedule
 from diffuse.text.objectives import ar_nll, mdlm_elbo
 from diffuse.text.transformer import TextNetConfig, TextTransformer, text_preset
-from diffuse.text.vocab import CharVocab
 from diffuse.training import checkpoint as ckpt
 from diffuse.training import dist
 from diffuse.training.counter_rng import mix_seeds
@@ -43,37 +42,9 @@ from diffuse.training.run_loop import NonFiniteError, StepReport, interruptible,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TextCorpus", "TextTrainResult", "read_corpus", "text_network_config", "train_text"]
+__all__ = ["TextTrainResult", "text_network_config", "train_text"]
 
 EVAL_SEED = 0  # the validation bound's times and masks: the same at every evaluation
-
-
-@dataclass
-class TextCorpus:
-    """A corpus split for training: the vocabulary and both splits as token ids."""
-
-    vocab: CharVocab
-    train: torch.Tensor  # [T_train] int64
-    validation: torch.Tensor  # [T_val] int64
-
-
-def read_corpus(path: str, validation_fraction: float) -> TextCorpus:
-    """Read a UTF-8 text file and split it by `data_files.text_split`.
-
-    The vocabulary is every character of the whole file, so the validation split never holds
-    an unknown character.
-
-    Args:
-        path: a file, or `shared:NAME` in the shared data folder.
-        validation_fraction: the held-out tail.
-    """
-    file = resolve_data_path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"text corpus {file} not found (data.path = {path!r})")
-    text = file.read_text(encoding="utf-8")
-    train, val = text_split(text, validation_fraction)
-    vocab = CharVocab.from_text(text)
-    return TextCorpus(vocab, vocab.encode(train), vocab.encode(val))
 
 
 def text_network_config(cfg: TextTrainConfig, vocab_size: int) -> TextNetConfig:
@@ -123,7 +94,7 @@ def train_text(
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         info = dist.DistInfo(device=dist.pick_device(cfg.train.device))
-        corpus = read_corpus(cfg.data.path, cfg.data.validation_fraction)
+        corpus = read_text_corpus(cfg.data.path, cfg.data.validation_fraction)
         if corpus.train.numel() <= cfg.text.length:
             raise ValueError(
                 f"the training split has {corpus.train.numel()} characters, not more than "
