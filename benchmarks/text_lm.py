@@ -128,7 +128,7 @@ def part_samples(mdlm: TextModel, ar: TextModel, args: argparse.Namespace) -> di
             t0, calls = time.perf_counter(), []
             out = unmask(
                 mdlm.net, masks, steps, seeds, schedule=mdlm.schedule, sampler=sampler,
-                block_length=block, callback=lambda i: calls.append(i.evaluated),
+                block_length=block, callback=lambda i, calls=calls: calls.append(i.evaluated),
             )  # fmt: skip
             name = f"mdlm {sampler}" + (f" blocks of {block}" if block else "")
             rows.append(
