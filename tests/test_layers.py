@@ -4,7 +4,7 @@ This file is the single source of truth for the layers of `diffuse`; docs/archit
 mirrors it. Every top-level module or package under src/diffuse belongs to exactly one layer:
 
     bottom      processes, denoiser, losses, nets, codecs, samplers, guidance,
-                gaussian_mixture, shapes
+                gaussian_mixture, shapes, text
                     the mathematics and the networks; they know nothing of tasks or commands
     foundation  model_folder, interop, config, typed_tables, io, pngmeta, data_files
                     the saved-model format, the diffusers layout, typed configs, atomic writes
@@ -52,6 +52,7 @@ LAYERS: dict[str, frozenset[str]] = {
             "guidance",
             "gaussian_mixture",
             "shapes",
+            "text",
         }
     ),
     "foundation": frozenset(

@@ -59,6 +59,10 @@ __all__ = [
     "RectifiedFlowOptions",
     "RunSection",
     "SampleConfig",
+    "TextDataConfig",
+    "TextEvalConfig",
+    "TextModelConfig",
+    "TextTrainConfig",
     "TrainConfig",
     "VAETrainConfig",
     "VEOptions",
@@ -68,6 +72,7 @@ __all__ = [
     "load_recipe",
     "parse_override",
     "process_options",
+    "recipe_class",
     "to_dict",
     "to_toml",
 ]
@@ -492,6 +497,108 @@ class VAETrainConfig:
         )
 
 
+@dataclass(frozen=True)
+class TextModelConfig:
+    """A text model: its objective, network size and (diffusion) noise schedule.
+
+    `objective = "mdlm"` trains the bidirectional network as a masked diffusion model (MDLM
+    ELBO); `"ar"` trains the same network class with a causal mask on next-token prediction.
+    `width`, `depth`, `heads` override the preset when > 0.
+    """
+
+    objective: Literal["mdlm", "ar"] = "mdlm"
+    preset: str = "text-small"
+    width: int = 0
+    depth: int = 0
+    heads: int = 0
+    length: int = 256  # characters per training window (and the longest generation)
+    time_conditioning: bool = False  # adaLN by the diffusion time (mdlm only)
+    schedule: Literal["linear", "cosine"] = "linear"  # alpha(t) of the masking process
+
+    def __post_init__(self) -> None:
+        _require(self.length >= 2, "text.length", self.length, "must be >= 2")
+        for key in ("width", "depth", "heads"):
+            _require(getattr(self, key) >= 0, f"text.{key}", getattr(self, key), ">= 0")
+        _require(
+            not (self.time_conditioning and self.objective == "ar"),
+            "text.time_conditioning",
+            self.time_conditioning,
+            "applies to objective 'mdlm' only",
+        )
+
+
+@dataclass(frozen=True)
+class TextDataConfig:
+    """A plain-text corpus, split by `data_files.text_split`: the last `validation_fraction`
+    of its characters are held out for validation (never trained on)."""
+
+    path: str = "shared:tinyshakespeare.txt"
+    validation_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(bool(self.path), "data.path", self.path, "name a text file")
+        _require(
+            0 < self.validation_fraction < 1,
+            "data.validation_fraction",
+            self.validation_fraction,
+            "must be in (0, 1)",
+        )
+
+
+@dataclass(frozen=True)
+class TextEvalConfig:
+    """Validation bits per character during training, every `every_steps` steps and at the end.
+
+    The first `windows` validation windows are scored (0: all); the diffusion bound averages
+    `times` antithetic times per window.
+    """
+
+    every_steps: int = 500
+    windows: int = 64
+    times: int = 4
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _require(self.every_steps >= 0, "eval.every_steps", self.every_steps, ">= 0")
+        _require(self.windows >= 0, "eval.windows", self.windows, ">= 0")
+        _require(self.times >= 2, "eval.times", self.times, ">= 2 (the error needs two)")
+        _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+
+
+@dataclass(frozen=True)
+class TextTrainConfig:
+    """A text model recipe (a TOML with a [text] table): `diffuse train` dispatches on it."""
+
+    text: TextModelConfig = field(default_factory=TextModelConfig)
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    train: RunSection = field(default_factory=RunSection)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: TextEvalConfig = field(default_factory=TextEvalConfig)
+
+    def __post_init__(self) -> None:
+        every = self.eval.every_steps
+        _require(
+            every == 0 or every % self.log.every_steps == 0,
+            "eval.every_steps",
+            every,
+            f"must be a multiple of log.every_steps ({self.log.every_steps}), so each "
+            "validation lands in metrics.jsonl",
+        )
+
+
+def recipe_class(tables: Mapping[str, Any]) -> type:
+    """The recipe class raw tables describe: [vae] an autoencoder, [text] a text model, else a
+    diffusion image model."""
+    if "vae" in tables:
+        return VAETrainConfig
+    if "text" in tables:
+        return TextTrainConfig
+    return TrainConfig
+
+
 # Sections whose changes do not alter the training trajectory, so a resumed run may differ
 # from the original in them (e.g. training for more steps, checkpointing more often).
 RESUMABLE_CHANGES = (
@@ -567,9 +674,10 @@ def _is_set(tables: Mapping[str, Any], key: str) -> bool:
 
 def load_recipe(
     path: str | Path | None = None, overrides: Sequence[str] = ()
-) -> TrainConfig | VAETrainConfig:
+) -> TrainConfig | VAETrainConfig | TextTrainConfig:
     """Read a recipe (.toml or .json) and apply `--set` overrides: a `VAETrainConfig` when it
-    has a [vae] table, else a diffusion `TrainConfig`.
+    has a [vae] table, a `TextTrainConfig` when it has a [text] table, else a diffusion
+    `TrainConfig`.
 
     Relative paths (`RECIPE_PATHS`) in the file are read against the file's folder; relative
     paths in `overrides` against the current directory, which is what a person typing a path
@@ -604,12 +712,12 @@ def load_recipe(
                 "and path) and usually its model, process and steps (see configs/)"
             )
         _resolve_paths(tables, path.parent)
-    cls = VAETrainConfig if "vae" in tables else TrainConfig
+    cls = recipe_class(tables)
     merged = apply_overrides(tables, overrides, cls)
     from_command_line = apply_overrides({}, overrides, cls)
     _resolve_paths(merged, Path.cwd(), [k for k in RECIPE_PATHS if _is_set(from_command_line, k)])
     cfg = from_dict(cls, merged)
-    if path is not None and not _is_set(merged, "data.source"):
+    if path is not None and cls is TrainConfig and not _is_set(merged, "data.source"):
         kinds = typing.get_args(typing.get_type_hints(DataConfig)["source"])
         sources = ", ".join(repr(kind) for kind in kinds)
         raise ConfigError(

@@ -8,20 +8,28 @@ datasets are found ($DIFFUSE_DATA), what a missing archive's error says, and the
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from diffuse.text.vocab import CharVocab
 
 __all__ = [
     "HELDOUT_SEED",
     "HELDOUT_SIZE",
     "SHARED_PREFIX",
     "STANDARD_ARCHIVES",
+    "TextCorpus",
+    "TEXT_VALIDATION_FRACTION",
     "heldout_indices",
     "missing_data_message",
+    "read_text_corpus",
     "resolve_data_path",
     "shared_data_dir",
     "shared_data_file",
+    "text_split",
 ]
 
 SHARED_PREFIX = "shared:"
@@ -120,3 +128,62 @@ def heldout_indices(
         raise ValueError(f"heldout={heldout} must be in (0, n={n})")
     perm = np.random.default_rng(seed).permutation(n)
     return perm[: n - heldout], perm[n - heldout :]
+
+
+# The held-out rule of a text corpus: the LAST `validation_fraction` of its characters (the
+# usual tiny-shakespeare split: first 90% train, last 10% validation). A contiguous tail, not a
+# random sample, so no validation window overlaps a training window.
+TEXT_VALIDATION_FRACTION = 0.1
+
+
+def text_split(text: str, validation_fraction: float = TEXT_VALIDATION_FRACTION) -> tuple[str, str]:
+    """Split a corpus into (train, validation) by the rule above.
+
+    Args:
+        text: the whole corpus.
+        validation_fraction: the share held out, in (0, 1).
+    Returns:
+        (text[:n], text[n:]) with n = int((1 - validation_fraction) * len(text)).
+    Raises:
+        ValueError: a fraction outside (0, 1) or a split that leaves a part empty.
+    """
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction={validation_fraction} must be in (0, 1)")
+    n = int((1.0 - validation_fraction) * len(text))
+    if n == 0 or n == len(text):
+        raise ValueError(
+            f"a text of {len(text)} characters is too short to hold out {validation_fraction:.0%}"
+        )
+    return text[:n], text[n:]
+
+
+@dataclass
+class TextCorpus:
+    """A text corpus split by `text_split`: its vocabulary and both splits as token ids."""
+
+    vocab: CharVocab
+    train: torch.Tensor  # [T_train] int64
+    validation: torch.Tensor  # [T_val] int64
+
+
+def read_text_corpus(
+    path: str, validation_fraction: float = TEXT_VALIDATION_FRACTION, vocab: CharVocab | None = None
+) -> TextCorpus:
+    """Read a UTF-8 text file and split it by `text_split`.
+
+    Args:
+        path: a file, or `shared:NAME` in the shared data folder.
+        validation_fraction: the held-out tail.
+        vocab: the vocabulary to encode with (a trained model's); None builds it from every
+            character of the whole file, so the validation split holds no unknown character.
+    Raises:
+        FileNotFoundError: no such file (naming where it was looked for).
+        UnknownCharactersError: `vocab` lacks characters of the file (listing them).
+    """
+    file = resolve_data_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"text corpus {file} not found (data path {path!r})")
+    text = file.read_text(encoding="utf-8")
+    train, val = text_split(text, validation_fraction)
+    vocab = vocab or CharVocab.from_text(text)
+    return TextCorpus(vocab, vocab.encode(train), vocab.encode(val))

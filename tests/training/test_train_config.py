@@ -13,6 +13,7 @@ from diffuse.config import (
     EDMOptions,
     ProcessConfig,
     RectifiedFlowOptions,
+    TextTrainConfig,
     TrainConfig,
     VAETrainConfig,
     apply_overrides,
@@ -24,6 +25,8 @@ from diffuse.config import (
     to_dict,
     to_toml,
 )
+from diffuse.text.transformer import TextTransformer
+from diffuse.training.text_loop import text_network_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MODELS = CONFIGS.parent / "models"
@@ -110,6 +113,11 @@ def test_shipped_recipes_load_and_build(recipe):
         with torch.device("meta"):
             vae = VAE(cfg.vae)
         assert vae.latent_shape(cfg.data.image_size)[0] == cfg.vae.latent_channels
+        return
+    if isinstance(cfg, TextTrainConfig):  # a text model recipe
+        assert cfg.data.path.startswith("shared:")
+        with torch.device("meta"):
+            TextTransformer(text_network_config(cfg, vocab_size=65))
         return
     text = bool(cfg.model.text_encoder)
     if text:  # captioned scenes: RGB, no classes, 384-d MiniLM tokens
@@ -257,6 +265,9 @@ def test_dry_run_of_every_shipped_recipe_from_another_directory(recipe, tmp_path
     monkeypatch.chdir(tmp_path)
     assert main(["train", str(recipe), "--dry-run"]) == 0
     cfg = load_recipe(recipe)
+    if isinstance(cfg, TextTrainConfig):  # a text recipe names its corpus and nothing else
+        assert cfg.data.path.startswith("shared:") and not cfg.train.init
+        return
     for path in (cfg.data.codec, cfg.train.init):
         assert not path or Path(path).is_absolute(), path
     assert not cfg.data.codec or Path(cfg.data.codec).is_dir()
@@ -305,6 +316,9 @@ def test_shipped_model_files_still_read(model):
     import json
 
     info = json.loads(model.read_text())
+    if info.get("kind") == "text":  # a text model: its recipe reads back as a text recipe
+        assert from_dict(TextTrainConfig, info["recipe"]).text.objective == info["objective"]
+        return
     options = process_options(info["process"]["kind"], info["process"].get("options", {}))
     assert to_dict(options).items() >= info["process"]["options"].items()
     node = info

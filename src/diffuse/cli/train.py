@@ -82,7 +82,7 @@ def _recipe(args: argparse.Namespace, out: Path) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """`diffuse train`: load the recipe, then print it (--dry-run) or train it."""
-    from diffuse.config import VAETrainConfig
+    from diffuse.config import TextTrainConfig, VAETrainConfig
     from diffuse.training.run_loop import NonFiniteError, TrainingInterrupted
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if isinstance(cfg, VAETrainConfig):
             return _run_train_vae(cfg, args, out)
+        if isinstance(cfg, TextTrainConfig):
+            return _run_train_text(cfg, args, out)
         return _run_train(cfg, args, out)
     except NonFiniteError as err:
         raise CliError(str(err)) from None
@@ -108,8 +110,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_recipe(cfg: Any, args: argparse.Namespace) -> None:
     """--dry-run: the resolved recipe as TOML (with the batch split of a diffusion recipe)."""
-    from diffuse.config import VAETrainConfig, to_toml
+    from diffuse.config import TextTrainConfig, VAETrainConfig, to_toml
 
+    if isinstance(cfg, TextTrainConfig):
+        tokens = cfg.train.steps * cfg.optim.batch_size * cfg.text.length
+        print(f"# resolved text recipe {args.recipe}: {tokens:,} training characters")
+        print(to_toml(cfg))
+        return
     if isinstance(cfg, VAETrainConfig):
         print(f"# resolved autoencoder recipe {args.recipe}")
         print(to_toml(cfg))
@@ -154,6 +161,17 @@ def _run_train_vae(cfg: Any, args: argparse.Namespace, out: Path) -> int:
     except ValueError as err:
         raise CliError(str(err)) from None
     print(f"trained {result.step} steps; autoencoder in {result.model_dir}")
+    return 0
+
+
+def _run_train_text(cfg: Any, args: argparse.Namespace, out: Path) -> int:
+    """Train a text model recipe (a [text] table): masked diffusion or autoregressive."""
+    from diffuse.training.text_loop import train_text
+
+    result = train_text(cfg, out, resume=args.resume, progress=False if args.no_progress else None)
+    score = result.validation
+    tail = f"; validation {score.bits_per_char:.4f} bits/char" if score is not None else ""
+    print(f"trained {result.step} steps; text model in {result.model_dir}{tail}")
     return 0
 
 

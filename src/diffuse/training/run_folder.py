@@ -23,6 +23,7 @@ from diffuse.config import (
     apply_overrides,
     config_diff,
     from_dict,
+    recipe_class,
     to_dict,
 )
 from diffuse.io import atomic_write_text
@@ -88,7 +89,7 @@ def run_recipe(out: str | Path, overrides: Sequence[str] = ()) -> TrainConfig | 
         tables = json.loads(run_file.read_text())["config"]
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{run_file} is damaged or from another version ({err})") from None
-    cls = VAETrainConfig if "vae" in tables else TrainConfig
+    cls = recipe_class(tables)
     cfg = from_dict(cls, apply_overrides(tables, overrides, cls))
     changed = {
         k: v for k, v in config_diff(from_dict(cls, tables), cfg).items() if not resumable(k)
