@@ -635,6 +635,8 @@ def cached_import(source: str | os.PathLike) -> Path:
         return import_diffusers_folder(source, folder, overwrite=True)
     except FileExistsError:  # pragma: no cover - another process finished it first
         return folder
+
+
 # --------------------------------------------------------------------------------------------
 # Text models (masked diffusion and its autoregressive baseline)
 # --------------------------------------------------------------------------------------------
