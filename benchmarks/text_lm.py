@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from diffuse.model_folder import TextModel, load_text_model
 from diffuse.pipelines.text import validation_windows
 from diffuse.text.bound import ar_bits_per_char, mdlm_bound
 from diffuse.text.objectives import ar_nll
 from diffuse.text.sampling import autoregressive, unmask
+from diffuse.text_model_folder import TextModel, load_text_model
 
 LN2 = math.log(2.0)
 PARTS = ("bits", "samples", "speed", "infill")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from diffuse.config import load_recipe
-from diffuse.model_folder import load_text_model
+from diffuse.text_model_folder import load_text_model
 from diffuse.training.model import count_parameters
 from diffuse.training.text_loop import train_text
 

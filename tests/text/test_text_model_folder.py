@@ -8,15 +8,9 @@ import pytest
 import torch
 
 from diffuse.io import ModelFileError
-from diffuse.model_folder import (
-    INFO_FILE,
-    TextModelInfo,
-    load_model,
-    load_text_model,
-    read_info,
-    save_text_model,
-)
+from diffuse.model_folder import INFO_FILE, load_model, read_info
 from diffuse.text.transformer import TextNetConfig, TextTransformer
+from diffuse.text_model_folder import TextModelInfo, load_text_model, save_text_model
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_MODEL = REPO / "models" / "mnist-unet"

@@ -9,7 +9,7 @@ import torch
 from diffuse.cli import main
 from diffuse.config import ConfigError, TextTrainConfig, load_recipe
 from diffuse.data_files import read_text_corpus, text_split
-from diffuse.model_folder import load_text_model
+from diffuse.text_model_folder import load_text_model
 from diffuse.training.text_loop import _TextSteps, train_text
 
 CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40

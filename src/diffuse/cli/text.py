@@ -9,10 +9,10 @@ import math
 from collections.abc import Callable
 
 from diffuse.cli.arguments import CliError, add_seeds_option, parse_seeds, progress_bar
-from diffuse.model_folder import TextModel, load_text_model
 from diffuse.pipelines.text import evaluate_text, generate_text, infill_text, validation_windows
 from diffuse.text.sampling import TEXT_SAMPLERS, Decoding
 from diffuse.text.template import MASK_SYNTAX
+from diffuse.text_model_folder import TextModel, load_text_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:

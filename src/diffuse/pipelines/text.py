@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from diffuse.data_files import TEXT_VALIDATION_FRACTION, read_text_corpus
-from diffuse.model_folder import TextModel
 from diffuse.text.bound import BitsPerChar, ProgressFn, ar_bits_per_char, mdlm_bound, windows_of
 from diffuse.text.sampling import Decoding, TextCallback, autoregressive, check_steps, unmask
 from diffuse.text.template import parse_template
+from diffuse.text_model_folder import TextModel
 
 __all__ = ["Infill", "evaluate_text", "generate_text", "infill_text", "validation_windows"]
 

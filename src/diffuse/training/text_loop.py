@@ -26,11 +26,11 @@ import torch
 
 from diffuse.config import TextTrainConfig, to_dict
 from diffuse.data_files import TextCorpus, read_text_corpus
-from diffuse.model_folder import TextModelInfo, save_text_model
 from diffuse.text.bound import BitsPerChar, ar_bits_per_char, mdlm_bound, windows_of
 from diffuse.text.masking import MaskSchedule
 from diffuse.text.objectives import ar_nll, mdlm_elbo
 from diffuse.text.transformer import TextNetConfig, TextTransformer, text_preset
+from diffuse.text_model_folder import TextModelInfo, save_text_model
 from diffuse.training import checkpoint as ckpt
 from diffuse.training import dist
 from diffuse.training.counter_rng import mix_seeds
