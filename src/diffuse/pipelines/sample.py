@@ -27,9 +27,17 @@ from diffuse.guidance import cfg as guided
 from diffuse.guidance import expand_cond
 from diffuse.model_folder import TrainedModel, load_model
 from diffuse.nets.layers import invariant_batch_size, pad_batch
-from diffuse.samplers.base import Callback
+from diffuse.samplers.base import Callback, DenoiseFn
 
-__all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid", "to_uint8"]
+__all__ = [
+    "TrainedModel",
+    "batch_denoise",
+    "generate",
+    "load_trained",
+    "save_grid",
+    "to_grid",
+    "to_uint8",
+]
 
 # Loading lives with the folder format; these names stay for existing callers.
 load_trained = load_model
@@ -41,6 +49,49 @@ def _rows(cond: Cond, start: int, stop: int, padded: int) -> Cond:
     if cond is None:
         return None
     return {k: v if v.shape[0] == 1 else pad_batch(v[start:stop], padded) for k, v in cond.items()}
+
+
+def batch_denoise(
+    denoiser: Denoiser,
+    cond: Cond,
+    uncond: Cond,
+    guidance: float,
+    start: int,
+    count: int,
+    device: str | torch.device,
+    guidance_rescale: float = 0.0,
+) -> DenoiseFn:
+    """The denoise function a sampler gets for rows start:start+count of a request.
+
+    Classifier-free guidance when `cond` is given and guidance != 1; the batch is padded to a
+    size whose results do not depend on it (`invariant_batch_size`), so the same seed gives
+    the same pixels in any batch.
+
+    Args:
+        denoiser: the model.
+        cond, uncond: batched conditioning (batch N or 1), as in `generate`.
+        guidance: classifier-free guidance scale (1: none).
+        start, count: the rows of this batch.
+        device: where the network runs.
+        guidance_rescale: phi of guidance rescale (0: off).
+    Returns:
+        denoise(x [count, ...], level) -> x0 estimate [count, ...].
+    """
+    padded = invariant_batch_size(count, device)
+    c = _rows(cond, start, start + count, padded)
+    if c is not None and guidance != 1.0:
+        u = _rows(uncond, start, start + count, padded)
+        net = guided(denoiser, c, u, guidance, rescale=guidance_rescale)
+    else:
+
+        def net(x: Tensor, level: Tensor, c: Cond = c) -> Tensor:
+            return denoiser(x, level, expand_cond(c, x.shape[0]))
+
+    def denoise(x: Tensor, level: Tensor) -> Tensor:
+        # Same seed, same pixels in any batch: the network sees whole samples per thread.
+        return net(pad_batch(x, padded), level)[: x.shape[0]]
+
+    return denoise
 
 
 @torch.no_grad()
@@ -111,20 +162,9 @@ def generate(
         chunk = seeds[start : start + batch_size]
         noise = SeededNoise(chunk, device=device)  # per-sample streams, for stochastic samplers
         x = noise.initial(shape) * float(levels[0])
-        padded = invariant_batch_size(len(chunk), device)
-        c = _rows(cond, start, start + len(chunk), padded)
-        if c is not None and guidance != 1.0:
-            u = _rows(uncond, start, start + len(chunk), padded)
-            net = guided(denoiser, c, u, guidance, rescale=guidance_rescale)
-        else:
-
-            def net(x: Tensor, level: Tensor, c: Cond = c) -> Tensor:
-                return denoiser(x, level, expand_cond(c, x.shape[0]))
-
-        def denoise(x: Tensor, level: Tensor, net=net, padded=padded) -> Tensor:
-            # Same seed, same pixels in any batch: the network sees whole samples per thread.
-            return net(pad_batch(x, padded), level)[: x.shape[0]]
-
+        denoise = batch_denoise(
+            denoiser, cond, uncond, guidance, start, len(chunk), device, guidance_rescale
+        )
         out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
         outputs.append(out.float().cpu())
     denoiser.train(was_training)

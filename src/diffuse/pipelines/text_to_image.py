@@ -36,12 +36,14 @@ from diffuse.pipelines.call_conventions import (
     seeds_from_generators,
     to_pil,
 )
+from diffuse.pipelines.image_editing import EditParams, ImageEditing
 from diffuse.pipelines.sample import generate
 from diffuse.samplers.base import Callback, StepInfo
 from diffuse.samplers.registry import get_sampler, get_schedule
 
 __all__ = [
     "DEFAULT_MODEL",
+    "EditParams",
     "GenerationOutput",
     "GenerationParams",
     "TextToImagePipeline",
@@ -99,8 +101,10 @@ def weights_hash(folder: Path) -> str:
     return file_sha256(folder / WEIGHTS_FILE)[:12]
 
 
-class TextToImagePipeline:
+class TextToImagePipeline(ImageEditing):
     """A text-conditioned model with its text encoder; call it with a prompt.
+
+    It also edits, inverts and inpaints images (`pipelines.image_editing.ImageEditing`).
 
     Args:
         model: the loaded model folder (`model_folder.load_model`).
