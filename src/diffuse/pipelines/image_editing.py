@@ -59,7 +59,7 @@ class EditParams:
         task: "img2img", "inversion" or "inpaint".
         image_hash: `image_to_image.image_hash` of the input's pixels.
         image: where the input came from (a path, or "" for an in-memory image).
-        strength: img2img's (and inpainting's) starting strength in (0, 1].
+        strength: img2img's starting strength in (0, 1] (1 for the other tasks).
         source_prompt: inversion: the prompt the image is inverted with.
         inversion: inversion: the method ("ddim", "dpmpp_2m"); the matching sampler is used.
         refine: inversion: fixed-point iterations per step (exact inversion).
@@ -90,7 +90,7 @@ class EditParams:
         """The parameters of the image of one seed, as a JSON-ready dict."""
         extra: dict[str, Any] = {"task": self.task, "image": self.image}
         extra["image_hash"] = self.image_hash
-        if self.task in ("img2img", "inpaint"):
+        if self.task == "img2img":
             extra["strength"] = self.strength
         if self.task == "inversion":
             extra |= {
@@ -180,7 +180,7 @@ class ImageEditing:
             task=task,
             image_hash=image_hash(pixels),
             image=str(image) if isinstance(image, str | Path) else "",
-            strength=strength,
+            strength=strength if task == "img2img" else 1.0,
             source_prompt=source_prompt if task == "inversion" else "",
             inversion=inversion if task == "inversion" else "ddim",
             refine=refine if task == "inversion" else 0,
