@@ -83,7 +83,9 @@ def strength_level(process: NoiseProcess, strength: float) -> float:
 def start_levels(process: NoiseProcess, schedule: str, steps: int, strength: float) -> Tensor:
     """The schedule `schedule` with `steps` steps from `strength_level` down to 0.
 
-    Strength 1 gives exactly the schedule of plain generation.
+    Strength 1 gives exactly the schedule of plain generation. Every schedule starts at the
+    strength's level except "leading", which by its definition starts one step below its top
+    (as in generation); the image is noised to the schedule's first level.
     """
     level = strength_level(process, strength)
     make = get_schedule(schedule)
