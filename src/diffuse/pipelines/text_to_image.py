@@ -190,6 +190,7 @@ class TextToImagePipeline(ImageEditing):
         prompts: Sequence[str] | None = None,
         negative_prompts: Sequence[str] | None = None,
         decode: bool = True,
+        extra_cond: dict[str, Tensor] | None = None,
     ) -> Tensor:
         """Images [N, 3, H, W] in [-1, 1] for checked parameters (see `params`).
 
@@ -203,6 +204,8 @@ class TextToImagePipeline(ImageEditing):
                 raise ValueError(f"{len(texts)} {name} for {len(params.seeds)} seeds")
         prompt_cond = self.encoder.encode(list(prompts or [params.prompt])).as_cond()
         uncond = self.encoder.encode(list(negative_prompts or [params.negative_prompt])).as_cond()
+        if extra_cond:
+            prompt_cond, uncond = prompt_cond | extra_cond, uncond | extra_cond
         to = self.device
         latents = generate(
             self.model.denoiser,
