@@ -104,7 +104,7 @@ def test_bad_configs_and_controls_are_named(base):
     x, c_noise, cond, hint = inputs(base, factor=2)
     with pytest.raises(
         ValueError,
-        match=r"control image must be \(B, 1, 64, 64\) for a .edges. ControlNet, got \(2, 1, 32, 32\)",
+        match=r"must be \(B, 1, 64, 64\) for a .edges. ControlNet, got \(2, 1, 32, 32\)",
     ):
         ControlledUNet(base, control)(x, c_noise, control=hint, **cond)
 
