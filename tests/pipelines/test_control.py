@@ -62,3 +62,57 @@ def test_controlnet_round_trip_scale_zero_and_other_base(run, tmp_path):
     scale = pytest.raises(ValueError, match="control scale must be a finite number >= 0, got -1")
     with scale, controlled(pipe.model, loaded, scale=-1):
         pass
+
+
+def test_generate_with_a_controlnet_from_the_command_line(run, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from diffuse.pngmeta import read_params
+
+    pipe = load_pipeline(run)
+    config = ControlNetConfig("layout", pipe.model.codec.downsample, pipe.model.denoiser.net.config)
+    control = ControlNet.from_base(pipe.model.denoiser.net, config)
+    with torch.no_grad():
+        for p in control.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    folder = save_controlnet(tmp_path / "cn", control, pipe.model)
+    scene = sample_split_scene(7, 4, "heldout")
+    Image.fromarray(render_scene(scene, pipe.size)).save(tmp_path / "scene.png")
+    prompt = caption(scene, 7, 4)
+    base = ["generate", prompt, "--model", str(run), "--steps", "2", "--no-progress"]
+    ctl = ["--controlnet", str(folder), "--control", str(tmp_path / "scene.png")]
+
+    def pixels(path):
+        return np.asarray(Image.open(path))
+
+    assert main([*base, "-o", str(tmp_path / "plain.png")]) == 0
+    assert main([*base, *ctl, "--control-scale", "0", "-o", str(tmp_path / "zero.png")]) == 0
+    assert np.array_equal(pixels(tmp_path / "zero.png"), pixels(tmp_path / "plain.png"))
+    assert main([*base, *ctl, "-o", str(tmp_path / "on.png")]) == 0
+    stored = read_params(tmp_path / "on.png")
+    assert stored["control_kind"] == "layout" and len(stored["control_hash"]) == 16
+    again = tmp_path / "again.png"
+    assert (
+        main(
+            [
+                "generate",
+                "--from-png",
+                str(tmp_path / "on.png"),
+                "--model",
+                str(run),
+                "-o",
+                str(again),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert np.array_equal(pixels(again), pixels(tmp_path / "on.png"))
+    assert not np.array_equal(pixels(again), pixels(tmp_path / "plain.png"))
+    bad = tmp_path / "bad.png"
+    assert main([*base, *ctl, "--control-scale", "-2", "-o", str(bad)]) == 2
+    assert "control scale must be a finite number >= 0, got -2.0" in capsys.readouterr().err
+    assert main([*base, "--controlnet", str(folder), "-o", str(bad)]) == 2
+    assert "go together" in capsys.readouterr().err
+    assert not bad.exists()
