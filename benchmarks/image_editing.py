@@ -196,7 +196,9 @@ def run_inversion(pipe, n: int, steps_list: list[int], methods: list[str], guida
     return results
 
 
-def run_inversion_edit(pipe, n: int, steps: int, guidance: float, refine: int) -> dict:
+def run_inversion_edit(
+    pipe, n: int, steps: int, guidance: float, refine: int, method: str = "ddim"
+) -> dict:
     outs, prompts = [], []
     for rows in batches(n, 16):
         scenes = [sample_split_scene(EVAL_SEED, i, "heldout-2") for i in rows]
@@ -291,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inversion-guidance", type=float, default=1.0)
     ap.add_argument("--edit-guidance", type=float, default=4.0)
     ap.add_argument("--edit-refine", type=int, default=3)
+    ap.add_argument("--edit-method", default="ddim", help="inversion method of inversion-edit")
     ap.add_argument("--resample", type=int, default=1)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--repeats", type=int, default=3, help="speed: timed rounds (best kept)")
@@ -310,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                 pipe, args.n, args.inversion_steps, args.methods, args.inversion_guidance
             )
         elif section == "inversion-edit":
-            out = run_inversion_edit(pipe, args.n, args.steps, args.edit_guidance, args.edit_refine)
+            out = run_inversion_edit(
+                pipe, args.n, args.steps, args.edit_guidance, args.edit_refine, args.edit_method
+            )
         elif section == "inpaint":
             out = run_inpaint(pipe, args.n, args.steps, args.resample)
         else:
