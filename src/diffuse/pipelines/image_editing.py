@@ -161,7 +161,13 @@ class ImageEditing:
                 raise ValueError(f"refine works with the ddim inversion only, got {inversion!r}")
             if not isinstance(source_prompt, str):
                 raise ValueError(f"source prompt must be a string, got {source_prompt!r}")
-            generation["sampler"] = get_inversion(inversion)[1]
+            matching = get_inversion(inversion)[1]
+            if generation.get("sampler") not in (None, matching):
+                raise ValueError(
+                    f"the {inversion!r} inversion is undone by the {matching!r} sampler, "
+                    f"got sampler {generation['sampler']!r}"
+                )
+            generation["sampler"] = matching
         _count("resample", resample, 1)
         _count("feather", feather, 0)
         params = self.params(prompt, **generation)
