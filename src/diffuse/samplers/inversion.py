@@ -14,7 +14,9 @@ The round trip (invert, then sample) is off by the two discretisation errors, O(
 method of order p. `refine` removes that error step by step for the first-order method: it
 solves the sampler's own step backwards by fixed-point iteration (exact inversion of DDIM in
 the spirit of Hong et al. 2024, "On Exact Inversion of DPM-Solvers", and of the EDICT/BDIA
-line), for whatever denoise function is given (guided, too), without null-text optimisation.
+line), for whatever denoise function is given, without null-text optimisation. It converges
+where the fixed-point map is a contraction (see `solve_step_up`): always for an optimal
+unguided denoiser, usually under mild guidance; strong guidance can break it at some steps.
 The step out of level 0 has no explicit form (the denoiser's slope is undefined at 0), so it is
 always solved by fixed-point iteration of D(x, levels[-2]) = x0.
 """
