@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from diffuse.cli.arguments import (
@@ -13,7 +14,10 @@ from diffuse.cli.arguments import (
     progress_bar,
     warning_lines,
 )
+from diffuse.codecs.controls import control_map
 from diffuse.model_folder import read_info
+from diffuse.pipelines.control import controlled, load_controlnet
+from diffuse.pipelines.image_to_image import image_hash, read_image
 from diffuse.pipelines.sample import save_grid
 from diffuse.pipelines.text_to_image import (
     TextToImagePipeline,
@@ -59,6 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-png", metavar="FILE", help="reproduce the image stored in FILE")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--controlnet", metavar="DIR", help="a ControlNet folder built for the model")
+    p.add_argument(
+        "--control", metavar="IMAGE", help="picture the ControlNet's map is computed from"
+    )
+    p.add_argument("--control-scale", type=float, default=1.0, help="0 = the base model")
+    p.add_argument("--control-start", type=float, default=1.0, help="strength it starts at")
+    p.add_argument("--control-end", type=float, default=0.0, help="strength it stops at")
     p.set_defaults(func=run)
 
 
@@ -105,10 +116,17 @@ def _request(args: argparse.Namespace) -> dict:
             }
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{args.from_png}: incomplete generation parameters ({err})") from None
+        if stored.get("controlnet"):
+            args.controlnet = args.controlnet or stored["controlnet"]
+            args.control = args.control or stored["control"]
+            args.control_scale = float(stored["control_scale"])
+            args.control_start = float(stored["control_start"])
+            args.control_end = float(stored["control_end"])
         return request | {
             "grid": bool(stored.get("grid", False)),
             "nrow": stored.get("nrow"),
             "model_hash": stored.get("model_hash"),
+            "control_hash": stored.get("control_hash"),
         }
     if args.prompt is None:
         raise ValueError('give a PROMPT (use "" for an unconditional image) or --from-png FILE')
@@ -133,6 +151,7 @@ def _request(args: argparse.Namespace) -> dict:
         "grid": args.grid,
         "nrow": args.nrow,
         "model_hash": None,
+        "control_hash": None,
     }
 
 
@@ -165,6 +184,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     request = _request(args)
     grid, nrow, wanted_hash = request.pop("grid"), request.pop("nrow"), request.pop("model_hash")
+    wanted_control = request.pop("control_hash")
+    if bool(args.controlnet) != bool(args.control):
+        raise ValueError("--controlnet DIR and --control IMAGE go together")
     repeated = sorted({s for s in request["seeds"] if request["seeds"].count(s) > 1})
     if repeated:
         raise ValueError(f"seeds must not repeat, got {repeated} more than once")
@@ -180,20 +202,53 @@ def _run(args: argparse.Namespace) -> int:
         )
     params = pipe.params(**request)
     warn_unknown_words(pipe, [params.prompt, params.negative_prompt])
-    with progress_bar(params.steps, "generate", not args.no_progress) as callback:
-        images = pipe.generate(params, callback=callback)
+    control_meta: dict = {}
+    with contextlib.ExitStack() as stack:
+        extra = None
+        if args.controlnet:
+            controlnet = load_controlnet(args.controlnet, pipe.model)
+            _, pixels = read_image(args.control, pipe.size, 3)
+            control_meta = {
+                "controlnet": str(args.controlnet),
+                "control": str(args.control),
+                "control_kind": controlnet.config.kind,
+                "control_hash": image_hash(pixels),
+                "control_scale": args.control_scale,
+                "control_start": args.control_start,
+                "control_end": args.control_end,
+            }
+            if wanted_control and wanted_control != control_meta["control_hash"]:
+                raise ValueError(
+                    f"{args.from_png} was made from another control image (hash {wanted_control})"
+                )
+            use = stack.enter_context(
+                controlled(
+                    pipe.model,
+                    controlnet,
+                    args.control_scale,
+                    args.control_start,
+                    args.control_end,
+                )
+            )
+            extra = use(control_map(controlnet.config.kind, pixels))
+        with progress_bar(params.steps, "generate", not args.no_progress) as callback:
+            images = pipe.generate(params, callback=callback, extra_cond=extra)
     if grid:
         nrow = nrow or max(1, round(len(params.seeds) ** 0.5))
-        meta = params.for_seed(params.seeds[0]) | {
-            "seeds": list(params.seeds),
-            "grid": True,
-            "nrow": nrow,
-        }
+        meta = (
+            params.for_seed(params.seeds[0])
+            | control_meta
+            | {
+                "seeds": list(params.seeds),
+                "grid": True,
+                "nrow": nrow,
+            }
+        )
         meta.pop("seed")
         written = [save_grid(images, paths[0], nrow, meta, overwrite=args.overwrite)]
     else:
         written = [
-            save_png(picture, path, params.for_seed(seed), overwrite=args.overwrite)
+            save_png(picture, path, params.for_seed(seed) | control_meta, overwrite=args.overwrite)
             for picture, path, seed in zip(to_pil(images), paths, params.seeds)
         ]
     for path in written:

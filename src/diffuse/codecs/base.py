@@ -25,11 +25,17 @@ class Codec(Protocol):
 
     Attributes:
         channels: C of the latents (the image channels for the identity codec).
+        image_channels: C_img of the images.
         downsample: spatial factor f: an H x W image has H/f x W/f latents.
     """
 
     channels: int
     downsample: int
+
+    @property
+    def image_channels(self) -> int:
+        """C_img of the images (3 RGB, 1 grey)."""
+        ...
 
     def encode(self, images: Tensor) -> Tensor:
         """Images [B, C_img, H, W] in [-1, 1] -> latents [B, C, H/f, W/f]."""

@@ -19,6 +19,11 @@ class IdentityCodec(nn.Module):
         super().__init__()
         self.channels = channels
 
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images (the same as of the "latents")."""
+        return self.channels
+
     def encode(self, images: Tensor) -> Tensor:
         """Images [B, C, H, W] in [-1, 1] -> the same tensor."""
         return images

@@ -242,6 +242,11 @@ class VAE(nn.Module):
         """Latent channels."""
         return self.cfg.latent_channels
 
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images it encodes."""
+        return self.cfg.in_channels
+
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         """(z, H/f, W/f) for a square image of side `image_size` (must be divisible by f)."""
         if image_size % self.downsample:

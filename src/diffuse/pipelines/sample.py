@@ -29,11 +29,19 @@ from diffuse.guidance import cfg as guided
 from diffuse.model_folder import TrainedModel, load_model
 from diffuse.nets.layers import invariant_batch_size, pad_batch
 from diffuse.pngmeta import save_png
-from diffuse.samplers.base import Callback
+from diffuse.samplers.base import Callback, DenoiseFn
 from diffuse.samplers.noise import SeededNoise
 from diffuse.samplers.registry import get_sampler, get_schedule
 
-__all__ = ["TrainedModel", "generate", "load_trained", "save_grid", "to_grid", "to_uint8"]
+__all__ = [
+    "TrainedModel",
+    "batch_denoise",
+    "generate",
+    "load_trained",
+    "save_grid",
+    "to_grid",
+    "to_uint8",
+]
 
 # Loading lives with the folder format; these names stay for existing callers.
 load_trained = load_model
@@ -61,6 +69,38 @@ def invariant_network(denoiser: Denoiser) -> CondDenoiseFn:
         return denoiser(pad_batch(x, padded), level, cond)[:rows]
 
     return network
+
+
+def batch_denoise(
+    network: CondDenoiseFn,
+    cond: Cond,
+    uncond: Cond,
+    guidance: float,
+    start: int,
+    count: int,
+    guidance_rescale: float = 0.0,
+) -> DenoiseFn:
+    """The denoise function a sampler gets for rows start:start+count of a request:
+    classifier-free guidance when `cond` is given and guidance != 1.
+
+    Args:
+        network: network(x, level, cond) -> x0 estimate (e.g. `invariant_network(denoiser)`).
+        cond, uncond: batched conditioning (batch N or 1), as in `generate`.
+        guidance: classifier-free guidance scale (1: none).
+        start, count: the rows of this batch.
+        guidance_rescale: phi of guidance rescale (0: off).
+    Returns:
+        denoise(x [count, ...], level) -> x0 estimate [count, ...].
+    """
+    c = _rows(cond, start, start + count)
+    if c is not None and guidance != 1.0:
+        u = _rows(uncond, start, start + count)
+        return guided(network, c, u, guidance, rescale=guidance_rescale)
+
+    def denoise(x: Tensor, level: Tensor) -> Tensor:
+        return network(x, level, expand_cond(c, x.shape[0]))
+
+    return denoise
 
 
 @torch.no_grad()
@@ -134,15 +174,9 @@ def generate(
         chunk = seeds[start : start + batch_size]
         noise = SeededNoise(chunk, device=device)  # per-sample streams, for stochastic samplers
         x = noise.initial(shape) * float(levels[0])
-        c = _rows(cond, start, start + len(chunk))
-        if c is not None and guidance != 1.0:
-            u = _rows(uncond, start, start + len(chunk))
-            denoise = guided(network, c, u, guidance, rescale=guidance_rescale)
-        else:
-
-            def denoise(x: Tensor, level: Tensor, c: Cond = c) -> Tensor:
-                return network(x, level, expand_cond(c, x.shape[0]))
-
+        denoise = batch_denoise(
+            network, cond, uncond, guidance, start, len(chunk), guidance_rescale
+        )
         out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
         outputs.append(out.float().cpu())
     denoiser.train(was_training)

@@ -37,12 +37,14 @@ from diffuse.pipelines.call_conventions import (
     seeds_from_generators,
     to_pil,
 )
+from diffuse.pipelines.image_editing import EditParams, ImageEditing
 from diffuse.pipelines.sample import generate
 from diffuse.samplers.base import Callback, StepInfo
 from diffuse.samplers.registry import get_sampler, get_schedule
 
 __all__ = [
     "DEFAULT_MODEL",
+    "EditParams",
     "GenerationOutput",
     "GenerationParams",
     "TextToImagePipeline",
@@ -100,8 +102,10 @@ def weights_hash(folder: Path) -> str:
     return file_sha256(folder / WEIGHTS_FILE)[:12]
 
 
-class TextToImagePipeline:
+class TextToImagePipeline(ImageEditing):
     """A text-conditioned model with its text encoder; call it with a prompt.
+
+    It also edits, inverts and inpaints images (`pipelines.image_editing.ImageEditing`).
 
     Args:
         model: the loaded model folder (`model_folder.load_model`).
@@ -196,6 +200,7 @@ class TextToImagePipeline:
         negative_prompts: Sequence[str] | None = None,
         decode: bool = True,
         network: CondDenoiseFn | None = None,
+        extra_cond: dict[str, Tensor] | None = None,
     ) -> Tensor:
         """Images [N, 3, H, W] in [-1, 1] for checked parameters (see `params`).
 
@@ -210,6 +215,8 @@ class TextToImagePipeline:
                 raise ValueError(f"{len(texts)} {name} for {len(params.seeds)} seeds")
         prompt_cond = self.conditioning(list(prompts or [params.prompt]))
         uncond = self.conditioning(list(negative_prompts or [params.negative_prompt]))
+        if extra_cond:
+            prompt_cond, uncond = prompt_cond | extra_cond, uncond | extra_cond
         to = self.device
         latents = generate(
             self.model.denoiser,

@@ -1,0 +1,332 @@
+"""Editing from an image with the bundled latent model, on held-out Shapes scenes.
+
+Sections (each scored by the Shapes evaluator, `diffuse.shapes.evaluator`):
+
+- recolour: img2img of a held-out one-object render with a caption that changes only the
+  object's colour. The strength is chosen on a separate scene stream (--choose-seed) among
+  --strengths, then used once on the reported stream. Reports: target fully satisfied, and
+  the object's shape and position kept (the evaluator's shape / position checks).
+- inversion: invert a held-out render with its caption and regenerate with the same caption;
+  PSNR against the render at each --inversion-steps, for each method.
+- inversion-edit: two-object held-out scenes; invert with the caption, sample with the caption
+  where one object's colour changed. Reports target fully satisfied (which includes the other
+  object's shape, colour, size and position) and the per-attribute breakdown.
+- inpaint: two- or three-object held-out scenes; the cell of one object is masked and the
+  caption asks for another object (new shape and colour) there; training-free inpainting.
+  Reports target fully satisfied, and the fraction of images whose pixels outside the mask are
+  bit-identical to the input.
+- speed: 4 images x 25 steps: generation, img2img (strength 0.6), inversion edit and
+  inpainting, in one run; seconds and the ratio to generation.
+
+    python benchmarks/image_editing.py --json edit.json                 # everything, n = 300
+    python benchmarks/image_editing.py --sections speed inversion -n 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from diffuse.pipelines.image_to_image import (
+    blend,
+    edit_latents,
+    inpaint_latents,
+    invert_latents,
+    latent_mask,
+    sample_from,
+)
+from diffuse.pipelines.sample import to_uint8 as sample_to_uint8
+from diffuse.pipelines.text_to_image import load_pipeline
+from diffuse.samplers.inversion import get_inversion
+from diffuse.samplers.registry import get_sampler, get_schedule
+from diffuse.shapes.evaluator import evaluate
+from diffuse.shapes.render import render_scene
+from diffuse.shapes.scenes import COLOURS, SHAPES, Scene, caption, sample_split_scene
+
+EVAL_SEED = 7  # the reported scene stream (as benchmarks/shapes_adherence.py)
+CHOOSE_SEED = 11  # the stream settings are chosen on
+SIZE = 64
+SECTIONS = ("recolour", "inversion", "inversion-edit", "inpaint", "speed")
+
+
+def recoloured(scene: Scene, index: int, k: int = 0) -> Scene:
+    """The scene with object k in another colour (one no object of the scene has with that
+    shape), chosen deterministically from the index."""
+    obj = scene.objects[k]
+    taken = {(o.colour, o.shape) for o in scene.objects}
+    options = [c for c in COLOURS if c != obj.colour and (c, obj.shape) not in taken]
+    new = dataclasses.replace(obj, colour=options[index % len(options)])
+    return dataclasses.replace(scene, objects=scene.objects[:k] + (new,) + scene.objects[k + 1 :])
+
+
+def replaced(scene: Scene, index: int, k: int = 0) -> Scene:
+    """The scene with object k replaced by another shape in another colour, same cell/size."""
+    obj = scene.objects[k]
+    shapes = [s for s in SHAPES if s != obj.shape]
+    colours = [c for c in COLOURS if c != obj.colour and all(o.colour != c for o in scene.objects)]
+    new = dataclasses.replace(
+        obj, shape=shapes[index % len(shapes)], colour=colours[index % len(colours)]
+    )
+    return dataclasses.replace(scene, objects=scene.objects[:k] + (new,) + scene.objects[k + 1 :])
+
+
+def cell_mask(row: int, col: int, size: int = SIZE) -> np.ndarray:
+    """A binary mask (255 = fill) of one cell of the 3 x 3 grid, rounded outwards."""
+    mask = np.zeros((size, size), np.uint8)
+    top, bottom = int(np.floor(row * size / 3)), int(np.ceil((row + 1) * size / 3))
+    left, right = int(np.floor(col * size / 3)), int(np.ceil((col + 1) * size / 3))
+    mask[top:bottom, left:right] = 255
+    return mask
+
+
+def batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield range(start, min(n, start + size))
+
+
+def encode(pipe, images: list[np.ndarray]) -> torch.Tensor:
+    """Latents [N, ...] of uint8 renders [H, W, 3]."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return pipe.model.codec.encode(x)
+
+
+def conditioning(pipe, prompts: list[str], guidance: float) -> dict:
+    """cond / uncond / guidance keywords for one prompt per row."""
+    cond = pipe.encoder.encode(prompts).as_cond()
+    return {"cond": cond, "uncond": pipe.encoder.encode([""]).as_cond(), "guidance": guidance}
+
+
+def to_uint8(pipe, latents: torch.Tensor) -> np.ndarray:
+    return sample_to_uint8(pipe.model.decode(latents))
+
+
+def run_recolour(pipe, n: int, choose_n: int, strengths: list[float], batch: int) -> dict:
+    guidance = pipe.defaults.guidance
+    steps = pipe.defaults.steps
+
+    def score(seed: int, count: int, strength: float) -> dict:
+        outs, prompts = [], []
+        for rows in batches(count, batch):
+            scenes = [sample_split_scene(seed, i, "heldout-1") for i in rows]
+            targets = [caption(recoloured(sc, i), seed, i) for sc, i in zip(scenes, rows)]
+            latents = encode(pipe, [render_scene(sc, SIZE) for sc in scenes])
+            out = edit_latents(
+                pipe.model.denoiser,
+                latents,
+                list(rows),
+                strength=strength,
+                steps=steps,
+                **conditioning(pipe, targets, guidance),
+            )
+            outs.append(to_uint8(pipe, out))
+            prompts += targets
+        return evaluate(np.concatenate(outs), prompts).summary()
+
+    choice = {s: score(CHOOSE_SEED, choose_n, s) for s in strengths}
+    best = max(strengths, key=lambda s: (choice[s]["score"], -s))
+    return {
+        "chosen_on": {str(s): choice[s] for s in strengths},
+        "strength": best,
+        "result": score(EVAL_SEED, n, best),
+    }
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean()) / 255.0**2
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def inversion_round(
+    pipe, latents, source: dict, target: dict, method: str, refine: int, steps: int
+) -> torch.Tensor:
+    """Invert latents with `source` conditioning, sample back with `target` (batched)."""
+    denoiser = pipe.model.denoiser
+    noisy = invert_latents(
+        denoiser,
+        latents,
+        method=method,
+        refine=refine,
+        steps=steps,
+        schedule=pipe.defaults.schedule,
+        **source,
+    )
+    levels = get_schedule(pipe.defaults.schedule)(denoiser.process, steps)
+    sampler = get_sampler(get_inversion(method)[1])
+    return sample_from(
+        denoiser,
+        lambda noise, start, count: noisy[start : start + count],
+        range(latents.shape[0]),
+        lambda denoise, x, noise, start, count: sampler(denoise, x, levels),
+        **target,
+    )
+
+
+def run_inversion(pipe, n: int, steps_list: list[int], methods: list[str], guidance: float) -> dict:
+    scenes = [sample_split_scene(EVAL_SEED, i, "heldout") for i in range(n)]
+    images = [render_scene(s, SIZE) for s in scenes]
+    prompts = [caption(s, EVAL_SEED, i) for i, s in enumerate(scenes)]
+    results = {}
+    latents = encode(pipe, images)
+    cond = conditioning(pipe, prompts, guidance)
+    for method in methods:
+        name, refine = (method.split("+") + ["0"])[:2]
+        for steps in steps_list:
+            start = time.perf_counter()
+            out = inversion_round(pipe, latents, cond, cond, name, int(refine), steps)
+            values = [psnr(a, b) for a, b in zip(to_uint8(pipe, out), images)]
+            results[f"{method}@{steps}"] = {
+                "psnr_mean": float(np.mean(values)),
+                "psnr_median": float(np.median(values)),
+                "psnr_min": float(np.min(values)),
+                "seconds": time.perf_counter() - start,
+            }
+    codec = []
+    for image in images:
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+        back = pipe.model.decode(pipe.model.codec.encode(x))
+        rec = ((back[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        codec.append(psnr(rec, image))
+    results["codec_only"] = {"psnr_mean": float(np.mean(codec))}
+    return results
+
+
+def run_inversion_edit(
+    pipe, n: int, steps: int, guidance: float, refine: int, method: str = "ddim"
+) -> dict:
+    outs, prompts = [], []
+    for rows in batches(n, 16):
+        scenes = [sample_split_scene(EVAL_SEED, i, "heldout-2") for i in rows]
+        sources = [caption(sc, EVAL_SEED, i) for sc, i in zip(scenes, rows)]
+        targets = [caption(recoloured(sc, i), EVAL_SEED, i) for sc, i in zip(scenes, rows)]
+        latents = encode(pipe, [render_scene(sc, SIZE) for sc in scenes])
+        out = inversion_round(
+            pipe,
+            latents,
+            conditioning(pipe, sources, guidance),
+            conditioning(pipe, targets, guidance),
+            "ddim",
+            refine,
+            steps,
+        )
+        outs.append(to_uint8(pipe, out))
+        prompts += targets
+    return evaluate(np.concatenate(outs), prompts).summary()
+
+
+def run_inpaint(pipe, n: int, steps: int, resample: int) -> dict:
+    outs, prompts, exact = [], [], 0
+    guidance = pipe.defaults.guidance
+    for rows in batches(n, 16):
+        scenes = [
+            sample_split_scene(EVAL_SEED, i, "heldout-2" if i % 2 == 0 else "heldout-3")
+            for i in rows
+        ]
+        images = [render_scene(sc, SIZE) for sc in scenes]
+        masks = [cell_mask(sc.objects[0].row, sc.objects[0].col) for sc in scenes]
+        targets = [caption(replaced(sc, i), EVAL_SEED, i) for sc, i in zip(scenes, rows)]
+        mask = torch.from_numpy(np.stack(masks) == 255).float()[:, None]
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        out = inpaint_latents(
+            pipe.model.denoiser,
+            pipe.model.codec.encode(pixels),
+            latent_mask(mask, pipe.model.codec.downsample),
+            list(rows),
+            steps=steps,
+            resample=resample,
+            **conditioning(pipe, targets, guidance),
+        )
+        pasted = sample_to_uint8(blend(pipe.model.decode(out), pixels, mask))
+        for picture, image, m in zip(pasted, images, masks):
+            exact += bool(np.array_equal(picture[m == 0], image[m == 0]))
+        outs.append(pasted)
+        prompts += targets
+    return evaluate(np.concatenate(outs), prompts).summary() | {"outside_mask_identical": exact / n}
+
+
+def run_speed(pipe, repeats: int) -> dict:
+    scene = sample_split_scene(EVAL_SEED, 0, "heldout-2")
+    image, prompt = render_scene(scene, SIZE), caption(scene, EVAL_SEED, 0)
+    mask = cell_mask(scene.objects[0].row, scene.objects[0].col)
+    seeds = [0, 1, 2, 3]
+    tasks = {
+        "generate": lambda: pipe(prompt, seeds=seeds, steps=25),
+        "img2img": lambda: pipe.edit(image, prompt, strength=0.6, seeds=seeds, steps=25),
+        "inpaint": lambda: pipe.inpaint(image, mask, prompt, seeds=seeds, steps=25),
+        "inversion_edit": lambda: pipe.edit_by_inversion(
+            np.stack([image] * 4)[0], prompt, prompt, steps=25
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in tasks}
+    for _ in range(repeats):  # interleaved, so load changes hit every task alike
+        for name, task in tasks.items():
+            start = time.perf_counter()
+            task()
+            times[name].append(time.perf_counter() - start)
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "seconds": best,
+        "ratio_to_generate": {k: best[k] / best["generate"] for k in best},
+        "note": "inversion_edit inverts one image (deterministic) and samples it for 1 seed; "
+        "the others make 4 images",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument("-n", type=int, default=300, help="scenes per section (default 300)")
+    ap.add_argument("--choose-n", type=int, default=32, help="scenes to choose the strength on")
+    ap.add_argument("--strengths", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7])
+    ap.add_argument("--inversion-steps", type=int, nargs="+", default=[10, 25, 50])
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["ddim", "dpmpp_2m", "ddim+3"],
+        help="inversion methods; NAME+K refines each step K times",
+    )
+    ap.add_argument("--inversion-guidance", type=float, default=1.0)
+    ap.add_argument("--edit-guidance", type=float, default=4.0)
+    ap.add_argument("--edit-refine", type=int, default=3)
+    ap.add_argument("--edit-method", default="ddim", help="inversion method of inversion-edit")
+    ap.add_argument("--resample", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--repeats", type=int, default=3, help="speed: timed rounds (best kept)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline()
+    results: dict = {"n": args.n, "platform": platform.platform(), "threads": args.threads}
+    for section in args.sections:
+        start = time.perf_counter()
+        if section == "recolour":
+            out = run_recolour(pipe, args.n, args.choose_n, args.strengths, args.batch)
+        elif section == "inversion":
+            out = run_inversion(
+                pipe, args.n, args.inversion_steps, args.methods, args.inversion_guidance
+            )
+        elif section == "inversion-edit":
+            out = run_inversion_edit(
+                pipe, args.n, args.steps, args.edit_guidance, args.edit_refine, args.edit_method
+            )
+        elif section == "inpaint":
+            out = run_inpaint(pipe, args.n, args.steps, args.resample)
+        else:
+            out = run_speed(pipe, args.repeats)
+        results[section] = out | {"wall_seconds": time.perf_counter() - start}
+        print(json.dumps({section: results[section]}, indent=1), flush=True)
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(results, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
