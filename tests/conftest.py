@@ -1,9 +1,22 @@
 """Fixtures for the whole suite."""
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`-n`), each worker takes its share of the cores for torch's threads.
+
+    Workers run side by side, one per core by default: a worker using every core would make
+    each OpenMP region wait for threads the other workers have descheduled.
+    """
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, (cores or 1) // int(workers)))
 
 
 @pytest.fixture(scope="module")
