@@ -6,6 +6,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from fresh_imports import FreshImports
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (`-n`), each worker takes its share of the cores for torch's threads.
@@ -31,3 +33,12 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def fresh_imports() -> Iterator[FreshImports]:
+    """`fresh_imports(code)`: the modules loaded after `code` ran in a fresh process (one helper
+    process serves every check; see tests/fresh_imports.py)."""
+    fresh = FreshImports()
+    yield fresh
+    fresh.close()
