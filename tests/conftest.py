@@ -2,11 +2,14 @@
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
+from diffuse.cli import main
 from fresh_imports import FreshImports
+from text_recipe import train_args
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -42,3 +45,19 @@ def fresh_imports() -> Iterator[FreshImports]:
     fresh = FreshImports()
     yield fresh
     fresh.close()
+
+
+@pytest.fixture(scope="session")
+def t2i_run(tmp_path_factory) -> Path:
+    """A run folder (named "run") holding a tiny text-to-image model, trained once per test
+    process: the real recipe (configs/shapes-t2i.toml) shrunk, 3 steps at a high learning rate
+    without warm-up, so that the prompt visibly changes the output. Tests only read it."""
+    out = tmp_path_factory.mktemp("t2i") / "run"
+    sets = ["train.steps=3", "checkpoint.every_steps=3", "sample.every_steps=0"]
+    sets += ["optim.warmup_steps=0", "optim.lr=0.03"]  # the zero-initialised output layer moves
+    before = torch.get_num_threads()
+    try:
+        assert main(train_args(out, *sets)) == 0
+    finally:
+        torch.set_num_threads(before)
+    return out
