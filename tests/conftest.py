@@ -13,11 +13,16 @@ from text_recipe import train_args
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`-n`), each worker takes its share of the cores for torch's threads.
+    """Threads for tests that run side by side under pytest-xdist (`-n`).
 
-    Workers run side by side, one per core by default: a worker using every core would make
-    each OpenMP region wait for threads the other workers have descheduled.
+    Each worker takes its share of the cores for torch's threads: a worker using every core
+    would make each OpenMP region wait for threads the other workers have descheduled. Tests
+    that ask for more threads (to check thread-count independence) still oversubscribe the
+    cores, so OpenMP threads wait passively (sleep instead of spinning on a core another thread
+    needs). The policy is read when torch loads OpenMP: it is set here, in the process that
+    starts the workers, and the workers inherit it.
     """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
