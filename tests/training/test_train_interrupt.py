@@ -34,6 +34,10 @@ SETS = [
 ]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_prints_one_line_exits_130_and_resume_continues(tmp_path, capsys, caplog):
     recipe = tmp_path / "tiny.toml"
     recipe.write_text("[train]\nsteps = 100000\n")
@@ -41,13 +45,26 @@ def test_sigint_prints_one_line_exits_130_and_resume_continues(tmp_path, capsys,
     args = [sys.executable, "-m", "diffuse", "train", str(recipe), "--out", str(out)]
     args += [x for s in SETS for x in ("--set", s)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 60
-    while not list_checkpoints(out) and time.monotonic() < deadline and child.poll() is None:
-        time.sleep(0.05)
-    assert list_checkpoints(out), "no checkpoint was written"
-    child.send_signal(signal.SIGINT)
-    stdout, stderr = child.communicate(timeout=60)
+    # Ctrl-C reaches the command even where this suite runs in a background job (which starts
+    # with SIGINT ignored, and a process started from it would inherit that).
+    child = subprocess.Popen(
+        args,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        preexec_fn=_default_sigint,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list_checkpoints(out) and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.05)
+        assert list_checkpoints(out), "no checkpoint was written"
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:  # a failed test leaves no training running
+            child.kill()
+            child.wait()
     err = stderr.decode()
     assert child.returncode == 130, err[-2000:]
     assert "Traceback" not in err
