@@ -42,8 +42,8 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_suite(checkout: Path, data: Path) -> dict:
-    """One run of the test command in `checkout`."""
+def run_suite(checkout: Path, data: Path, extra: list[str]) -> dict:
+    """One run of the test command (plus `extra` arguments) in `checkout`."""
     env = {
         **os.environ,
         "PYTHONPATH": str(checkout / "src"),
@@ -51,7 +51,7 @@ def run_suite(checkout: Path, data: Path) -> dict:
     }
     load = os.getloadavg()[0]
     cpu, start = children_cpu(), time.perf_counter()
-    done = subprocess.run(COMMAND, cwd=checkout, env=env, capture_output=True, text=True)
+    done = subprocess.run([*COMMAND, *extra], cwd=checkout, env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - start, children_cpu() - cpu
     lines = [x for x in done.stdout.splitlines() if re.search(r"\d+ (passed|failed)", x)]
     return {
@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--head", default="HEAD", help="commit compared with it")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each, alternated")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "pytest_args", nargs="*", help="extra pytest arguments (after --), e.g. a test file"
+    )
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
@@ -85,7 +88,7 @@ def main() -> None:
         try:
             for _ in range(args.repeats):
                 for name in ("base", "head"):
-                    result = run_suite(checkouts[name], data)
+                    result = run_suite(checkouts[name], data, args.pytest_args)
                     runs[name].append(result)
                     print(f"{name} {commits[name][:10]}: {result}", file=sys.stderr, flush=True)
         finally:
@@ -96,7 +99,7 @@ def main() -> None:
         for name in runs
     }
     report = {
-        "command": "python -m pytest -q",
+        "command": " ".join(["python -m pytest -q", *args.pytest_args]),
         "machine": f"{os.cpu_count()} CPUs",
         "date": time.strftime("%Y-%m-%d"),
         "commits": commits,
