@@ -1,4 +1,6 @@
-"""CLI tests: tiny models made once, and `python -m diffuse` run on a pseudo-terminal."""
+"""CLI tests: tiny models made once, and `python -m diffuse` run on a pseudo-terminal.
+
+The text-to-image model is `t2i_run` (tests/conftest.py)."""
 
 import fcntl
 import os
@@ -15,7 +17,6 @@ import pytest
 import torch
 
 from diffuse.cli import main
-from text_recipe import train_args
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -50,16 +51,6 @@ def _one_thread_here() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="package")
-def t2i_run(tmp_path_factory, _one_thread_here) -> Path:
-    """A run folder holding a one-step text-to-image model trained on Shapes captions (the real
-    recipe, configs/shapes-t2i.toml, shrunk)."""
-    out = tmp_path_factory.mktemp("t2i") / "run"
-    sets = ["train.steps=1", "checkpoint.every_steps=1", "sample.every_steps=0"]
-    assert main(train_args(out, *sets)) == 0
-    return out
 
 
 @pytest.fixture(scope="package")

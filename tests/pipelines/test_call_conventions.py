@@ -1,7 +1,7 @@
 """The pipeline accepts diffusers' call conventions and gives the same pixels as the native call.
 
-A tiny text-to-image model is trained here (as in test_text_to_image.py); every comparison is
-pixel for pixel.
+The tiny text-to-image model is `t2i_run` (tests/conftest.py); every comparison is pixel for
+pixel.
 """
 
 import inspect
@@ -11,14 +11,12 @@ import pytest
 import torch
 
 import diffuse
-from diffuse.cli import main
 from diffuse.pipelines.call_conventions import (
     GenerationOutput,
     expand_prompts,
     seeds_from_generators,
 )
 from diffuse.pipelines.text_to_image import TextToImagePipeline, load_pipeline
-from text_recipe import train_args
 
 PROMPT = "a red circle above a blue square"
 OTHER = "a small green triangle at the bottom right"
@@ -26,11 +24,8 @@ STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("conventions") / "run"
-    tiny = ["train.steps=3", "checkpoint.every_steps=3", "sample.every_steps=0"]
-    assert main(train_args(out, *tiny, "optim.warmup_steps=0", "optim.lr=0.03")) == 0
-    return out
+def run(t2i_run):
+    return t2i_run
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """Text to image: `load_pipeline` and `diffuse generate` on a tiny text-conditioned model.
 
-The model is trained here, through `diffuse train` on the real recipe (configs/shapes-t2i.toml)
+The model is trained through `diffuse train` on the real recipe (configs/shapes-t2i.toml)
 shrunk with --set: a few steps at a high learning rate without warm-up, so that the prompt
-visibly changes the output. Images are compared pixel for pixel.
+visibly changes the output (the `t2i_run` fixture, tests/conftest.py). Images are compared
+pixel for pixel.
 """
 
 import json
@@ -22,15 +23,7 @@ from diffuse.pipelines.text_to_image import (
     weights_hash,
 )
 from diffuse.pngmeta import read_params, save_png
-from text_recipe import train_args
 
-TINY = [
-    "train.steps=3",
-    "checkpoint.every_steps=3",
-    "sample.every_steps=0",
-    "optim.warmup_steps=0",
-    "optim.lr=0.03",  # large steps: the untrained zero-initialised output layer moves
-]
 PROMPT = "a red circle above a blue square"
 STEPS = 3
 PARAM_KEYS = {
@@ -48,11 +41,9 @@ PARAM_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run(t2i_run) -> Path:
     """A run folder (named "run") holding a tiny text-to-image model in run/model."""
-    out = tmp_path_factory.mktemp("t2i") / "run"
-    assert main(train_args(out, *TINY)) == 0
-    return out
+    return t2i_run
 
 
 @pytest.fixture(scope="module")

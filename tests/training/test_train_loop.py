@@ -1,11 +1,10 @@
 """The training loop: exact resume after SIGKILL, 2-rank gloo == 1 process, guards, refusals."""
 
 import json
+import multiprocessing
 import os
+import signal
 import socket
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 from diffuse.cli.train import draw_sample_grid
 from diffuse.config import ConfigError, load_recipe
 from diffuse.nets.unet import UNet
+from diffuse.training import checkpoint, progress
 from diffuse.training.checkpoint import list_checkpoints
 from diffuse.training.loop import NonFiniteError, train
 from diffuse.training.model import build_network
@@ -52,43 +52,54 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in lines]
 
 
-KILLER = textwrap.dedent(
-    """
-    import os, signal, sys
-    from diffuse.config import load_recipe
-    from diffuse.training import checkpoint, loop, progress
-    mode, run = sys.argv[1], sys.argv[2]
+# Child processes are forked from this one: they start with torch and diffuse already imported
+# (a fresh interpreter spends seconds importing them) and run the same code a fresh one would.
+FORK = multiprocessing.get_context("fork")
+
+
+def _train_until_killed(mode: str, run: str) -> None:
+    """Train the BASE recipe in this (forked) process and SIGKILL it at the point `mode` names."""
     if mode == "after-step-6":
         write = progress.MetricsLog.write
+
         def write_then_die(self, record):
             write(self, record)
             if record["step"] == 6:
                 os.kill(os.getpid(), signal.SIGKILL)
+
         progress.MetricsLog.write = write_then_die
     else:  # die in the middle of writing checkpoint step-8
         synced = checkpoint._write_synced
+
         def die_during_write(path, data):
             if "step-8" in str(path) and path.name == "state.pt":
                 with open(path, "wb") as f:
                     f.write(data[: len(data) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
             synced(path, data)
+
         checkpoint._write_synced = die_during_write
-    loop.train(load_recipe(None, {base!r}), run)
-    """
-)
+    train(load_recipe(None, BASE), run)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, one_thread) -> Path:
+    """The BASE recipe trained without interruption (12 steps)."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    assert train(_cfg(), run).step == 12
+    return run
 
 
 @pytest.mark.parametrize("mode", ["after-step-6", "during-checkpoint-8"])
-def test_resume_after_sigkill_repeats_the_loss_sequence(tmp_path, mode):
-    reference = train(_cfg(), tmp_path / "ref")
-    expected = _losses(tmp_path / "ref")
-    assert len(expected) == 12 and reference.step == 12
+def test_resume_after_sigkill_repeats_the_loss_sequence(tmp_path, reference_run, mode):
+    expected = _losses(reference_run)
+    assert len(expected) == 12
 
     run = tmp_path / "killed"
-    script = KILLER.format(base=BASE)
-    child = subprocess.run([sys.executable, "-c", script, mode, str(run)], capture_output=True)
-    assert child.returncode == -9, child.stderr.decode()[-2000:]
+    child = FORK.Process(target=_train_until_killed, args=(mode, str(run)))
+    child.start()
+    child.join()
+    assert child.exitcode == -signal.SIGKILL, child.exitcode
     steps = [s for s, _ in list_checkpoints(run)]
     assert steps == [4], steps  # step-8 was never committed in the second mode
     with pytest.raises(FileExistsError, match="--resume"):
@@ -96,7 +107,7 @@ def test_resume_after_sigkill_repeats_the_loss_sequence(tmp_path, mode):
 
     train(_cfg(), run, resume=True)
     assert _losses(run) == expected  # exactly, not approximately
-    final_ref = load_file(str(tmp_path / "ref" / "checkpoints" / "step-12" / "ema.safetensors"))
+    final_ref = load_file(str(reference_run / "checkpoints" / "step-12" / "ema.safetensors"))
     final = load_file(str(run / "checkpoints" / "step-12" / "ema.safetensors"))
     for key in final_ref:
         assert torch.equal(final_ref[key], final[key])
@@ -120,19 +131,29 @@ def _rank_main(rank: int, port: int, run: str, sets: list[str]) -> None:
         torch.distributed.destroy_process_group()
 
 
+GLOO_SETS = [*BASE, "train.steps=5", "checkpoint.every_steps=5", "optim.micro_batch=2"]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, one_thread) -> Path:
+    """GLOO_SETS trained in one process (5 steps)."""
+    run = tmp_path_factory.mktemp("one") / "run"
+    train(load_recipe(None, GLOO_SETS), run)
+    return run
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_gloo_processes_equal_one_process(tmp_path, strategy):
-    sets = [*BASE, "train.steps=5", "checkpoint.every_steps=5", "optim.micro_batch=2"]
-    train(load_recipe(None, sets), tmp_path / "one")
-    two = [*sets, f"train.strategy='{strategy}'"]
-    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path / "two"), two), nprocs=2, join=True)
+def test_two_gloo_processes_equal_one_process(tmp_path, one_process_run, strategy):
+    two = [*GLOO_SETS, f"train.strategy='{strategy}'"]
+    args = (_free_port(), str(tmp_path / "two"), two)
+    mp.start_processes(_rank_main, args=args, nprocs=2, join=True, start_method="fork")
     assert (tmp_path / "two" / "model" / "diffusion.json").is_file()
     for name in ("model.safetensors", "ema.safetensors"):
-        one = load_file(str(tmp_path / "one" / "checkpoints" / "step-5" / name))
+        one = load_file(str(one_process_run / "checkpoints" / "step-5" / name))
         two = load_file(str(tmp_path / "two" / "checkpoints" / "step-5" / name))
         for key in one:
             torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(_losses(tmp_path / "two"), _losses(tmp_path / "one"), rtol=1e-5)
+    np.testing.assert_allclose(_losses(tmp_path / "two"), _losses(one_process_run), rtol=1e-5)
 
 
 class _NanNet(UNet):
