@@ -64,8 +64,6 @@ def test_eval_model_samples_through_the_pipeline(tiny_world, monkeypatch, capsys
     """--model: seeds seed+i, labels cycling 0..9, the model's sampler defaults, uint8 output."""
     from types import SimpleNamespace
 
-    import diffuse.pipelines.sample as pipeline
-
     calls = []
     model = SimpleNamespace(
         denoiser=None,
@@ -81,8 +79,8 @@ def test_eval_model_samples_through_the_pipeline(tiny_world, monkeypatch, capsys
         lab = torch.tensor(labels, dtype=torch.float32)
         return (lab / 9 * 2 - 1).view(-1, 1, 1, 1).expand(-1, *shape)  # (B, C, H, W)
 
-    monkeypatch.setattr(pipeline, "load_trained", lambda folder, device="cpu": model)
-    monkeypatch.setattr(pipeline, "generate", fake_generate)
+    monkeypatch.setattr(ev, "load_trained", lambda folder, device="cpu": model)
+    monkeypatch.setattr(ev, "generate", fake_generate)
     images, labels = ev.sample_model_for_eval("somewhere", 25, seed=100, batch_size=10)
     assert images.shape == (25, 8, 8, 1) and images.dtype == np.uint8
     np.testing.assert_array_equal(labels, np.arange(25) % 10)
