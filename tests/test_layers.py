@@ -6,7 +6,7 @@ mirrors it. Every top-level module or package under src/diffuse belongs to exact
     bottom      processes, denoiser, losses, nets, codecs, samplers, guidance,
                 gaussian_mixture, shapes
                     the mathematics and the networks; they know nothing of tasks or commands
-    foundation  model_folder, config, typed_tables, io, pngmeta, data_files
+    foundation  model_folder, fitted_solvers, config, typed_tables, io, pngmeta, data_files
                     the saved-model format, typed configs, atomic writes and file hashes, PNG
                     metadata: small things every task may use
     tasks       pipelines, training, metrics
@@ -55,7 +55,15 @@ LAYERS: dict[str, frozenset[str]] = {
         }
     ),
     "foundation": frozenset(
-        {"model_folder", "config", "typed_tables", "io", "pngmeta", "data_files"}
+        {
+            "model_folder",
+            "fitted_solvers",
+            "config",
+            "typed_tables",
+            "io",
+            "pngmeta",
+            "data_files",
+        }
     ),
     "tasks": frozenset({"pipelines", "training", "metrics"}),
     "front": frozenset({"cli", "server", "__main__"}),

@@ -17,14 +17,14 @@ import argparse
 import sys
 
 from diffuse import __version__
-from diffuse.cli import data, generate, info, sample, train
+from diffuse.cli import data, fit_solver, generate, info, sample, train
 from diffuse.cli import eval as eval_command
 from diffuse.cli.arguments import CliError
 
 __all__ = ["CliError", "build_parser", "main"]
 
 # In the order they appear in `diffuse --help`.
-COMMANDS = (eval_command, train, sample, generate, info, data)
+COMMANDS = (eval_command, train, sample, generate, fit_solver, info, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

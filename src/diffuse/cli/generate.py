@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from diffuse.cli.arguments import (
@@ -13,6 +14,7 @@ from diffuse.cli.arguments import (
     progress_bar,
     warning_lines,
 )
+from diffuse.fitted_solvers import FITTED
 from diffuse.pipelines.sample import save_grid
 from diffuse.pipelines.text_to_image import TextToImagePipeline, load_pipeline, to_pil
 from diffuse.pngmeta import read_params, save_png
@@ -31,7 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("prompt", nargs="?", help='the prompt ("" for an unconditional image)')
     p.add_argument("-n", type=int, default=None, help="number of images (default 1)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (model default: 25)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampler steps (model default: 25); a solver fitted for this count by "
+        "`diffuse fit-solver` runs unless --sampler or --schedule is given",
+    )
     p.add_argument("--sampler", default=None, help="sampler name (default dpmpp_2m)")
     p.add_argument("--schedule", default=None, help="noise schedule (default karras)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (model default)")
@@ -89,6 +97,7 @@ def _request(args: argparse.Namespace) -> dict:
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{args.from_png}: incomplete generation parameters ({err})") from None
         return request | {
+            "solver": stored.get("solver"),
             "grid": bool(stored.get("grid", False)),
             "nrow": stored.get("nrow"),
             "model_hash": stored.get("model_hash"),
@@ -113,6 +122,7 @@ def _request(args: argparse.Namespace) -> dict:
         "steps": args.steps,
         "guidance": args.guidance,
         "size": args.size,
+        "solver": None,
         "grid": args.grid,
         "nrow": args.nrow,
         "model_hash": None,
@@ -162,6 +172,12 @@ def _run(args: argparse.Namespace) -> int:
         )
     params = pipe.params(**request)
     warn_unknown_words(pipe, [params.prompt, params.negative_prompt])
+    if params.sampler == FITTED:
+        print(
+            f"diffuse generate: sampling with the solver fitted for {params.steps} steps "
+            f"({params.solver})",
+            file=sys.stderr,
+        )
     with progress_bar(params.steps, "generate", not args.no_progress) as callback:
         images = pipe.generate(params, callback=callback)
     if grid:

@@ -13,6 +13,7 @@ it adds no sampling logic of its own.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from diffuse.model_folder import TrainedModel, load_model
 from diffuse.nets.layers import invariant_batch_size, pad_batch
 from diffuse.pngmeta import save_png
 from diffuse.samplers.base import Callback
+from diffuse.samplers.bespoke import BespokeCoefficients, bespoke
 from diffuse.samplers.noise import SeededNoise
 from diffuse.samplers.registry import get_sampler, get_schedule
 
@@ -65,6 +67,7 @@ def generate(
     device: str | torch.device = "cpu",
     batch_size: int = 64,
     callback: Callback | None = None,
+    solver: BespokeCoefficients | None = None,
 ) -> Tensor:
     """Sample one image per seed, optionally conditional with classifier-free guidance.
 
@@ -84,6 +87,8 @@ def generate(
         device: where the network runs.
         batch_size: images per sampler call (results do not depend on it).
         callback: called after each step of each batch with the sampler's `StepInfo`.
+        solver: a fitted bespoke solver (`diffuse.fitted_solvers`) to run instead of
+            `sampler` and `schedule`, on its own levels; `steps` must be its step count.
     Returns:
         samples [N, C, H, W] (float32, CPU), unclamped: latents of a latent model, which
         range beyond [-1, 1], or pixels; `TrainedModel.decode` turns either into images.
@@ -104,8 +109,14 @@ def generate(
         raise ValueError("guidance needs an unconditional input (uncond)")
     if not steps >= 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    sample_fn = get_sampler(sampler)
-    levels = get_schedule(schedule)(denoiser.process, steps)
+    if solver is not None:
+        if len(solver.a) != steps:
+            raise ValueError(f"the solver has {len(solver.a)} steps, not {steps}")
+        sample_fn = functools.partial(bespoke, coefficients=solver)
+        levels = torch.tensor(solver.levels, dtype=torch.float64)
+    else:
+        sample_fn = get_sampler(sampler)
+        levels = get_schedule(schedule)(denoiser.process, steps)
     was_training = denoiser.training
     denoiser.eval()
     outputs = []
