@@ -76,8 +76,8 @@ class FittedSolver:
 
     @property
     def digest(self) -> str:
-        """12 hex digits identifying the coefficients (recorded in PNG metadata)."""
-        text = json.dumps(self.coefficients.to_dict(), sort_keys=True)
+        """12 hex digits identifying the coefficients and guidance (recorded in PNG metadata)."""
+        text = json.dumps(self.coefficients.to_dict() | {"guidance": self.guidance}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
