@@ -93,7 +93,7 @@ def test_a_damaged_entry_is_named(class_run, tmp_path):
 def test_fit_solver_saves_only_solvers_better_than_the_plain_samplers(class_run, tmp_path, capsys):
     folder = model_copy(class_run, tmp_path)
     argv = ["fit-solver", "--model", str(folder), "--steps", "3", "4", "--conditions", "3"]
-    assert main([*argv, "--reference-steps", "16", "--max-minutes", "0.5"]) == 0
+    assert main([*argv, "--reference-steps", "16", "--effort", "0.1", "--max-minutes", "10"]) == 0
     out = capsys.readouterr().out
     assert "3 random classes, guidance 2" in out and re.search(r"fitting time [\d.]+ s", out)
     stored = read_solvers(folder)
@@ -109,7 +109,8 @@ def test_fit_solver_saves_only_solvers_better_than_the_plain_samplers(class_run,
 def test_fit_solver_draws_captions_for_a_text_model(t2i_run, tmp_path, capsys):
     folder = model_copy(t2i_run, tmp_path)
     argv = ["fit-solver", "--model", str(folder), "--steps", "2", "--conditions", "2"]
-    assert main([*argv, "--noises", "2", "--reference-steps", "8", "--max-minutes", "0.5"]) == 0
+    more = ["--noises", "2", "--reference-steps", "8", "--effort", "0.05", "--max-minutes", "10"]
+    assert main([*argv, *more]) == 0
     out = capsys.readouterr().out
     assert "2 Shapes captions" in out
     assert ("2 calls: saved to" in out) == (2 in read_solvers(folder))
@@ -179,3 +180,28 @@ def test_sample_uses_the_solver_and_an_explicit_sampler_overrides_it(class_run, 
     assert main([*base, "--sampler", "euler", "-o", str(tmp_path / "b.png")]) == 0
     meta = read_params(tmp_path / "b.png")
     assert meta["sampler"] == "euler" and "solver" not in meta
+
+
+def test_fit_solver_stops_at_max_minutes_and_says_what_it_did_not_fit(class_run, tmp_path, capsys):
+    folder = model_copy(class_run, tmp_path)
+    argv = ["fit-solver", "--model", str(folder), "--steps", "3", "5", "--conditions", "3"]
+    assert main([*argv, "--reference-steps", "8", "--max-minutes", "0.0001"]) == 0
+    out = capsys.readouterr().out
+    assert "--max-minutes 0.0001 reached: not fitted for 3, 5 calls" in out
+    assert "0 solver(s) saved" in out and not (folder / SOLVERS_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--steps", "3", "--max-minutes", "nan"], "--max-minutes must be > 0, got nan"),
+        (["--steps", "3", "--noises", "1"], "--noises must be >= 2"),
+    ],
+)
+def test_fit_solver_refuses_bad_options(class_run, tmp_path, capsys, extra, message):
+    folder = model_copy(class_run, tmp_path)
+    assert main(["fit-solver", "--model", str(folder), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffuse fit-solver: error: ") and message in err
+    assert err.count("\n") == 1 and not (folder / SOLVERS_FILE).exists()

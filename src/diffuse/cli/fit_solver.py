@@ -63,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reference-steps", type=int, default=64, help="steps of the reference (default 64)"
     )
+    p.add_argument(
+        "--effort",
+        type=float,
+        default=1.0,
+        help="share of the full fitting budget (default 1; less when --max-minutes needs it)",
+    )
     p.add_argument("--seed", type=int, default=0, help="draws noises and conditioning")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu")
@@ -147,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     wanted = sorted(set(args.steps))
     if wanted[0] < 1:
         raise CliError(f"--steps must be >= 1, got {wanted[0]}")
-    for name in ("max_minutes", "conditions", "noises", "reference_steps"):
+    for name in ("max_minutes", "conditions", "noises", "reference_steps", "effort"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise CliError(f"--{name.replace('_', '-')} must be > 0, got {value}")
@@ -186,9 +192,9 @@ def _run(args: argparse.Namespace) -> int:
         left = deadline - time.monotonic()
         share = left / (len(wanted) - i)  # the time left, shared among the fits to come
         full = len(CANDIDATES) * steps * call * (BUDGET + BACKWARD_COST * ITERATIONS)
-        scale = min(1.0, share / full)
+        scale = min(args.effort, share / full)
         budget, iterations = max(8, round(BUDGET * scale)), max(6, round(ITERATIONS * scale))
-        if left <= 0 or scale < 0.05:
+        if left <= 0:
             rest = ", ".join(map(str, wanted[i:]))
             print(f"--max-minutes {args.max_minutes:g} reached: not fitted for {rest} calls")
             break
