@@ -205,3 +205,13 @@ def test_fit_solver_refuses_bad_options(class_run, tmp_path, capsys, extra, mess
     err = capsys.readouterr().err
     assert err.startswith("diffuse fit-solver: error: ") and message in err
     assert err.count("\n") == 1 and not (folder / SOLVERS_FILE).exists()
+
+
+def test_fit_solver_does_not_replace_a_fitted_solver_without_overwrite(class_run, tmp_path, capsys):
+    folder = model_copy(class_run, tmp_path)
+    save_solver(folder, plain_solver(folder, 3, 2.0))
+    before = (folder / SOLVERS_FILE).read_bytes()
+    assert main(["fit-solver", "--model", str(folder), "--steps", "3", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds solvers for 3 steps; pass --overwrite to replace them" in err
+    assert (folder / SOLVERS_FILE).read_bytes() == before

@@ -22,7 +22,7 @@ from diffuse.cli.arguments import CliError, warning_lines
 from diffuse.denoiser import Cond
 from diffuse.fitted_solvers import FittedSolver, read_solvers, save_solver
 from diffuse.guidance import classifier_free_guidance
-from diffuse.model_folder import TrainedModel, load_model
+from diffuse.model_folder import SOLVERS_FILE, TrainedModel, load_model
 from diffuse.pipelines.text_to_image import load_pipeline
 from diffuse.samplers.base import DenoiseFn
 from diffuse.samplers.bespoke import CANDIDATES, bespoke, fit_candidates
@@ -50,7 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "better on held-out noises than the best plain sampler at N calls is not saved.",
     )
     p.add_argument("--model", required=True, metavar="DIR", help="model folder or run folder")
-    p.add_argument("--steps", type=int, nargs="+", required=True, metavar="N", help="calls")
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        required=True,
+        metavar="N",
+        help="network calls of a solver (one fit for each N)",
+    )
     p.add_argument(
         "--max-minutes", type=float, default=10.0, help="bound on the fitting time (default 10)"
     )
@@ -72,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="draws noises and conditioning")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace solvers already fitted")
     p.set_defaults(func=run)
 
 
@@ -166,7 +174,13 @@ def _run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     deadline = start + 60 * args.max_minutes
     model = load_model(args.model, device=args.device)
-    read_solvers(model.folder)  # a damaged or foreign solver file stops here, before any work
+    # A damaged or foreign solver file, or a fit that would be replaced, stops here.
+    taken = sorted(set(read_solvers(model.folder)) & set(wanted))
+    if taken and not args.overwrite:
+        raise CliError(
+            f"{model.folder / SOLVERS_FILE} already holds solvers for "
+            f"{', '.join(map(str, taken))} steps; pass --overwrite to replace them"
+        )
     info, process = model.info, model.denoiser.process
     conditional = bool(info.text_encoder or info.class_names)
     guidance = info.sampling.guidance if conditional else 1.0
