@@ -7,6 +7,8 @@ A model folder (what `diffuse train` leaves in RUN/model/, and the bundled model
     diffusion.json     `ModelInfo`: process, parametrisation, conditioning, codec, sampling
                        defaults, the training recipe and provenance
     vae/               the codec of a latent model (a copy of the VAE folder it was trained on)
+    solvers.json       optional: solvers fitted to the weights by `diffuse fit-solver`
+                       (`diffuse.fitted_solvers`)
 
     save_model("runs/x/model", ema_net, info, codec_source=Path("models/shapes-vae"))
     model = load_model("runs/x/model")          # or the run folder "runs/x"
@@ -64,6 +66,7 @@ __all__ = [
     "IMAGE_KIND",
     "INFO_FILE",
     "PROCESSES",
+    "SOLVERS_FILE",
     "WEIGHTS_FILE",
     "ModelFileError",
     "ModelInfo",
@@ -85,6 +88,7 @@ logger = logging.getLogger(__name__)
 
 INFO_FILE = "diffusion.json"  # process, parametrisation, conditioning, codec, sampling defaults
 CODEC_FOLDER = "vae"  # subfolder holding a latent model's codec
+SOLVERS_FILE = "solvers.json"  # fitted solvers (`diffuse.fitted_solvers`), optional
 FORMAT = 2  # the diffusion.json version save_model writes
 _READABLE = (1, 2)
 DIFFUSERS_CACHE_ENV = "DIFFUSE_CACHE"  # where converted diffusers folders are kept

@@ -17,14 +17,39 @@ import argparse
 import sys
 
 from diffuse import __version__
-from diffuse.cli import convert, data, edit, generate, info, inpaint, sample, serve, text, train
+from diffuse.cli import (
+    convert,
+    data,
+    edit,
+    fit_solver,
+    generate,
+    info,
+    inpaint,
+    sample,
+    serve,
+    text,
+    train,
+)
 from diffuse.cli import eval as eval_command
 from diffuse.cli.arguments import CliError
 
 __all__ = ["CliError", "build_parser", "main"]
 
 # In the order they appear in `diffuse --help`.
-COMMANDS = (eval_command, train, sample, generate, edit, inpaint, info, data, text, serve, convert)
+COMMANDS = (
+    eval_command,
+    train,
+    sample,
+    generate,
+    edit,
+    inpaint,
+    fit_solver,
+    info,
+    data,
+    text,
+    serve,
+    convert,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

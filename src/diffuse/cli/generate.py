@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from pathlib import Path
 
 from diffuse.cli.arguments import (
@@ -15,6 +16,7 @@ from diffuse.cli.arguments import (
     warning_lines,
 )
 from diffuse.codecs.controls import control_map
+from diffuse.fitted_solvers import FITTED
 from diffuse.model_folder import read_info
 from diffuse.pipelines.control import controlled, load_controlnet
 from diffuse.pipelines.image_to_image import image_hash, read_image
@@ -41,7 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("prompt", nargs="?", help='the prompt ("" for an unconditional image)')
     p.add_argument("-n", type=int, default=None, help="number of images (default 1)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (model default: 25)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampler steps (model default: 25); a solver fitted for this count by "
+        "`diffuse fit-solver` runs unless --sampler or --schedule is given",
+    )
     p.add_argument("--sampler", default=None, help="sampler name (default dpmpp_2m)")
     p.add_argument("--schedule", default=None, help="noise schedule (default karras)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (model default)")
@@ -123,6 +131,7 @@ def _request(args: argparse.Namespace) -> dict:
             args.control_start = float(stored["control_start"])
             args.control_end = float(stored["control_end"])
         return request | {
+            "solver": stored.get("solver"),
             "grid": bool(stored.get("grid", False)),
             "nrow": stored.get("nrow"),
             "model_hash": stored.get("model_hash"),
@@ -148,6 +157,7 @@ def _request(args: argparse.Namespace) -> dict:
         "steps": args.steps,
         "guidance": args.guidance,
         "size": args.size,
+        "solver": None,
         "grid": args.grid,
         "nrow": args.nrow,
         "model_hash": None,
@@ -202,6 +212,12 @@ def _run(args: argparse.Namespace) -> int:
         )
     params = pipe.params(**request)
     warn_unknown_words(pipe, [params.prompt, params.negative_prompt])
+    if params.sampler == FITTED:
+        print(
+            f"diffuse generate: sampling with the solver fitted for {params.steps} steps "
+            f"({params.solver})",
+            file=sys.stderr,
+        )
     control_meta: dict = {}
     with contextlib.ExitStack() as stack:
         extra = None

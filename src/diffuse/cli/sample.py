@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from diffuse.cli.arguments import (
@@ -14,6 +15,7 @@ from diffuse.cli.arguments import (
     progress_bar,
     warning_lines,
 )
+from diffuse.fitted_solvers import FITTED, choose_solver, read_solvers
 from diffuse.pipelines.sample import generate, load_trained, save_grid
 
 # Images per sampler call (results do not depend on it); the progress bar counts its batches.
@@ -40,7 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_seeds_option(p, several_words=True)
     p.add_argument("--sampler", help="sampler name (default: the recipe's)")
     p.add_argument("--schedule", help="schedule name (default: the recipe's)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the recipe's)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="sampler steps (default: the recipe's); a solver fitted for this count by "
+        "`diffuse fit-solver` runs unless --sampler or --schedule is given",
+    )
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     p.add_argument("--nrow", type=int, help="images per grid row")
     p.add_argument("--device", default="cpu")
@@ -89,8 +96,25 @@ def _run(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else defaults.steps
     if steps < 1:
         raise CliError(f"--steps must be >= 1, got {steps}")
-    sampler = args.sampler or defaults.sampler
-    schedule = args.schedule or defaults.schedule
+    guided = guidance if labels is not None else 1.0
+    fitted = choose_solver(
+        read_solvers(model.folder),
+        steps,
+        sampler=args.sampler,
+        schedule=args.schedule,
+        guidance=guided,
+        fallback=args.sampler or defaults.sampler,
+        steps_given=args.steps is not None,
+    )
+    if fitted is not None:
+        sampler = schedule = FITTED
+        print(
+            f"diffuse sample: sampling with the solver fitted for {steps} steps ({fitted.digest})",
+            file=sys.stderr,
+        )
+    else:
+        sampler = args.sampler or defaults.sampler
+        schedule = args.schedule or defaults.schedule
     batches = math.ceil(len(seeds) / BATCH_SIZE)
     try:
         with progress_bar(steps * batches, "sample", not args.no_progress) as callback:
@@ -103,10 +127,11 @@ def _run(args: argparse.Namespace) -> int:
                 sampler=sampler,
                 schedule=schedule,
                 steps=steps,
-                guidance=guidance if labels is not None else 1.0,
+                guidance=guided,
                 device=args.device,
                 batch_size=BATCH_SIZE,
                 callback=callback,
+                solver=None if fitted is None else fitted.coefficients,
             )
     except KeyError as err:
         raise CliError(f"unknown sampler or schedule: {err}") from None
@@ -119,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         "schedule": schedule,
         "steps": steps,
         "guidance": guidance,
+        **({"solver": fitted.digest} if fitted is not None else {}),
     }
     path = save_grid(
         model.decode(images), output, nrow=nrow, params=params, overwrite=args.overwrite

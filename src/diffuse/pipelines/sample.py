@@ -13,6 +13,7 @@ it adds no sampling logic of its own.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from diffuse.model_folder import TrainedModel, load_model
 from diffuse.nets.layers import invariant_batch_size, pad_batch
 from diffuse.pngmeta import save_png
 from diffuse.samplers.base import Callback, DenoiseFn
+from diffuse.samplers.bespoke import BespokeCoefficients, bespoke
 from diffuse.samplers.noise import SeededNoise
 from diffuse.samplers.registry import get_sampler, get_schedule
 
@@ -122,6 +124,7 @@ def generate(
     batch_size: int = 64,
     callback: Callback | None = None,
     network: CondDenoiseFn | None = None,
+    solver: BespokeCoefficients | None = None,
 ) -> Tensor:
     """Sample one image per seed, optionally conditional with classifier-free guidance.
 
@@ -144,6 +147,8 @@ def generate(
         network: network(x, level, cond) -> x0 estimate, what runs the denoiser on the rows the
             sampler and guidance ask for (default: the denoiser itself, batch-invariant, see
             `invariant_network`); a server passes one that batches calls across requests.
+        solver: a fitted bespoke solver (`diffuse.fitted_solvers`) to run instead of
+            `sampler` and `schedule`, on its own levels; `steps` must be its step count.
     Returns:
         samples [N, C, H, W] (float32, CPU), unclamped: latents of a latent model, which
         range beyond [-1, 1], or pixels; `TrainedModel.decode` turns either into images.
@@ -164,8 +169,14 @@ def generate(
         raise ValueError("guidance needs an unconditional input (uncond)")
     if not steps >= 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    sample_fn = get_sampler(sampler)
-    levels = get_schedule(schedule)(denoiser.process, steps)
+    if solver is not None:
+        if len(solver.a) != steps:
+            raise ValueError(f"the solver has {len(solver.a)} steps, not {steps}")
+        sample_fn = functools.partial(bespoke, coefficients=solver)
+        levels = torch.tensor(solver.levels, dtype=torch.float64)
+    else:
+        sample_fn = get_sampler(sampler)
+        levels = get_schedule(schedule)(denoiser.process, steps)
     was_training = denoiser.training
     denoiser.eval()
     network = network or invariant_network(denoiser)

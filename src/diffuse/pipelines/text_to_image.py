@@ -25,6 +25,7 @@ from torch import Tensor
 
 from diffuse.codecs.base import PromptEncoder
 from diffuse.codecs.text_encoder import TextEncoder
+from diffuse.fitted_solvers import FITTED, FittedSolver, choose_solver, read_solvers
 from diffuse.guidance import CondDenoiseFn
 from diffuse.io import file_sha256
 from diffuse.model_folder import WEIGHTS_FILE, TrainedModel, load_model
@@ -74,10 +75,12 @@ class GenerationParams:
     size: int
     model: str
     model_hash: str
+    solver: str = ""  # `FittedSolver.digest` when sampler is "fitted"
 
     def for_seed(self, seed: int) -> dict[str, Any]:
         """The parameters of the image of one seed, as a JSON-ready dict."""
-        return {
+        extra = {"solver": self.solver} if self.solver else {}
+        return extra | {
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "seed": int(seed),
@@ -120,6 +123,7 @@ class TextToImagePipeline(ImageEditing):
         self.model, self.encoder, self.name, self.model_hash = model, encoder, name, model_hash
         self.device = device
         self.defaults = model.info.sampling  # what an unset sampler, steps, guidance... become
+        self.solvers: dict[int, FittedSolver] = read_solvers(model.folder)  # by steps
 
     @property
     def size(self) -> int:
@@ -138,8 +142,13 @@ class TextToImagePipeline(ImageEditing):
         steps: int | None = None,
         guidance: float | None = None,
         size: int | None = None,
+        solver: str | None = None,
     ) -> GenerationParams:
-        """Check a request and fill in the model's defaults (ValueError naming a bad value)."""
+        """Check a request and fill in the model's defaults (ValueError naming a bad value).
+
+        With no sampler and no schedule named, a step count the model folder has a fitted
+        solver for (`diffuse fit-solver`) runs that solver (sampler "fitted"); `solver` is the
+        digest a stored request expects of it."""
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise ValueError("prompt and negative prompt must be strings")
         if seeds is None:
@@ -154,16 +163,30 @@ class TextToImagePipeline(ImageEditing):
             raise ValueError("give at least one seed")
         if any(not 0 <= s < 2**63 for s in seeds):
             raise ValueError(f"seeds must be in [0, 2**63), got {list(seeds)}")
-        sampler = sampler or self.defaults.sampler
-        schedule = schedule or self.defaults.schedule
-        get_sampler(sampler)  # unknown names raise, listing the valid ones
-        get_schedule(schedule)
+        steps_given = steps is not None
         steps = int(self.defaults.steps if steps is None else steps)
         if not 1 <= steps <= 1000:
             raise ValueError(f"steps must be in 1..1000, got {steps}")
         guidance = float(self.defaults.guidance if guidance is None else guidance)
         if not math.isfinite(guidance) or guidance < 0:
             raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+        fitted = choose_solver(
+            self.solvers,
+            steps,
+            sampler=sampler,
+            schedule=schedule,
+            guidance=guidance,
+            fallback=sampler or self.defaults.sampler,
+            steps_given=steps_given,
+            digest=solver,
+        )
+        if fitted is not None:
+            sampler = schedule = FITTED
+        else:
+            sampler = sampler or self.defaults.sampler
+            schedule = schedule or self.defaults.schedule
+            get_sampler(sampler)  # unknown names raise, listing the valid ones
+            get_schedule(schedule)
         size = self.size if size is None else int(size)
         if size != self.size:
             raise ValueError(
@@ -181,6 +204,7 @@ class TextToImagePipeline(ImageEditing):
             size=size,
             model=self.name,
             model_hash=self.model_hash,
+            solver=fitted.digest if fitted is not None else "",
         )
 
     @torch.no_grad()
@@ -218,6 +242,17 @@ class TextToImagePipeline(ImageEditing):
         if extra_cond:
             prompt_cond, uncond = prompt_cond | extra_cond, uncond | extra_cond
         to = self.device
+        fitted = None
+        if params.sampler == FITTED:
+            fitted = choose_solver(
+                self.solvers,
+                params.steps,
+                sampler=FITTED,
+                schedule=FITTED,
+                guidance=params.guidance,
+                fallback=FITTED,
+                digest=params.solver,
+            )
         latents = generate(
             self.model.denoiser,
             self.model.shape,
@@ -231,6 +266,7 @@ class TextToImagePipeline(ImageEditing):
             device=to,
             callback=callback,
             network=network,
+            solver=None if fitted is None else fitted.coefficients,
         )
         return self.model.decode(latents) if decode else latents
 
