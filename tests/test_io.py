@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from diffuse.io import (
     MissingModelFileError,
     ModelFileError,
+    atomic_folder,
     atomic_path,
     atomic_write_bytes,
     atomic_write_text,
@@ -89,3 +90,21 @@ def test_broken_safetensors_give_one_error_naming_the_file(tmp_path: Path) -> No
         load_safetensors(tmp_path / "absent.safetensors")
     assert isinstance(caught.value, FileNotFoundError)
     assert isinstance(caught.value, ValueError)
+
+
+def test_atomic_folder_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    try:
+        with atomic_folder(out) as tmp:
+            (tmp / "new.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    except RuntimeError:
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary left behind
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    with atomic_folder(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert [p.name for p in out.iterdir()] == ["new.txt"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from torch import Tensor
 __all__ = [
     "MissingModelFileError",
     "ModelFileError",
+    "atomic_folder",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -180,3 +182,28 @@ def bar_size_options(stream: IO[str]) -> dict[str, Any]:
     except (OSError, ValueError, AttributeError):
         pass
     return {"ncols": 80, "nrows": 24}
+
+
+@contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Write a whole folder at once: yields an empty temporary folder beside `folder`; when the
+    block ends without an error it takes `folder`'s place (an existing `folder` is replaced),
+    otherwise it is removed and `folder` is left as it was.
+
+        with atomic_folder(out) as tmp:
+            save_file(state, str(tmp / "model.safetensors"))
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if folder.exists():
+            os.rename(folder, old)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

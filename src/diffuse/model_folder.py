@@ -52,6 +52,7 @@ from diffuse.interop import import_diffusers, is_diffusers_folder, weights_diges
 from diffuse.io import (
     MissingModelFileError,
     ModelFileError,
+    atomic_folder,
     atomic_write_text,
     file_sha256,
 )
@@ -414,21 +415,11 @@ def save_model(
         info = dataclasses.replace(info, codec=info.codec or CODEC_FOLDER)
     elif info.codec:
         raise ValueError(f"info names the codec folder {info.codec!r} but no codec_source given")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_folder(folder) as tmp:
         save_network(net, tmp)
         if codec_source is not None:
             shutil.copytree(codec_source, tmp / info.codec)
         atomic_write_text(tmp / INFO_FILE, json.dumps(info.to_dict(), indent=2) + "\n")
-        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-        if folder.exists():
-            os.rename(folder, old)
-        os.rename(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

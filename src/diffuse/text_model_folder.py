@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from safetensors.torch import save_file
 from diffuse.io import (
     MissingModelFileError,
     ModelFileError,
+    atomic_folder,
     atomic_write_text,
     load_safetensors,
 )
@@ -172,11 +171,7 @@ def save_text_model(
         The folder path.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.mkdir()
+    with atomic_folder(folder) as tmp:
         state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"kind": TEXT_NETWORK_KIND})
         network = {
@@ -186,13 +181,6 @@ def save_text_model(
         }
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(network, indent=2) + "\n")
         atomic_write_text(tmp / INFO_FILE, json.dumps(info.to_dict(), indent=2) + "\n")
-        if folder.exists():
-            os.rename(folder, old)
-        os.rename(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

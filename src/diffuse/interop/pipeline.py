@@ -15,8 +15,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +48,7 @@ from diffuse.interop.scheduler import (
 )
 from diffuse.interop.unet import unet_config_from_diffusers, unet_config_to_diffusers, unet_renames
 from diffuse.interop.weights import Rename, to_diffuse, to_diffusers
-from diffuse.io import MissingModelFileError, ModelFileError, atomic_write_text
+from diffuse.io import MissingModelFileError, ModelFileError, atomic_folder, atomic_write_text
 from diffuse.nets.dit import DiT
 from diffuse.nets.unet import UNet
 
@@ -283,10 +281,7 @@ def export_diffusers(
     scheduler = scheduler_to_diffusers(process, schedule)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} exists; pass overwrite=True (--overwrite) to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.mkdir()
+    with atomic_folder(folder) as tmp:
         _write_component(tmp / name, config, state)
         (tmp / "scheduler").mkdir()
         scheduler = {"_diffusers_version": DIFFUSERS_VERSION, **scheduler}
@@ -299,12 +294,4 @@ def export_diffusers(
             name: ["diffusers", config["_class_name"]],
         }
         atomic_write_text(tmp / "model_index.json", json.dumps(index, indent=2) + "\n")
-        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-        if folder.exists():
-            os.rename(folder, old)
-        os.rename(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return folder
