@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"diffuse {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C while a command loads or samples (a training loop reports its own step and
+        # resume command): one line and the shell's status for SIGINT, no traceback. Outputs
+        # are written atomically, so nothing half-written is left.
+        print(f"diffuse {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
