@@ -96,7 +96,7 @@ def training_captions(model_info: dict) -> set[str]:
     """Every caption of the recipe's training data (scenes source only), and of the recipes of
     the models it was fine-tuned from (its `base_model` chain)."""
     from diffuse.config import TrainConfig, from_dict
-    from diffuse.training.data import ScenesDataset
+    from diffuse.training.datasets import ScenesDataset
 
     captions: set[str] = set()
     record: dict | None = model_info

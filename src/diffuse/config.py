@@ -268,7 +268,7 @@ class DataConfig:
     """Where the images come from and how they are prepared.
 
     `path` is a file or folder; a `shared:` prefix resolves it inside the shared data folder
-    (environment variable DIFFUSE_DATA, see `diffuse.training.data.shared_data_dir`).
+    (environment variable DIFFUSE_DATA, see `diffuse.data_files.shared_data_dir`).
     Images are resized (shorter side) and centre-cropped to `resolution`, then padded by `pad`
     pixels of black on each side, so the network sees `resolution + 2 * pad` pixels.
     """

@@ -36,7 +36,7 @@ from diffuse.shapes.scenes import (
     paraphrase,
     sample_split_scene,
 )
-from diffuse.training.data import ScenesDataset
+from diffuse.training.datasets import ScenesDataset
 
 SCENES_PER_FORM = 40
 

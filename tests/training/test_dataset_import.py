@@ -16,7 +16,7 @@ from PIL import Image
 from diffuse.cli import main
 from diffuse.config import DataConfig
 from diffuse.metrics.evaluate import load_split
-from diffuse.training.data import DataError, NpzDataset, TrainData, build_dataset
+from diffuse.training.data import TrainData
 from diffuse.training.dataset_import import (
     CIFAR10_CLASSES,
     FASHION_MNIST_CLASSES,
@@ -26,6 +26,7 @@ from diffuse.training.dataset_import import (
     read_idx,
     write_npz,
 )
+from diffuse.training.datasets import DataError, NpzDataset, build_dataset
 
 RNG = np.random.default_rng(7)
 

@@ -96,7 +96,7 @@ def test_the_latent_cache_is_read_back_on_resume(codec_dir, tmp_path, monkeypatc
 
 def test_latent_batches_follow_the_flips(codec_dir):
     from diffuse.codecs.vae import load_vae
-    from diffuse.training.data import build_dataset
+    from diffuse.training.datasets import build_dataset
 
     cfg = diffusion_recipe(codec_dir)
     data = TrainData(build_dataset(cfg.data), cfg.data)

@@ -22,7 +22,7 @@ from diffuse.codecs.text_encoder import (
 from diffuse.training import captions as captions_module
 from diffuse.training.captions import CaptionBank
 from diffuse.training.checkpoint import list_checkpoints
-from diffuse.training.data import ScenesDataset
+from diffuse.training.datasets import ScenesDataset
 from text_recipe import train_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,18 +8,14 @@ import torch
 from PIL import Image
 
 from diffuse.config import DataConfig
-from diffuse.training.data import (
-    BatchOrder,
+from diffuse.data_files import heldout_indices, shared_data_dir, shared_data_file
+from diffuse.training.data import BatchOrder, TrainData, prepare_image
+from diffuse.training.datasets import (
     DataError,
     FolderDataset,
     NpzDataset,
     ProceduralDataset,
-    TrainData,
     build_dataset,
-    heldout_indices,
-    prepare_image,
-    shared_data_dir,
-    shared_data_file,
 )
 
 

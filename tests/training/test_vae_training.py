@@ -52,7 +52,7 @@ def test_tiny_run_writes_a_loadable_codec_with_fitted_latent_stats(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4] and all("psnr" in r and "ssim" in r for r in lines)
     vae = load_vae(result.model_dir)
-    from diffuse.training.data import ScenesDataset
+    from diffuse.training.datasets import ScenesDataset
 
     images = torch.from_numpy(ScenesDataset(24, 16).render_all(workers=1)).permute(0, 3, 1, 2)
     images = images.float() / 127.5 - 1

@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     """`diffuse data`: read SOURCE, check it, write the archive atomically, print a summary."""
     # Deferred: the library imports torch (measured with -X importtime: 2.35 s for
     # diffuse.training.data vs 18 ms for diffuse.cli), which `diffuse --help` should not pay.
+    from diffuse.data_files import shared_data_dir
     from diffuse.training import dataset_import as di
-    from diffuse.training.data import shared_data_dir
 
     if args.kind != "folder" and (args.resolution or args.channels):
         raise CliError("--resolution and --channels apply to `diffuse data folder` only")

@@ -30,7 +30,7 @@ __all__ = [
     "unknown_words",
 ]
 
-# The recipe's data.source whose items carry Shapes captions (training/data.py builds them).
+# The recipe's data.source whose items carry Shapes captions (training/datasets.py builds them).
 CAPTION_SOURCE = "scenes"
 # data.captions -> every word that can occur in a training caption of that kind (lower case).
 CAPTION_WORDS: dict[str, frozenset[str]] = {

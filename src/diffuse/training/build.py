@@ -23,7 +23,8 @@ from diffuse.model_folder import provenance
 from diffuse.processes import NoiseProcess
 from diffuse.training import dist
 from diffuse.training.captions import CaptionBank
-from diffuse.training.data import BatchOrder, TrainData, build_dataset
+from diffuse.training.data import BatchOrder, TrainData
+from diffuse.training.datasets import build_dataset
 from diffuse.training.ema import EMA
 from diffuse.training.inputs import load_codec, load_init_weights, load_text_encoder
 from diffuse.training.model import build_process, count_parameters, param_groups

@@ -1,6 +1,6 @@
 """Convert the official dataset distributions into the npz archives the recipes read.
 
-The layout written (and read by `diffuse.training.data.NpzDataset` and the evaluator):
+The layout written (and read by `diffuse.training.datasets.NpzDataset` and the evaluator):
 
     images   uint8  [N, H, W, C]  pixels 0..255, channels last (C = 1 or 3)
     labels   int64  [N]           class index into `classes`
@@ -37,7 +37,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diffuse.io import atomic_write_bytes
-from diffuse.training.data import DataError, folder_labels, image_files, prepare_image
+from diffuse.training.data import prepare_image
+from diffuse.training.datasets import DataError, folder_labels, image_files
 
 logger = logging.getLogger(__name__)
 

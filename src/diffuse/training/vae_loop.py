@@ -27,7 +27,8 @@ from diffuse.config import ConfigError, VAETrainConfig, to_dict
 from diffuse.training import checkpoint as ckpt
 from diffuse.training import dist
 from diffuse.training.counter_rng import mix_seeds
-from diffuse.training.data import BatchOrder, TrainData, build_dataset
+from diffuse.training.data import BatchOrder, TrainData
+from diffuse.training.datasets import build_dataset
 from diffuse.training.inputs import config_differences
 from diffuse.training.loop_state import LoopState, load_resume_checkpoint
 from diffuse.training.model import count_parameters
