@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from diffuse.codecs.vae import Bottleneck, ResBlock
 from diffuse.io import (
     MissingModelFileError,
     ModelFileError,
@@ -34,7 +35,6 @@ from diffuse.io import (
     atomic_write_text,
     load_safetensors,
 )
-from diffuse.nets.layers import SelfAttention
 
 __all__ = ["KIND", "AutoencoderKL", "AutoencoderKLConfig", "load_autoencoder_kl", "save_codec"]
 
@@ -84,47 +84,10 @@ class AutoencoderKLConfig:
             raise ValueError(f"scaling_factor must be > 0, got {self.scaling_factor}")
 
 
-class _ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, plus the input (through a 1x1 conv when widths differ)."""
-
-    def __init__(self, cin: int, cout: int, groups: int) -> None:
-        super().__init__()
-        self.norm1 = nn.GroupNorm(groups, cin, eps=1e-6)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, cout, eps=1e-6)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, cin, H, W) -> (B, cout, H, W)."""
-        h = self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
-        return h + (x if self.skip is None else self.skip(x))
-
-
-class _Middle(nn.Module):
-    """Residual block, optional single-head self-attention over all pixels, residual block."""
-
-    def __init__(self, ch: int, groups: int, attention: bool) -> None:
-        super().__init__()
-        self.res1 = _ResBlock(ch, ch, groups)
-        self.norm = nn.GroupNorm(groups, ch, eps=1e-6) if attention else None
-        self.attn = SelfAttention(ch, 1) if attention else None
-        self.res2 = _ResBlock(ch, ch, groups)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, C, H, W)."""
-        x = self.res1(x)
-        if self.attn is not None:
-            B, C, H, W = x.shape
-            tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
-            x = x + self.attn(tokens).transpose(1, 2).reshape(B, C, H, W)
-        return self.res2(x)
-
-
 class _Level(nn.Module):
     """Residual blocks and an optional resampling convolution."""
 
-    def __init__(self, blocks: list[_ResBlock], resample: nn.Conv2d | None) -> None:
+    def __init__(self, blocks: list[ResBlock], resample: nn.Conv2d | None) -> None:
         super().__init__()
         self.res = nn.ModuleList(blocks)
         self.resample = resample
@@ -140,11 +103,11 @@ class _Encoder(nn.Module):
         for lv, width in enumerate(w):
             blocks = []
             for _ in range(cfg.layers_per_block):
-                blocks.append(_ResBlock(ch, width, g))
+                blocks.append(ResBlock(ch, width, g))
                 ch = width
             down = nn.Conv2d(ch, ch, 3, stride=2) if lv < len(w) - 1 else None
             self.levels.append(_Level(blocks, down))
-        self.mid = _Middle(ch, g, cfg.mid_attention)
+        self.mid = Bottleneck(ch, g, cfg.mid_attention)
         self.norm_out = nn.GroupNorm(g, ch, eps=1e-6)
         self.conv_out = nn.Conv2d(ch, 2 * cfg.latent_channels, 3, padding=1)
 
@@ -167,12 +130,12 @@ class _Decoder(nn.Module):
         w, g = cfg.widths[::-1], cfg.num_groups
         ch = w[0]
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch, 3, padding=1)
-        self.mid = _Middle(ch, g, cfg.mid_attention)
+        self.mid = Bottleneck(ch, g, cfg.mid_attention)
         self.levels = nn.ModuleList()
         for i, width in enumerate(w):
             blocks = []
             for _ in range(cfg.layers_per_block + 1):
-                blocks.append(_ResBlock(ch, width, g))
+                blocks.append(ResBlock(ch, width, g))
                 ch = width
             up = nn.Conv2d(ch, ch, 3, padding=1) if i < len(w) - 1 else None
             self.levels.append(_Level(blocks, up))

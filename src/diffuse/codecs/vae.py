@@ -89,7 +89,7 @@ VAE_PRESETS: dict[str, VAEConfig] = {
 }
 
 
-class _ResBlock(nn.Module):
+class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, twice, with a residual (1x1 conv when widths differ)."""
 
     def __init__(self, cin: int, cout: int, groups: int) -> None:
@@ -106,15 +106,15 @@ class _ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class _Bottleneck(nn.Module):
+class Bottleneck(nn.Module):
     """ResBlock, optional self-attention over all positions, ResBlock."""
 
     def __init__(self, ch: int, groups: int, attention: bool) -> None:
         super().__init__()
-        self.res1 = _ResBlock(ch, ch, groups)
+        self.res1 = ResBlock(ch, ch, groups)
         self.norm = nn.GroupNorm(groups, ch, eps=1e-6) if attention else None
         self.attn = SelfAttention(ch, 1) if attention else None
-        self.res2 = _ResBlock(ch, ch, groups)
+        self.res2 = ResBlock(ch, ch, groups)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.res1(x)
@@ -136,12 +136,12 @@ class Encoder(nn.Module):
         ch = widths[0]
         for level, width in enumerate(widths):
             for _ in range(cfg.num_res_blocks):
-                blocks.append(_ResBlock(ch, width, cfg.num_groups))
+                blocks.append(ResBlock(ch, width, cfg.num_groups))
                 ch = width
             if level < len(widths) - 1:
                 blocks.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
         self.blocks = nn.Sequential(*blocks)
-        self.mid = _Bottleneck(ch, cfg.num_groups, cfg.bottleneck_attention)
+        self.mid = Bottleneck(ch, cfg.num_groups, cfg.bottleneck_attention)
         self.norm_out = nn.GroupNorm(cfg.num_groups, ch, eps=1e-6)
         self.conv_out = nn.Conv2d(ch, 2 * cfg.latent_channels, 3, padding=1)
 
@@ -158,11 +158,11 @@ class Decoder(nn.Module):
         widths = [cfg.base_channels * m for m in cfg.channel_mult][::-1]
         ch = widths[0]
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch, 3, padding=1)
-        self.mid = _Bottleneck(ch, cfg.num_groups, cfg.bottleneck_attention)
+        self.mid = Bottleneck(ch, cfg.num_groups, cfg.bottleneck_attention)
         blocks: list[nn.Module] = []
         for level, width in enumerate(widths):
             for _ in range(cfg.num_res_blocks):
-                blocks.append(_ResBlock(ch, width, cfg.num_groups))
+                blocks.append(ResBlock(ch, width, cfg.num_groups))
                 ch = width
             if level < len(widths) - 1:
                 blocks.append(nn.Upsample(scale_factor=2.0, mode="nearest"))
