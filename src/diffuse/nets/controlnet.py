@@ -18,12 +18,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from diffuse.nets.layers import zero_
-from diffuse.nets.unet import UNet, UNetConfig, UNetControl
+from diffuse.nets.unet import EncoderPass, UNet, UNetConfig, UNetControl
 
 __all__ = ["CONTROL_KINDS", "ControlNet", "ControlNetConfig", "ControlledUNet"]
 
@@ -80,7 +78,7 @@ class ControlNetConfig:
         )
 
 
-class ControlNet(nn.Module):
+class ControlNet(EncoderPass, nn.Module):
     """The trainable encoder copy with its hint encoder and zero projections.
 
     Args:
@@ -90,6 +88,7 @@ class ControlNet(nn.Module):
     def __init__(self, config: ControlNetConfig) -> None:
         super().__init__()
         self.config = config
+        self.unet_config = config.unet
         copy = UNet(config.unet)
         # Keep the encoder half; the decoder of the copy is never run.
         self.time_embed, self.class_embed = copy.time_embed, copy.class_embed
@@ -149,34 +148,16 @@ class ControlNet(nn.Module):
         Returns:
             the `UNetControl` for the base network.
         """
-        cfg = self.config.unet
         want = (self.config.control_channels, x.shape[-2] * self.config.factor)
         if hint.ndim != 4 or (hint.shape[1], hint.shape[-1]) != want:
             raise ValueError(
                 f"control image must be (B, {want[0]}, {want[1]}, {want[1]}) for a "
                 f"{self.config.kind!r} ControlNet, got {tuple(hint.shape)}"
             )
-        emb = self.time_embed(c_noise)
-        if self.class_embed is not None:
-            if class_labels is None:
-                class_labels = torch.full_like(c_noise, cfg.num_classes, dtype=torch.long)
-            emb = emb + self.class_embed(class_labels)
-        if self.pooled_embed is not None and pooled is not None:
-            emb = emb + self.pooled_embed(pooled)
-        emb = F.silu(emb)
+        emb = self.embedding(c_noise, class_labels, pooled)
         h = self.conv_in(x) + self.hint(hint.to(x.dtype))
-        skips = [h]
-        per_level = cfg.num_res_blocks
-        for i, stage in enumerate(self.down):
-            h = stage(h, emb, context, context_mask)
-            skips.append(h)
-            if i % per_level == per_level - 1 and i // per_level < len(self.downsample):
-                h = self.downsample[i // per_level](h)
-                skips.append(h)
-        h = self.mid1(h, emb)
-        if self.mid_attn is not None:
-            h = self.mid_attn(h, context, context_mask)
-        h = self.mid2(h, emb)
+        h, skips = self.encoder(h, emb, context, context_mask)
+        h = self.middle(h, emb, context, context_mask)
         return UNetControl(tuple(conv(s) for conv, s in zip(self.skip_out, skips)), self.mid_out(h))
 
 

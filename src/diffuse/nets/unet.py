@@ -409,7 +409,52 @@ class _Stage(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class UNet(nn.Module):
+class EncoderPass:
+    """The conditioning embedding and the encoder half of a U-Net, shared by `UNet` and the
+    ControlNet's trainable copy (`nets.controlnet`): both hold the same modules (time_embed,
+    class_embed, pooled_embed, down, downsample, mid1, mid_attn, mid2) for `unet_config`."""
+
+    unet_config: UNetConfig
+
+    def embedding(
+        self, c_noise: Tensor, class_labels: Tensor | None, pooled: Tensor | None
+    ) -> Tensor:
+        """The per-sample embedding every block reads, SiLU already applied."""
+        emb = self.time_embed(c_noise)  # (B, 4 base)
+        if self.class_embed is not None:
+            if class_labels is None:
+                null = self.unet_config.num_classes
+                class_labels = torch.full_like(c_noise, null, dtype=torch.long)
+            emb = emb + self.class_embed(class_labels)
+        if self.pooled_embed is not None and pooled is not None:
+            emb = emb + self.pooled_embed(pooled)
+        return F.silu(emb)  # every block applies SiLU first; do it once here
+
+    def encoder(
+        self, h: Tensor, emb: Tensor, context: Tensor | None, context_mask: Tensor | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The down path from the first feature map `h`: (its output, the skip features)."""
+        skips = [h]
+        per_level = self.unet_config.num_res_blocks
+        for i, stage in enumerate(self.down):
+            h = stage(h, emb, context, context_mask)
+            skips.append(h)
+            if i % per_level == per_level - 1 and i // per_level < len(self.downsample):
+                h = self.downsample[i // per_level](h)
+                skips.append(h)
+        return h, skips
+
+    def middle(
+        self, h: Tensor, emb: Tensor, context: Tensor | None, context_mask: Tensor | None
+    ) -> Tensor:
+        """The bottleneck: residual block, optional attention, residual block."""
+        h = self.mid1(h, emb)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h, context, context_mask)
+        return self.mid2(h, emb)
+
+
+class UNet(EncoderPass, nn.Module):
     """The U-Net denoiser network.
 
     Args:
@@ -423,6 +468,7 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         self.config = cfg = config
+        self.unet_config = config
         self.channels_last = True
         base = cfg.base_channels
         emb_dim = 4 * base
@@ -562,33 +608,13 @@ class UNet(nn.Module):
         """
         self._check(x, c_noise, class_labels, context, context_mask, pooled, control)
         cfg = self.config
-        emb = self.time_embed(c_noise)  # (B, 4 base)
-        if self.class_embed is not None:
-            if class_labels is None:
-                class_labels = torch.full_like(c_noise, cfg.num_classes, dtype=torch.long)
-            emb = emb + self.class_embed(class_labels)
-        if self.pooled_embed is not None and pooled is not None:
-            emb = emb + self.pooled_embed(pooled)
-        emb = F.silu(emb)  # every block applies SiLU first; do it once here
-
+        emb = self.embedding(c_noise, class_labels, pooled)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        h = self.conv_in(x)
-        skips = [h]
-        per_level = cfg.num_res_blocks
-        for i, stage in enumerate(self.down):
-            h = stage(h, emb, context, context_mask)
-            skips.append(h)
-            if i % per_level == per_level - 1 and i // per_level < len(self.downsample):
-                h = self.downsample[i // per_level](h)
-                skips.append(h)
+        h, skips = self.encoder(self.conv_in(x), emb, context, context_mask)
         if control is not None:
             skips = [s + r for s, r in zip(skips, control.skips)]
-
-        h = self.mid1(h, emb)
-        if self.mid_attn is not None:
-            h = self.mid_attn(h, context, context_mask)
-        h = self.mid2(h, emb)
+        h = self.middle(h, emb, context, context_mask)
         if control is not None and control.mid is not None:
             h = h + control.mid
 
