@@ -93,6 +93,24 @@ def parse_seeds(items: str | Sequence[str] | None) -> list[int] | None:
     return seeds
 
 
+def seed_list(seeds: str | None, n: int | None, first: int = 0) -> list[int]:
+    """The seeds a command runs: `--seeds` when given (then `-n`, if given, must count them),
+    else `-n` seeds (default 1) counting up from `first` (`--seed`).
+
+    Raises:
+        CliError: a bad `--seeds`, `-n` below 1 or disagreeing with `--seeds`.
+    """
+    listed = parse_seeds(seeds)
+    if listed is not None:
+        if n is not None and n != len(listed):
+            raise CliError(f"-n {n} does not match the {len(listed)} --seeds")
+        return listed
+    count = 1 if n is None else n
+    if count < 1:
+        raise CliError(f"-n must be >= 1, got {count}")
+    return [first + i for i in range(count)]
+
+
 def check_outputs(paths: Sequence[Path], overwrite: bool) -> None:
     """Refuse, before any work, output files that exist (unless `overwrite`) or cannot be
     written: a folder the user may not write in, or a file where a folder should be. A missing

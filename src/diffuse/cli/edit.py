@@ -8,8 +8,8 @@ from typing import Any
 from diffuse.cli.arguments import (
     add_seeds_option,
     check_outputs,
-    parse_seeds,
     progress_bar,
+    seed_list,
     warning_lines,
 )
 from diffuse.cli.generate import output_paths, warn_unknown_words
@@ -88,15 +88,7 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The generation part of a request from the command line (seeds, sampler...)."""
     if args.prompt is None:
         raise ValueError("give IMAGE and PROMPT, or --from-png FILE")
-    seeds = parse_seeds(args.seeds)
-    if seeds is not None:
-        if args.n is not None and args.n != len(seeds):
-            raise ValueError(f"-n {args.n} does not match the {len(seeds)} --seeds")
-    else:
-        n = 1 if args.n is None else args.n
-        if n < 1:
-            raise ValueError(f"-n must be >= 1, got {n}")
-        seeds = [args.seed + i for i in range(n)]
+    seeds = seed_list(args.seeds, args.n, args.seed)
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
         raise ValueError(f"seeds must not repeat, got {repeated} more than once")

@@ -10,9 +10,9 @@ from pathlib import Path
 from diffuse.cli.arguments import (
     add_seeds_option,
     check_outputs,
-    parse_seeds,
     print_warning,
     progress_bar,
+    seed_list,
     warning_lines,
 )
 from diffuse.codecs.controls import control_map
@@ -139,15 +139,7 @@ def _request(args: argparse.Namespace) -> dict:
         }
     if args.prompt is None:
         raise ValueError('give a PROMPT (use "" for an unconditional image) or --from-png FILE')
-    seeds = parse_seeds(args.seeds)
-    if seeds is not None:
-        if args.n is not None and args.n != len(seeds):
-            raise ValueError(f"-n {args.n} does not match the {len(seeds)} --seeds")
-    else:
-        n = 1 if args.n is None else args.n
-        if n < 1:
-            raise ValueError(f"-n must be >= 1, got {n}")
-        seeds = [args.seed + i for i in range(n)]
+    seeds = seed_list(args.seeds, args.n, args.seed)
     return {
         "prompt": args.prompt,
         "negative_prompt": args.negative,

@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Callable
 
-from diffuse.cli.arguments import CliError, add_seeds_option, parse_seeds, progress_bar
+from diffuse.cli.arguments import CliError, add_seeds_option, progress_bar, seed_list
 from diffuse.pipelines.text import evaluate_text, generate_text, infill_text, validation_windows
 from diffuse.text.sampling import TEXT_SAMPLERS, Decoding
 from diffuse.text.template import MASK_SYNTAX
@@ -98,14 +98,7 @@ def _load(args: argparse.Namespace) -> TextModel:
 
 
 def _seeds(args: argparse.Namespace) -> list[int]:
-    seeds = parse_seeds(args.seeds)
-    if seeds is not None and args.n is not None and args.n != len(seeds):
-        raise CliError(f"-n {args.n} disagrees with the {len(seeds)} seeds of --seeds")
-    if seeds is None:
-        if args.n is not None and args.n < 1:
-            raise CliError(f"-n must be >= 1, got {args.n}")
-        seeds = list(range(args.n or 1))
-    return seeds
+    return seed_list(args.seeds, args.n)
 
 
 def _decoding(args: argparse.Namespace) -> Decoding:
