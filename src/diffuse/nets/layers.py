@@ -34,6 +34,7 @@ __all__ = [
     "reference_kernels",
     "rope_2d",
     "silu",
+    "sincos_1d",
     "sincos_2d",
     "sinusoidal_embedding",
     "unpatchify",
@@ -284,6 +285,17 @@ def _sincos_1d(pos: Tensor, dim: int) -> Tensor:
     )
     out = pos.double()[:, None] * omega[None]  # (N, dim/2)
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos_1d(n: int, dim: int, *, device: torch.device | str | None = None) -> Tensor:
+    """Fixed 1-D sine-cosine positions 0..n-1 (Vaswani et al. 2017, sec. 3.5), e.g. frame indices.
+
+    Returns:
+        (n, dim) float32.
+    """
+    if dim % 2:
+        raise ValueError(f"1-D sin-cos positions need an even width, got {dim}")
+    return _sincos_1d(torch.arange(n, device=device), dim).float()
 
 
 def sincos_2d(h: int, w: int, dim: int, *, device: torch.device | str | None = None) -> Tensor:
