@@ -19,7 +19,7 @@ from torch import Tensor
 
 from diffuse.nets.unet import UNet, UNetConfig
 
-__all__ = ["VIDEO_FIELDS", "inflate", "video_config"]
+__all__ = ["VIDEO_FIELDS", "inflate", "video_config", "video_parameter"]
 
 #: The UNetConfig fields in which a video network may differ from the image network it
 #: inflates.
@@ -78,7 +78,7 @@ def inflate(state: Mapping[str, Tensor], image: UNetConfig, net: UNet) -> None:
         pad = weight.new_zeros(weight.shape[0], extra, *weight.shape[2:])
         state["conv_in.weight"] = torch.cat([weight, pad], dim=1)
     unexpected = sorted(set(state) - set(own))
-    missing = sorted(k for k in set(own) - set(state) if not _new_part(k))
+    missing = sorted(k for k in set(own) - set(state) if not video_parameter(k))
     if unexpected or missing:
         raise ValueError(
             f"cannot inflate: state dict does not fit (unexpected {unexpected[:4]}, missing "
@@ -87,6 +87,6 @@ def inflate(state: Mapping[str, Tensor], image: UNetConfig, net: UNet) -> None:
     net.load_state_dict(state, strict=False)
 
 
-def _new_part(key: str) -> bool:
-    """True for parameters only a video network has."""
+def video_parameter(key: str) -> bool:
+    """True for the parameters (state dict keys) only a video U-Net has."""
     return ".temporal." in key or key.startswith(("mid_temporal.", "frame_embed."))

@@ -176,8 +176,6 @@ class UNetConfig:
         for c in sorted(set(self.attention_channels())):
             self.heads_for(c)  # raises on a mismatch
         if self.temporal:
-            for c in sorted(set(self.temporal_channels())):
-                self.heads_for(c)
             if self.max_frames < 1:
                 raise ValueError(f"UNetConfig.max_frames must be >= 1, got {self.max_frames}")
             if self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
@@ -191,16 +189,6 @@ class UNetConfig:
     def first_frame_channels(self) -> int:
         """Input channels of the first-frame condition: its latent and the frame mask."""
         return self.in_channels + 1 if self.first_frame else 0
-
-    def temporal_channels(self) -> list[int]:
-        """Widths of the temporal blocks: one after every stage and one in the middle."""
-        chans = [
-            self.base_channels * m for m in self.channel_mult for _ in range(self.num_res_blocks)
-        ]
-        chans.append(self.base_channels * self.channel_mult[-1])
-        for m in reversed(self.channel_mult):
-            chans += [self.base_channels * m] * (self.num_res_blocks + 1)
-        return chans
 
     @property
     def levels(self) -> int:
@@ -222,6 +210,15 @@ class UNetConfig:
                 f"{channels}"
             )
         return self.num_heads
+
+    def temporal_heads(self, channels: int) -> int:
+        """Heads of a temporal attention of `channels` width: as `heads_for` where the head
+        size divides it (the temporal blocks sit also at levels without spatial attention),
+        else one head."""
+        try:
+            return self.heads_for(channels)
+        except ValueError:
+            return 1
 
     def attention_channels(self) -> list[int]:
         """Widths of all attention blocks."""
@@ -611,7 +608,7 @@ class UNet(EncoderPass, nn.Module):
         cfg = self.config
         if not cfg.temporal:
             return None
-        return TemporalBlock(channels, cfg.heads_for(channels), cfg.temporal_kernel)
+        return TemporalBlock(channels, cfg.temporal_heads(channels), cfg.temporal_kernel)
 
     def _stage(self, cin: int, cout: int, level: int, emb_dim: int) -> _Stage:
         attn = self._attention(cout) if level in self.config.attention_levels else None
@@ -698,6 +695,7 @@ class UNet(EncoderPass, nn.Module):
         control: UNetControl | None = None,
         fps: Tensor | None = None,
         first_frame: Tensor | None = None,
+        first_frame_mask: Tensor | None = None,
     ) -> Tensor:
         """Run the network.
 
@@ -713,6 +711,8 @@ class UNet(EncoderPass, nn.Module):
             fps: (B,) frames per second of the clips (video networks; None: not given).
             first_frame: (B, in_channels, H, W) clean latent of each clip's first frame
                 (networks with `first_frame`; None: no image given, text-to-video).
+            first_frame_mask: (B,) bool, False for clips given no first frame (training with
+                the condition dropped); None: all given.
         Returns:
             (B, out_channels, H, W), channels_last memory when `self.channels_last`; a video
             network returns (B, out_channels, T, H, W).
@@ -736,14 +736,17 @@ class UNet(EncoderPass, nn.Module):
         x = fold_frames(x)  # (B*T, C, H, W)
         self._check(x, *per_frame, pooled_f, None)
         if cfg.first_frame:
-            x = torch.cat([x, self._first_frame_channels(first_frame, x, frames)], dim=1)
+            cond = self._first_frame_channels(first_frame, first_frame_mask, x, frames)
+            x = torch.cat([x, cond], dim=1)
         elif first_frame is not None:
             raise ValueError("first_frame given to a video U-Net without first_frame = true")
         extra = self.frame_embed(B, frames, fps, x.device)
         out = self._run(x, *per_frame, pooled_f, None, frames=frames, extra=extra)
         return unfold_frames(out, frames)  # (B, out_channels, T, H, W)
 
-    def _first_frame_channels(self, first_frame: Tensor | None, x: Tensor, frames: int) -> Tensor:
+    def _first_frame_channels(
+        self, first_frame: Tensor | None, mask: Tensor | None, x: Tensor, frames: int
+    ) -> Tensor:
         """The first-frame condition as input channels: (B*T, in_channels + 1, H, W) holding
         the latent and a mask of 1 on each clip's frame 0, zero elsewhere and without an image."""
         cfg = self.config
@@ -755,8 +758,13 @@ class UNet(EncoderPass, nn.Module):
                 raise ValueError(
                     f"first_frame must have shape {want}, got {tuple(first_frame.shape)}"
                 )
-            out[:, 0, :-1] = first_frame.to(x.dtype)
-            out[:, 0, -1] = 1.0
+            keep = torch.ones(want[0], device=x.device) if mask is None else mask.to(x.dtype)
+            if keep.shape != (want[0],):
+                raise ValueError(
+                    f"first_frame_mask must have shape ({want[0]},), got {tuple(keep.shape)}"
+                )
+            out[:, 0, :-1] = first_frame.to(x.dtype) * keep[:, None, None, None]
+            out[:, 0, -1] = keep[:, None, None]
         return out.reshape(BT, cfg.in_channels + 1, H, W)
 
     def _run(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,11 +27,13 @@ from diffuse.data_files import (
     resolve_data_path,
 )
 from diffuse.shapes.dataset import ShapesDataset
+from diffuse.shapes.motion import MovingShapesDataset
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "AnyDataset",
+    "ClipsDataset",
     "DataError",
     "Example",
     "FolderDataset",
@@ -424,13 +427,63 @@ def _render_scenes(
     return images, [scenes.caption(i) for i in range(start, stop)]
 
 
-AnyDataset = NpzDataset | FolderDataset | ProceduralDataset | ScenesDataset
+class ClipsDataset:
+    """Captioned Moving Shapes clips (`diffuse.shapes.motion`), training split.
+
+    An item's `image` is the whole clip, uint8 [T, H, W, 3]; the caption names each object's
+    colour, shape and motion. Unlabelled.
+    """
+
+    def __init__(self, size: int, frames: int, resolution: int, seed: int = 0) -> None:
+        self.clips = MovingShapesDataset(size, frames, resolution, split="train", seed=seed)
+        self.num_classes, self.class_names, self.channels = 0, [], 3
+        self.size, self.frames, self.resolution, self.seed = size, frames, resolution, seed
+        self.labels = np.full(size, -1, dtype=np.int64)
+        self._captions: list[str] | None = None
+
+    def render_all(self) -> np.ndarray:
+        """Every clip, uint8 [N, T, H, W, 3] (captions kept alongside)."""
+        clips, captions = [], []
+        for i in range(self.size):
+            clip, caption = self.clips[i]
+            clips.append(_clip_uint8(clip))
+            captions.append(caption)
+        self._captions = captions
+        return np.stack(clips)
+
+    def captions(self) -> list[str]:
+        """Every clip's caption."""
+        if self._captions is None:
+            self._captions = [self.clips[i][1] for i in range(self.size)]
+        return self._captions
+
+    def __len__(self) -> int:
+        return self.size
+
+    def fingerprint(self) -> str:
+        """A short hash of the clip stream's parameters."""
+        return content_digest("moving-shapes", self.size, self.frames, self.resolution, self.seed)
+
+    def __getitem__(self, i: int) -> Example:
+        clip, caption = self.clips[i]
+        return Example(_clip_uint8(clip), -1, caption)
+
+
+def _clip_uint8(clip: Any) -> np.ndarray:
+    """A clip float (3, T, H, W) in [-1, 1] as uint8 [T, H, W, 3]."""
+    pixels = np.asarray(clip, dtype=np.float32).transpose(1, 2, 3, 0)
+    return np.clip(np.rint((pixels + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+AnyDataset = NpzDataset | FolderDataset | ProceduralDataset | ScenesDataset | ClipsDataset
 
 
 def build_dataset(cfg: DataConfig, seed: int = 0) -> AnyDataset:
     """The dataset a recipe's [data] section names (before resizing and flips)."""
     if cfg.source == "scenes":
         return ScenesDataset(cfg.size, cfg.resolution, seed=seed, captions=cfg.captions)
+    if cfg.source == "moving-shapes":
+        return ClipsDataset(cfg.size, cfg.frames, cfg.resolution, seed=seed)
     if cfg.source == "npz":
         return NpzDataset(resolve_data_path(cfg.path), holdout=cfg.holdout, limit=cfg.limit)
     if cfg.source == "folder":
