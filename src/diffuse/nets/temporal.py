@@ -94,16 +94,20 @@ class TemporalBlock(nn.Module):
     pixel of a feature map; each a pre-norm residual branch whose output map starts at zero.
 
     Attention sees the frame index through fixed sine-cosine positions added to its input; the
-    convolution sees it through its window.
+    convolution sees it through its window. Both read the network's per-frame embedding (noise
+    level, pooled text, frame index) as a shift of their normalised input, so what the prompt
+    says about motion reaches the temporal layers directly.
 
     Args:
         channels: feature width.
         heads: attention heads.
         kernel: odd window of the temporal convolution.
+        emb_dim: width of the embedding (0: none).
     """
 
-    def __init__(self, channels: int, heads: int, kernel: int = 3) -> None:
+    def __init__(self, channels: int, heads: int, kernel: int = 3, emb_dim: int = 0) -> None:
         super().__init__()
+        self.emb = Linear(emb_dim, channels) if emb_dim else None
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"temporal convolution needs an odd kernel >= 1, got {kernel}")
         self.norm_conv = nn.LayerNorm(channels, eps=1e-6)
@@ -111,8 +115,9 @@ class TemporalBlock(nn.Module):
         self.norm_attn = nn.LayerNorm(channels, eps=1e-6)
         self.attn = SelfAttention(channels, heads)
 
-    def forward(self, x: Tensor, frames: int) -> Tensor:
-        """Args: x (B * T, C, H, W), frames T (one frame: returned as is). Returns x's shape."""
+    def forward(self, x: Tensor, frames: int, emb: Tensor | None = None) -> Tensor:
+        """Args: x (B * T, C, H, W), frames T (one frame: returned as is), emb (B * T,
+        emb_dim) after SiLU or None. Returns x's shape."""
         if frames == 1:
             return x  # nothing to mix: a still image goes through the image network only
         BT, C, H, W = x.shape
@@ -120,10 +125,15 @@ class TemporalBlock(nn.Module):
         # (B*T, C, H, W) -> (B, T, H*W, C) -> (B*H*W, T, C): one time line per pixel.
         t = x.permute(0, 2, 3, 1).reshape(B, frames, H * W, C).transpose(1, 2)
         t = t.reshape(B * H * W, frames, C)
-        h = silu(self.norm_conv(t)).transpose(1, 2)  # (B*H*W, C, T)
-        t = t + self.conv(h).transpose(1, 2)  # (B*H*W, T, C)
-        pos = sincos_1d(frames, C, device=x.device).to(t.dtype)  # (T, C)
-        t = t + self.attn(self.norm_attn(t) + pos)
+        shift = sincos_1d(frames, C, device=x.device).to(t.dtype)  # (T, C) frame positions
+        h = self.norm_conv(t)
+        if self.emb is not None and emb is not None:
+            e = self.emb(emb).reshape(B, 1, frames, C).expand(B, H * W, frames, C)
+            e = e.reshape(B * H * W, frames, C)  # every pixel of a frame: its frame's shift
+            h = h + e
+            shift = shift + e
+        t = t + self.conv(silu(h).transpose(1, 2)).transpose(1, 2)  # (B*H*W, T, C)
+        t = t + self.attn(self.norm_attn(t) + shift)
         # (B*H*W, T, C) -> (B, H*W, T, C) -> (B, T, H, W, C) -> (B*T, C, H, W) channels_last.
         out = t.reshape(B, H * W, frames, C).transpose(1, 2).reshape(BT, H, W, C)
         return out.permute(0, 3, 1, 2)

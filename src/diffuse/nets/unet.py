@@ -458,7 +458,7 @@ class _Stage(nn.Module):
         x = self.res(x, emb)
         if self.attn is not None:
             x = self.attn(x, context, mask)
-        return x if self.temporal is None else self.temporal(x, frames)
+        return x if self.temporal is None else self.temporal(x, frames, emb)
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,7 +528,7 @@ class EncoderPass:
         if self.mid_attn is not None:
             h = self.mid_attn(h, context, context_mask)
         if getattr(self, "mid_temporal", None) is not None:
-            h = self.mid_temporal(h, frames)
+            h = self.mid_temporal(h, frames, emb)
         return self.mid2(h, emb)
 
 
@@ -608,7 +608,8 @@ class UNet(EncoderPass, nn.Module):
         cfg = self.config
         if not cfg.temporal:
             return None
-        return TemporalBlock(channels, cfg.temporal_heads(channels), cfg.temporal_kernel)
+        emb_dim = 4 * cfg.base_channels
+        return TemporalBlock(channels, cfg.temporal_heads(channels), cfg.temporal_kernel, emb_dim)
 
     def _stage(self, cin: int, cout: int, level: int, emb_dim: int) -> _Stage:
         attn = self._attention(cout) if level in self.config.attention_levels else None

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,8 +25,8 @@ from diffuse.data_files import (
     missing_data_message,
     resolve_data_path,
 )
+from diffuse.shapes.clip_dataset import MovingShapesDataset
 from diffuse.shapes.dataset import ShapesDataset
-from diffuse.shapes.motion import MovingShapesDataset
 
 logger = logging.getLogger(__name__)
 
@@ -428,7 +427,7 @@ def _render_scenes(
 
 
 class ClipsDataset:
-    """Captioned Moving Shapes clips (`diffuse.shapes.motion`), training split.
+    """Captioned Moving Shapes clips (`diffuse.shapes.clip_dataset`), training split.
 
     An item's `image` is the whole clip, uint8 [T, H, W, 3]; the caption names each object's
     colour, shape and motion. Unlabelled.
@@ -442,19 +441,13 @@ class ClipsDataset:
         self._captions: list[str] | None = None
 
     def render_all(self) -> np.ndarray:
-        """Every clip, uint8 [N, T, H, W, 3] (captions kept alongside)."""
-        clips, captions = [], []
-        for i in range(self.size):
-            clip, caption = self.clips[i]
-            clips.append(_clip_uint8(clip))
-            captions.append(caption)
-        self._captions = captions
-        return np.stack(clips)
+        """Every clip, uint8 [N, T, H, W, 3]."""
+        return np.stack([self.clips.frames_uint8(i) for i in range(self.size)])
 
     def captions(self) -> list[str]:
         """Every clip's caption."""
         if self._captions is None:
-            self._captions = [self.clips[i][1] for i in range(self.size)]
+            self._captions = [self.clips.caption(i) for i in range(self.size)]
         return self._captions
 
     def __len__(self) -> int:
@@ -465,14 +458,7 @@ class ClipsDataset:
         return content_digest("moving-shapes", self.size, self.frames, self.resolution, self.seed)
 
     def __getitem__(self, i: int) -> Example:
-        clip, caption = self.clips[i]
-        return Example(_clip_uint8(clip), -1, caption)
-
-
-def _clip_uint8(clip: Any) -> np.ndarray:
-    """A clip float (3, T, H, W) in [-1, 1] as uint8 [T, H, W, 3]."""
-    pixels = np.asarray(clip, dtype=np.float32).transpose(1, 2, 3, 0)
-    return np.clip(np.rint((pixels + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        return Example(self.clips.frames_uint8(i), -1, self.clips.caption(i))
 
 
 AnyDataset = NpzDataset | FolderDataset | ProceduralDataset | ScenesDataset | ClipsDataset
