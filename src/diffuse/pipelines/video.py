@@ -34,7 +34,31 @@ from diffuse.samplers.inpaint import KnownRegion
 from diffuse.samplers.noise import SeededNoise
 from diffuse.samplers.registry import get_sampler, get_schedule
 
-__all__ = ["VideoParams", "VideoPipeline", "clip_frames_uint8", "load_video_pipeline"]
+__all__ = [
+    "DEFAULT_VIDEO_MODEL",
+    "VideoParams",
+    "VideoPipeline",
+    "clip_frames_uint8",
+    "default_video_model_dir",
+    "load_video_pipeline",
+]
+
+DEFAULT_VIDEO_MODEL = "moving-shapes-t2v"
+
+
+def default_video_model_dir() -> Path:
+    """The shipped video model: models/moving-shapes-t2v of the source checkout the package
+    runs from (it is not packaged: the wheel carries only the image model).
+
+    Raises:
+        FileNotFoundError: no such folder, saying how to name one.
+    """
+    folder = Path(__file__).resolve().parents[3] / "models" / DEFAULT_VIDEO_MODEL
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no video model at {folder} (it ships in the source tree only); pass --model DIR"
+        )
+    return folder
 
 
 @dataclass(frozen=True)
