@@ -28,14 +28,17 @@ from diffuse.shapes.scenes import (
     sample_scene,
     sample_split_scene,
 )
+from diffuse.shapes.video_evaluator import ClipAdherenceReport, evaluate_clips
 
 __all__ = [
+    "ClipAdherenceReport",
     "ClipScene",
     "MovingObject",
     "MovingShapesDataset",
     "clip_caption",
     "clip_paraphrase",
     "collate_clips",
+    "evaluate_clips",
     "render_clip",
     "sample_clip_scenes",
     "ShapesDataset",

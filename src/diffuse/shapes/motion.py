@@ -63,6 +63,7 @@ __all__ = [
     "BORDER_MARGIN",
     "MIN_GAP",
     "MIN_BOUNCE_TIME",
+    "START_CLEARANCE",
     "HELDOUT_MOTION_FRACTION",
     "HELDOUT_MOTIONS",
     "CLIP_SPLITS",
@@ -104,6 +105,8 @@ CHANGE_TIME = 0.5
 BORDER_MARGIN = 0.01
 # Smallest distance between two objects' boxes at any time (normalised; 1.6 px at 32 px).
 MIN_GAP = 0.05
+# Smallest distance from a start position to a wall (normalised).
+START_CLEARANCE = 0.02
 # No object bounces before this fraction of the clip, so its initial direction is visible.
 MIN_BOUNCE_TIME = 0.35
 
@@ -322,9 +325,11 @@ def _moving_object(rng: np.random.Generator, start: ShapeObject, plan: _Plan) ->
         scale = SIZE_EXTENTS[size] / SIZE_EXTENTS[start.size]
         start = replace(start, size=size, extent=start.extent * scale)
     obj = MovingObject(start, plan.direction, plan.speed, distance, plan.growth, plan.colour_to)
-    # A growing object's walls are further in: keep its start inside them (in the same cell:
-    # the walls are at most 0.15 from the edge, inside the outer cells).
+    # A growing object's walls are further in: keep its start inside them, START_CLEARANCE
+    # away, so no object starts on a wall (where moving in or out of it looks the same). It
+    # stays in its cell: the walls are at most 0.15 from the edge, inside the outer cells.
     low, high = obj.walls()
+    low, high = low + START_CLEARANCE, high - START_CLEARANCE
     cx, cy = min(max(start.cx, low), high), min(max(start.cy, low), high)
     return replace(obj, start=replace(start, cx=cx, cy=cy))
 
