@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffuse.shapes.video_evaluator import evaluate_clips
 
 from diffuse.nets.inflate import inflate, video_config
 from diffuse.nets.unet import UNet
 from diffuse.pipelines.text_to_image import load_pipeline
 from diffuse.pipelines.video import VideoPipeline, load_video_pipeline
 from diffuse.shapes.clip_dataset import MovingShapesDataset
+from diffuse.shapes.video_evaluator import evaluate_clips
 
 OBJECT_CHECKS = ("shape", "colour", "size", "count")
 
