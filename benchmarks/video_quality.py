@@ -97,18 +97,30 @@ def main() -> None:
     parser.add_argument("--sampler", default="dpmpp_2m")
     parser.add_argument("--guidance", type=float, default=None, help="model default")
     parser.add_argument("--stream", type=int, default=1, help="seed of the held-out stream")
+    parser.add_argument(
+        "--first", type=int, default=0, help="first prompt index (split a run over processes)"
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="combine the JSON files of such parts, n-weighted",
+    )
     parser.add_argument("--batch", type=int, default=4, help="clips per sampler call")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=0.0, help="stop after (0: none)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
+    if args.merge:
+        merge_files(args.merge, args.json)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.monotonic()
     out_of_time = lambda: args.max_minutes and time.monotonic() - start > 60 * args.max_minutes  # noqa: E731
     video = load_video_pipeline(args.model)
     image = load_pipeline()
-    total = max(args.count, args.i2v_count, args.inflated_count)
+    total = args.first + max(args.count, args.i2v_count, args.inflated_count)
     data = MovingShapesDataset(total, args.frames, video.size, split="heldout", seed=args.stream)
     prompts = [data.caption(i) for i in range(total)]
     result: dict[str, Any] = {
@@ -117,6 +129,7 @@ def main() -> None:
         "steps": args.steps,
         "sampler": args.sampler,
         "stream": args.stream,
+        "first": args.first,
         "threads": torch.get_num_threads(),
         "prompts": "held-out split captions",
     }
@@ -146,26 +159,27 @@ def main() -> None:
             **extra,
         )
 
-    for lo in range(0, args.count, args.batch):
-        seeds = list(range(lo, min(args.count, lo + args.batch)))
+    first, end = args.first, args.first + args.count
+    for lo in range(first, end, args.batch):
+        seeds = list(range(lo, min(end, lo + args.batch)))
         texts = [prompts[i] for i in seeds]
         clips = video.generate(params(video, seeds), prompts=texts)
-        summary, report = score(clips, texts)
+        summary, verdicts = score(clips, texts)
         parts["video"].append(summary)
-        motions["video"] += [r.summary() for r in report.results[:2]]
+        motions["video"] += [r.summary() for r in verdicts.results[:2]]
         # The baseline: the image model with the same seeds, one image per clip, every frame.
         image_params = image.params(
             texts[0], seeds=seeds, sampler=args.sampler, steps=args.steps, guidance=args.guidance
         )
         stills = image.generate(image_params, prompts=texts)  # [B, 3, H, W]
         static = stills[:, :, None].expand(-1, -1, args.frames, -1, -1)
-        summary, report = score(static, texts)
+        summary, verdicts = score(static, texts)
         parts["baseline"].append(summary)
-        motions["baseline"] += [r.summary() for r in report.results[:2]]
+        motions["baseline"] += [r.summary() for r in verdicts.results[:2]]
         save()
         if out_of_time():
             break
-    for lo in range(0, args.i2v_count, 1):
+    for lo in range(first, first + args.i2v_count):
         if out_of_time():
             break
         frames0 = data[lo][0][:, 0][None]  # [1, 3, H, W] the held-out clip's first frame
@@ -175,14 +189,15 @@ def main() -> None:
         p = params(video, [lo], image=start_image)
         clip = video.generate(p, image=start_image)
         psnrs.append(psnr(clip[0, :, 0], start_image[0]))
-        summary, report = score(clip, [prompts[lo]])
+        summary, verdicts = score(clip, [prompts[lo]])
         parts["i2v"].append(summary)
-        motions["i2v"] += [r.summary() for r in report.results[:1]]
+        motions["i2v"] += [r.summary() for r in verdicts.results[:1]]
         save()
     if args.inflated_count and not out_of_time():
         inflated = inflated_pipeline(video)
-        for lo in range(0, args.inflated_count, args.batch):
-            seeds = list(range(lo, min(args.inflated_count, lo + args.batch)))
+        stop = first + args.inflated_count
+        for lo in range(first, stop, args.batch):
+            seeds = list(range(lo, min(stop, lo + args.batch)))
             texts = [prompts[i] for i in seeds]
             clips = inflated.generate(params(inflated, seeds), prompts=texts)
             parts["inflated"].append(score(clips, texts)[0])
@@ -190,6 +205,30 @@ def main() -> None:
             if out_of_time():
                 break
     save()
+    report(result)
+
+
+def merge_files(paths: list[str], out: str) -> None:
+    """Combine the results of parts run over disjoint prompt ranges into `out`."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    result = {k: v for k, v in parts[0].items() if not isinstance(v, dict)}
+    result["parts"] = [{"first": p["first"], "minutes": p["minutes"]} for p in parts]
+    for name in ("video", "baseline", "inflated", "i2v"):
+        result[name] = merge([p[name] for p in parts if p.get(name, {}).get("n")])
+    psnr_parts = [p["i2v_first_frame_psnr_db"] for p in parts if p["i2v_first_frame_psnr_db"]["n"]]
+    n = sum(p["n"] for p in psnr_parts)
+    result["i2v_first_frame_psnr_db"] = {
+        "mean": sum(p["mean"] * p["n"] for p in psnr_parts) / n if n else None,
+        "min": min(p["min"] for p in psnr_parts) if n else None,
+        "n": n,
+    }
+    result["examples"] = parts[0].get("examples", {})
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    report(result)
+
+
+def report(result: dict[str, Any]) -> None:
+    """Print the JSON summary and the table."""
     print(json.dumps({k: result[k] for k in ("video", "baseline", "inflated", "i2v")}, indent=2))
     print("| clips | n | full | direction | objects every frame | identity | flicker |")
     print("|---|---|---|---|---|---|---|")
