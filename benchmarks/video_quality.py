@@ -98,6 +98,9 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None, help="model default")
     parser.add_argument("--stream", type=int, default=1, help="seed of the held-out stream")
     parser.add_argument(
+        "--max-objects", type=int, default=3, help="objects per prompt, at most (1 to 3)"
+    )
+    parser.add_argument(
         "--first", type=int, default=0, help="first prompt index (split a run over processes)"
     )
     parser.add_argument(
@@ -121,7 +124,14 @@ def main() -> None:
     video = load_video_pipeline(args.model)
     image = load_pipeline()
     total = args.first + max(args.count, args.i2v_count, args.inflated_count)
-    data = MovingShapesDataset(total, args.frames, video.size, split="heldout", seed=args.stream)
+    data = MovingShapesDataset(
+        total,
+        args.frames,
+        video.size,
+        split="heldout",
+        seed=args.stream,
+        max_objects=args.max_objects,
+    )
     prompts = [data.caption(i) for i in range(total)]
     result: dict[str, Any] = {
         "model": args.model,
@@ -130,6 +140,7 @@ def main() -> None:
         "sampler": args.sampler,
         "stream": args.stream,
         "first": args.first,
+        "max_objects": args.max_objects,
         "threads": torch.get_num_threads(),
         "prompts": "held-out split captions",
     }
