@@ -1,0 +1,166 @@
+"""Moving Shapes: the clip evaluator on ground-truth clips, wrong pairs, reversed and shuffled
+clips, and the speed of sampling, rendering and evaluating clips.
+
+For every split (train, heldout), frame count and resolution, N clips are drawn
+(`diffuse.shapes.motion`, seed --seed), rendered, and scored by the clip evaluator
+(`diffuse.shapes.video_evaluator`) against:
+
+- their own captions and paraphrases (expect ~100%);
+- the caption of the next clip (mismatched pairs; expect ~0%);
+- their own captions, played backwards (reversed: a mover that never bounces must fail its
+  direction) and with the frames shuffled (no constant-velocity motion).
+
+Speed, measured side by side in the same run: milliseconds to sample a clip scene, to render a
+16-frame 64x64 clip, and to render one 64x64 image of the image world (the ratio tells what the
+clip costs per frame), and evaluator milliseconds per clip.
+
+    python benchmarks/moving_shapes.py --json docs/moving-shapes.json       # n = 200
+    python benchmarks/moving_shapes.py -n 50 --frames 8 --resolution 32     # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from diffuse.shapes.clip_captions import clip_caption, clip_paraphrase
+from diffuse.shapes.motion import render_clip, sample_clip_scene, sample_clip_scenes
+from diffuse.shapes.render import render_scene
+from diffuse.shapes.video_evaluator import (
+    CLIP_ATTRIBUTES,
+    detect_clip_objects,
+    score_clip_detections,
+)
+
+
+def _speed(n: int, seed: int) -> dict[str, float]:
+    """Median milliseconds: sample a clip, render it at 16 x 64 x 64, render one 64 px image."""
+    sample, clip_ms, image_ms = [], [], []
+    for i in range(n):
+        start = time.perf_counter()
+        clip = sample_clip_scene(seed, i)
+        sample.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        render_clip(clip, 16, 64)
+        clip_ms.append(time.perf_counter() - start)
+        scene = clip.at(0.0)
+        start = time.perf_counter()
+        render_scene(scene, 64)
+        image_ms.append(time.perf_counter() - start)
+    out = {
+        "sample_clip_ms": 1e3 * statistics.median(sample),
+        "render_clip_16x64_ms": 1e3 * statistics.median(clip_ms),
+        "render_image_64_ms": 1e3 * statistics.median(image_ms),
+    }
+    out["clip_over_image"] = out["render_clip_16x64_ms"] / out["render_image_64_ms"]
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def _rates(report) -> dict[str, float]:
+    return {"score": report.score, **report.breakdown}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score the clip evaluator on ground truth and on wrong clips; print JSON and a table."""
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("-n", type=int, default=200, help="clips per split (default 200)")
+    ap.add_argument("--splits", nargs="+", default=["train", "heldout"])
+    ap.add_argument("--frames", type=int, nargs="+", default=[8, 16])
+    ap.add_argument("--resolution", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--seed", type=int, default=7, help="clip stream (training uses 0)")
+    ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    args = ap.parse_args(argv)
+
+    out: dict = {
+        "n": args.n,
+        "seed": args.seed,
+        "machine": platform.processor() or platform.machine(),
+        "speed": _speed(args.n, args.seed),
+        "rows": [],
+    }
+    rng = np.random.default_rng(args.seed)
+    for split in args.splits:
+        clips = sample_clip_scenes(args.n, args.seed, split)
+        captions = [clip_caption(c, args.seed, i) for i, c in enumerate(clips)]
+        paraphrases = [clip_paraphrase(c, args.seed, i) for i, c in enumerate(clips)]
+        unbounced = [
+            any(o.direction != "still" and o.first_bounce() >= 1 for o in c.objects) for c in clips
+        ]
+        for frames in args.frames:
+            for resolution in args.resolution:
+                video = np.stack([render_clip(c, frames, resolution) for c in clips])
+                start = time.perf_counter()
+                detections = detect_clip_objects(video)
+                truth = score_clip_detections(detections, captions)
+                evaluate_ms = 1e3 * (time.perf_counter() - start) / args.n
+                backwards = detect_clip_objects(video[:, ::-1].copy())
+                reversed_report = score_clip_detections(backwards, captions)
+                order = np.stack([rng.permutation(frames) for _ in clips])
+                shuffled = np.stack([clip[o] for clip, o in zip(video, order)])
+                shuffled_report = score_clip_detections(detect_clip_objects(shuffled), captions)
+                failed = [
+                    not r.checks["direction"]
+                    for r, u in zip(reversed_report.results, unbounced)
+                    if u
+                ]
+                row = {
+                    "split": split,
+                    "frames": frames,
+                    "resolution": resolution,
+                    "captions": _rates(truth),
+                    "paraphrases": _rates(score_clip_detections(detections, paraphrases)),
+                    "mismatched": _rates(
+                        score_clip_detections(detections, captions[1:] + captions[:1])
+                    ),
+                    "mismatched_paraphrases": _rates(
+                        score_clip_detections(detections, paraphrases[1:] + paraphrases[:1])
+                    ),
+                    "reversed": _rates(reversed_report),
+                    "reversed_unbounced_clips": len(failed),
+                    "reversed_unbounced_direction_failed": float(np.mean(failed)),
+                    "shuffled": _rates(shuffled_report),
+                    "evaluate_ms_per_clip": round(evaluate_ms, 2),
+                }
+                out["rows"].append(row)
+                print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+    speed = out["speed"]
+    print(
+        f"\nspeed (median of {args.n}): sample {speed['sample_clip_ms']:.2f} ms, render 16x64x64"
+        f" clip {speed['render_clip_16x64_ms']:.2f} ms, one 64 px image"
+        f" {speed['render_image_64_ms']:.2f} ms (clip / image = {speed['clip_over_image']:.1f})"
+    )
+    print(
+        "| split | T | px | captions | paraphrases | mismatched | reversed | reversed, unbounced:"
+        " direction failed | shuffled | eval ms/clip |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in out["rows"]:
+        print(
+            f"| {r['split']} | {r['frames']} | {r['resolution']}"
+            f" | {100 * r['captions']['score']:.1f}% | {100 * r['paraphrases']['score']:.1f}%"
+            f" | {100 * r['mismatched']['score']:.1f}% | {100 * r['reversed']['score']:.1f}%"
+            f" | {100 * r['reversed_unbounced_direction_failed']:.1f}%"
+            f" of {r['reversed_unbounced_clips']} | {100 * r['shuffled']['score']:.1f}%"
+            f" | {r['evaluate_ms_per_clip']:.0f} |"
+        )
+    print("\nper attribute, ground truth (captions) and mismatched pairs:")
+    print("| split | T | px | " + " | ".join(CLIP_ATTRIBUTES) + " |")
+    print("|---|---|---|" + "---|" * len(CLIP_ATTRIBUTES))
+    for r in out["rows"]:
+        for kind in ("captions", "mismatched"):
+            cells = " | ".join(f"{100 * r[kind][a]:.0f}%" for a in CLIP_ATTRIBUTES)
+            print(f"| {r['split']} {kind} | {r['frames']} | {r['resolution']} | {cells} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
