@@ -94,6 +94,9 @@ CLIP_ATTRIBUTES: tuple[str, ...] = (
     "identity",
     "flicker",
 )
+# Detections per frame that tracking follows (the largest; a clip has at most three objects,
+# and the assignment search grows factorially with this number).
+MAX_TRACKED = 4
 # Largest step (normalised) a track may take between two frames.
 MAX_STEP = 0.3
 # Path length per clip below which an object counts as still (slow is >= 0.255).
@@ -299,7 +302,7 @@ def track_objects(frames: Sequence[Sequence[Detection]]) -> list[Track]:
     """
     tracks: list[list[Detection | None]] = []
     for k, dets in enumerate(frames):
-        dets = sorted(dets, key=lambda d: -d.area)[:6]
+        dets = sorted(dets, key=lambda d: -d.area)[:MAX_TRACKED]
         live = [j for j, tr in enumerate(tracks) if tr[-1] is not None]
         predicted = []
         for j in live:
