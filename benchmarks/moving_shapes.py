@@ -7,6 +7,8 @@ For every split (train, heldout), frame count and resolution, N clips are drawn
 
 - their own captions and paraphrases (expect ~100%);
 - the caption of the next clip (mismatched pairs; expect ~0%);
+- (with --noise / --blur, the frames degraded first, as `python -m diffuse.shapes.validate`
+  does for images)
 - their own captions, played backwards (reversed: a mover that never bounces must fail its
   direction) and with the frames shuffled (no constant-velocity motion).
 
@@ -32,6 +34,7 @@ import numpy as np
 from diffuse.shapes.clip_captions import clip_caption, clip_paraphrase
 from diffuse.shapes.motion import frame_times, render_clip, sample_clip_scene, sample_clip_scenes
 from diffuse.shapes.render import render_scene
+from diffuse.shapes.validate import _degrade
 from diffuse.shapes.video_evaluator import (
     CLIP_ATTRIBUTES,
     detect_clip_objects,
@@ -92,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--resolution", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--seed", type=int, default=7, help="clip stream (training uses 0)")
+    ap.add_argument("--noise", type=float, default=0.0, help="Gaussian noise std (of 255)")
+    ap.add_argument("--blur", type=int, default=0, help="3x3 binomial blur passes per frame")
+    ap.add_argument("--skip-speed", action="store_true", help="only the evaluator rows")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = ap.parse_args(argv)
 
@@ -99,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n,
         "seed": args.seed,
         "machine": platform.processor() or platform.machine(),
-        "speed": _speed(args.n, args.seed),
+        "noise": args.noise,
+        "blur": args.blur,
+        "speed": None if args.skip_speed else _speed(args.n, args.seed),
         "rows": [],
     }
     rng = np.random.default_rng(args.seed)
@@ -112,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for frames in args.frames:
             for resolution in args.resolution:
-                video = np.stack([render_clip(c, frames, resolution) for c in clips])
+                video = np.stack(
+                    [
+                        _degrade(render_clip(c, frames, resolution), args.blur, args.noise, i)
+                        for i, c in enumerate(clips)
+                    ]
+                )
                 start = time.perf_counter()
                 detections = detect_clip_objects(video)
                 truth = score_clip_detections(detections, captions)
@@ -151,15 +164,16 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
     speed = out["speed"]
-    print(f"\nspeed (ms, median over {args.n} clips of the fastest of 3 passes):")
-    print("| sample a clip | render_clip 16x64x64 | 16 x render_scene | one 64 px image |")
-    print("|---|---|---|---|")
-    print(
-        f"| {speed['sample_clip_ms']:.2f} | {speed['render_clip_16x64_ms']:.2f}"
-        f" | {speed['render_frames_16x64_ms']:.2f} (clip / frames ="
-        f" {speed['clip_over_frames']:.2f}) | {speed['render_image_64_ms']:.2f} (clip / image ="
-        f" {speed['clip_over_image']:.1f}) |"
-    )
+    if speed:
+        print(f"\nspeed (ms, median over {args.n} clips of the fastest of 3 passes):")
+        print("| sample a clip | render_clip 16x64x64 | 16 x render_scene | one 64 px image |")
+        print("|---|---|---|---|")
+        print(
+            f"| {speed['sample_clip_ms']:.2f} | {speed['render_clip_16x64_ms']:.2f}"
+            f" | {speed['render_frames_16x64_ms']:.2f} (clip / frames ="
+            f" {speed['clip_over_frames']:.2f}) | {speed['render_image_64_ms']:.2f} (clip / image ="
+            f" {speed['clip_over_image']:.1f}) |"
+        )
     print(
         "| split | T | px | captions | paraphrases | mismatched | reversed | reversed, unbounced:"
         " direction failed | shuffled | eval ms/clip |"

@@ -30,7 +30,8 @@ satisfied with a per-attribute breakdown. Steps:
    frame), direction, speed, growth (as captioned, none when the caption names none), identity
    (each object one complete track, no extra tracks) and flicker (no track changes shape, and
    none switches colour more often than its caption says). The assignment of tracks to objects
-   maximises the number of satisfied checks, as the image evaluator's does.
+   maximises the number of satisfied checks, as the image evaluator's does, with shape and
+   colour counted twice so that appearance decides which track is which object.
 
 On ground-truth renders (both splits, captions and paraphrases, 8 and 16 frames, 32 and 64 px)
 every clip is fully satisfied, and a clip paired with another clip's caption almost never is
@@ -108,6 +109,10 @@ SPEED_THRESHOLD = math.sqrt(SPEED_DISTANCES["slow"] * SPEED_DISTANCES["fast"])
 MAX_FIT_ERROR = 1 / 32
 # End / start box-side ratio above which an object grows (a grown object has GROWTH_RATIO).
 GROWTH_THRESHOLD = math.sqrt(GROWTH_RATIO)
+# Weights of the checks when tracks are matched to a prompt's objects: what an object looks
+# like decides which track it is before how it moves is judged (two squares passing each other
+# backwards are not read as each other).
+_WEIGHTS = {"shape": 2, "colour": 2}
 # Grids of the motion fit: velocities per clip and start offsets from the first detection.
 _VELOCITIES = np.linspace(-1.0, 1.0, 401)
 _OFFSETS = np.linspace(-0.04, 0.04, 17)
@@ -570,7 +575,7 @@ def check_clip_prompt(
             _object_checks(o, None if j is None else tracks[j], None if j is None else fits[j])
             for o, j in zip(spec.objects, assignment)
         ]
-        score = sum(sum(c.values()) for c in per_object)
+        score = sum(_WEIGHTS.get(a, 1) * ok for c in per_object for a, ok in c.items())
         if best is None or score > best[0]:
             best = (score, assignment, per_object)
     assert best is not None
