@@ -66,6 +66,8 @@ from diffuse.shapes.scenes import POSITION_WORDS
 
 __all__ = [
     "CLIP_ATTRIBUTES",
+    "OBJECT_ATTRIBUTES",
+    "REPORTED_RATES",
     "ClipObjectSpec",
     "ClipPromptSpec",
     "Track",
@@ -95,6 +97,11 @@ CLIP_ATTRIBUTES: tuple[str, ...] = (
     "identity",
     "flicker",
 )
+# The object checks (every frame), reported together as "objects" too: the rate of clips with
+# every object and attribute right in every frame.
+OBJECT_ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "size", "position", "count")
+# Rates a report gives: every check, and the composite "objects".
+REPORTED_RATES: tuple[str, ...] = (*CLIP_ATTRIBUTES, "objects")
 # Detections per frame that tracking follows (the largest; a clip has at most three objects,
 # and the assignment search grows factorially with this number).
 MAX_TRACKED = 4
@@ -595,7 +602,8 @@ class ClipAdherenceReport:
         n: number of (clip, prompt) pairs.
         score: fraction of prompts fully satisfied.
         breakdown: attribute -> fraction of prompts whose requirement on it is satisfied
-            (CLIP_ATTRIBUTES; "identity" and "flicker" are the temporal-consistency rates).
+            (CLIP_ATTRIBUTES; "identity" and "flicker" are the temporal-consistency rates),
+            and "objects": every object check (OBJECT_ATTRIBUTES) passed, in every frame.
         results: per-pair verdicts.
     """
 
@@ -672,6 +680,8 @@ def score_clip_detections(
     n = len(results)
     score = sum(r.satisfied for r in results) / max(n, 1)
     breakdown = {a: sum(r.checks[a] for r in results) / max(n, 1) for a in CLIP_ATTRIBUTES}
+    objects = sum(all(r.checks[a] for a in OBJECT_ATTRIBUTES) for r in results)
+    breakdown["objects"] = objects / max(n, 1)
     return ClipAdherenceReport(n=n, score=score, breakdown=breakdown, results=tuple(results))
 
 
