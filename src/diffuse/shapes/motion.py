@@ -22,9 +22,9 @@ named direction is what the first third of the clip shows. Objects never come cl
 MIN_GAP (box to box) at any time, so the image evaluator sees each one on its own.
 
 Held-out split: 8% of the (colour shape, direction) combinations, chosen by a fixed hash
-(`HELDOUT_MOTIONS`, e.g. a "yellow star" moving "down-left"), never occur in training clips. A
+(`HELDOUT_MOTIONS`, e.g. a "red triangle" moving "down"), never occur in training clips. A
 held-out clip has at least one object with a held-out combination, so held-out captions test
-composition: the model saw yellow stars and things moving down-left, never the two together.
+composition: the model saw red triangles and things moving down, never the two together.
 
     clips = sample_clip_scenes(4, seed=0, split="train")
     frames = render_clip(clips[0], frames=16, resolution=64)   # uint8 [16, 64, 64, 3]
@@ -129,7 +129,7 @@ def _motion_is_heldout(name: str, direction: str) -> bool:
     return int.from_bytes(digest[:8], "big") % 10_000 < round(HELDOUT_MOTION_FRACTION * 10_000)
 
 
-# Held-out ('colour shape', direction) combinations, e.g. ('yellow star', 'down-left').
+# Held-out ('colour shape', direction) combinations, e.g. ('red triangle', 'down').
 HELDOUT_MOTIONS: tuple[tuple[str, str], ...] = tuple(
     (f"{c} {s}", d)
     for c, s in _all_objects()
