@@ -196,6 +196,7 @@ def test_the_page_inpaints_a_painted_mask(live, browser, pipe, tmp_path):
     wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", image) > 0)
     caption = card.find_element(By.TAG_NAME, "figcaption").text
     assert "inpaint" in caption and image_hash(mask) in caption
+    browser.execute_script("window.scrollTo(0, 0)")
     shot = tmp_path / "inpaint.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 1000

@@ -1,11 +1,15 @@
 """One worker thread per model: it owns the network and advances every admitted job a step.
 
-Each admitted job runs `TextToImagePipeline.generate` as a `samplers.stepwise.StepwiseRun`,
-paused at every network call. A tick of the worker collects the pending call of every running
-job, answers them with as few network calls as the conditioning shapes allow
-(`pipelines.step_batching.run_calls`), and lets each job go on to its next call. A job that
-arrives while others run joins at the next tick at its own first step, with its own prompt,
-seed, step count, guidance scale and sampler; it gets exactly the pixels it would get alone.
+Each admitted job runs its task's pipeline method (`TextToImagePipeline.generate`, or
+`run_edit` for img2img, inversion and inpainting) as a `samplers.stepwise.StepwiseRun`, paused
+at every network call. A tick of the worker collects the pending call of every running job,
+answers them with as few network calls as the conditioning shapes allow
+(`pipelines.step_batching.run_calls`; a ControlNet job's calls go to its steered network, shared
+by the jobs with the same ControlNet settings), and lets each job go on to its next call. A job
+that arrives while others run joins at the next tick at its own first step, with its own
+prompt, seed, step count, guidance scale and sampler; it gets exactly the pixels it would get
+alone. Edit jobs join as they are: img2img is sampling from a lower start level, inpainting
+pastes its known region in its own callback between calls, inversion is two loops of calls.
 With batching off the worker admits one job at a time, which is how requests are served one by
 one.
 """
