@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from diffuse.guidance import CondDenoiseFn
 from diffuse.pipelines.call_conventions import GenerationOutput, convert_images
 from diffuse.pipelines.image_to_image import (
     blend,
@@ -207,6 +208,7 @@ class ImageEditing:
         image: ImageInput,
         mask: ImageInput | None = None,
         callback: Callback | None = None,
+        network: CondDenoiseFn | None = None,
     ) -> Tensor:
         """Images [N, C, H, W] in [-1, 1] for checked edit parameters (see `edit_params`).
 
@@ -215,6 +217,8 @@ class ImageEditing:
             image: the input image; its pixels must have `params.image_hash`.
             mask: the mask (inpainting); its pixels must have `params.mask_hash`.
             callback: the sampler callback (e.g. a progress bar).
+            network: network(x, level, cond) replaces the call of the denoiser, as in
+                `TextToImagePipeline.generate` (a server batches requests through it).
         Raises:
             ValueError: an image or mask other than the one the parameters were made for.
         """
@@ -233,6 +237,7 @@ class ImageEditing:
             "uncond": self._cond([g.negative_prompt]),
             "guidance": g.guidance,
             "device": self.device,
+            "network": network,
         }
         if params.task == "img2img":
             out = edit_latents(

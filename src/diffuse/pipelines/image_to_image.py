@@ -31,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from diffuse.denoiser import Cond, Denoiser
+from diffuse.guidance import CondDenoiseFn
 from diffuse.pipelines.sample import batch_denoise, invariant_network
 from diffuse.processes.base import NoiseProcess
 from diffuse.samplers.base import Callback
@@ -234,6 +235,7 @@ def sample_from(
     guidance: float = 1.0,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
+    network: CondDenoiseFn | None = None,
 ) -> Tensor:
     """Run a sampler per batch of seeds from given starting points (the shared loop).
 
@@ -242,14 +244,16 @@ def sample_from(
         starts: starts(noise, start, count) -> the batch's starting tensor.
         seeds: one seed per sample.
         run: run(denoise, x, noise, start, count) -> the batch's result.
-        cond, uncond, guidance, device, batch_size: as in `pipelines.sample.generate`.
+        cond, uncond, guidance, device, batch_size, network: as in
+            `pipelines.sample.generate` (`network` replaces the call of the denoiser; a server
+            batches the calls of many requests through it).
     Returns:
         the results [N, ...] (float32, CPU).
     """
     seeds = [int(s) for s in seeds]
     was_training = denoiser.training
     denoiser.eval()
-    network = invariant_network(denoiser)
+    network = network or invariant_network(denoiser)
     outputs = []
     try:
         for start in range(0, len(seeds), batch_size):
@@ -294,7 +298,7 @@ def edit_latents(
         sampler, schedule, steps: any registered sampler and schedule; `steps` steps are run
             from the starting level.
         callback: the sampler callback.
-        common: cond, uncond, guidance, device, batch_size of `sample_from`.
+        common: cond, uncond, guidance, device, batch_size, network of `sample_from`.
     Returns:
         the edited latents [N, C, h, w].
     """
@@ -333,7 +337,7 @@ def invert_latents(
         refine: fixed-point iterations per step (exact inversion; "ddim" only).
         schedule, steps: the schedule sampling will use afterwards.
         callback: the callback of the inversion loop.
-        common: cond, uncond, guidance, device, batch_size of `sample_from`.
+        common: cond, uncond, guidance, device, batch_size, network of `sample_from`.
     Returns:
         the noisy latents at the schedule's first level [N, C, h, w].
     """
@@ -374,7 +378,7 @@ def inpaint_latents(
             are DDPM posterior steps, so the sampler is not used).
         resample: RePaint's resampling count per step (1: replacement after every step only).
         callback: the sampler callback (called before the known region is pasted).
-        common: cond, uncond, guidance, device, batch_size of `sample_from`.
+        common: cond, uncond, guidance, device, batch_size, network of `sample_from`.
     Returns:
         latents [N, C, h, w] whose kept region equals `latents`'.
     """
