@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from diffuse.codecs.text_encoder import TextEncoder
 from diffuse.codecs.vae import VAE
 from diffuse.config import SampleConfig, TrainConfig
+from diffuse.controlnet_folder import save_controlnet
 from diffuse.denoiser import Denoiser
 from diffuse.losses import denoising_loss
 from diffuse.processes import NoiseProcess
@@ -312,6 +313,8 @@ class _Steps:
             if run.captions is not None:
                 text = run.captions.batch(indices[sl], draws.drop_label[sl])
                 cond = {**(cond or {}), **{k: v.to(device) for k, v in text.items()}}
+            if run.controls is not None:
+                cond = {**(cond or {}), "control": run.controls.batch(indices[sl]).to(device)}
             with run.replica.no_sync(last=i == len(slices) - 1), self.precision:
                 losses = denoising_loss(
                     run.denoiser,
@@ -421,7 +424,16 @@ def _export(run: Run) -> Path | None:
     """Write the EMA network to out/model on rank 0 (gathered first under FSDP)."""
     ema_state = run.replica.full_state(run.ema.module)  # collective under FSDP
     model_dir = None
-    if run.info.is_main:
+    if run.info.is_main and run.controls is not None:  # a ControlNet run: the ControlNet alone
+        model_dir = run.out / "model"
+        save_controlnet(
+            model_dir,
+            run.ema.module.controlnet,
+            run.cfg.train.init,
+            dtype=getattr(torch, run.cfg.control.storage),
+            recipe=run.config_record["recipe"],
+        )
+    elif run.info.is_main:
         model_dir = run.out / "model"
         plain = run.ema.module
         if run.replica.fsdp:  # a fresh unsharded copy to hold the gathered weights
