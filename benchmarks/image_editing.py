@@ -15,11 +15,19 @@ Sections (each scored by the Shapes evaluator, `diffuse.shapes.evaluator`):
   caption asks for another object (new shape and colour) there; training-free inpainting.
   Reports target fully satisfied, and the fraction of images whose pixels outside the mask are
   bit-identical to the input.
+- controlnet: held-out scenes (one to three objects); the control map of the render (kind of
+  the --controlnet) plus the caption, against the same prompts and seeds without control.
+  Reports every object in the right cell (as many detections as objects, and each object's
+  shape detected in its cell), the caption fully satisfied, and whether control scale 0
+  reproduces the base model's images bit for bit.
 - speed: 4 images x 25 steps: generation, img2img (strength 0.6), inversion edit and
-  inpainting, in one run; seconds and the ratio to generation.
+  inpainting (and controlled generation with --controlnet), in one run; seconds and the ratio
+  to generation.
 
     python benchmarks/image_editing.py --json edit.json                 # everything, n = 300
     python benchmarks/image_editing.py --sections speed inversion -n 16
+    python benchmarks/image_editing.py --sections controlnet \
+        --controlnet models/shapes-controlnet-edges
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ import time
 import numpy as np
 import torch
 
+from diffuse.codecs.controls import control_map
+from diffuse.pipelines.control import controlled, load_controlnet
 from diffuse.pipelines.image_to_image import (
     blend,
     edit_latents,
@@ -45,14 +55,14 @@ from diffuse.pipelines.sample import to_uint8 as sample_to_uint8
 from diffuse.pipelines.text_to_image import load_pipeline
 from diffuse.samplers.inversion import get_inversion
 from diffuse.samplers.registry import get_sampler, get_schedule
-from diffuse.shapes.evaluator import evaluate
+from diffuse.shapes.evaluator import Detection, detect_objects, evaluate, score_detections
 from diffuse.shapes.render import render_scene
 from diffuse.shapes.scenes import COLOURS, SHAPES, Scene, caption, sample_split_scene
 
 EVAL_SEED = 7  # the reported scene stream (as benchmarks/shapes_adherence.py)
 CHOOSE_SEED = 11  # the stream settings are chosen on
 SIZE = 64
-SECTIONS = ("recolour", "inversion", "inversion-edit", "inpaint", "speed")
+SECTIONS = ("recolour", "inversion", "inversion-edit", "inpaint", "controlnet", "speed")
 
 
 def recoloured(scene: Scene, index: int, k: int = 0) -> Scene:
@@ -249,7 +259,67 @@ def run_inpaint(pipe, n: int, steps: int, resample: int) -> dict:
     return evaluate(np.concatenate(outs), prompts).summary() | {"outside_mask_identical": exact / n}
 
 
-def run_speed(pipe, repeats: int) -> dict:
+def in_cells(detections: list[Detection], scene: Scene) -> dict[str, bool]:
+    """Whether the detections put every object of `scene` in its cell: "cells" (as many
+    detections as objects, one in each object's cell) and "cells_and_shapes" (each there with
+    the object's shape)."""
+    count = len(detections) == len(scene.objects)
+    cells = {d.cell for d in detections}
+    pairs = {(d.cell, d.shape) for d in detections}
+    return {
+        "cells": count and all((o.row, o.col) in cells for o in scene.objects),
+        "cells_and_shapes": count
+        and all(((o.row, o.col), o.shape) in pairs for o in scene.objects),
+    }
+
+
+def placement(images: np.ndarray, scenes: list[Scene], prompts: list[str]) -> dict:
+    """Caption adherence and object placement of images made for `scenes`."""
+    detections = detect_objects(images)
+    cells = [in_cells(d, sc) for d, sc in zip(detections, scenes)]
+    return score_detections(detections, prompts).summary() | {
+        key: float(np.mean([c[key] for c in cells])) for key in ("cells", "cells_and_shapes")
+    }
+
+
+def run_controlnet(pipe, folder: str, n: int, steps: int, batch: int, scale: float) -> dict:
+    controlnet = load_controlnet(folder, pipe.model)
+    kind = controlnet.config.kind
+    scenes = [sample_split_scene(EVAL_SEED, i, "heldout") for i in range(n)]
+    prompts = [caption(sc, EVAL_SEED, i) for i, sc in enumerate(scenes)]
+    hints = torch.stack([control_map(kind, render_scene(sc, SIZE)) for sc in scenes])
+    plain, steered, zero_equal = [], [], None
+    for rows in batches(n, batch):
+        params = pipe.params(prompts[rows[0]], seeds=list(rows), steps=steps)
+        texts = [prompts[i] for i in rows]
+        base = pipe.generate(params, prompts=texts)
+        plain.append(sample_to_uint8(base))
+        with controlled(pipe.model, controlnet, scale) as extra:
+            steered.append(
+                sample_to_uint8(
+                    pipe.generate(
+                        params, prompts=texts, extra_cond=extra(hints[rows.start : rows.stop])
+                    )
+                )
+            )
+        if zero_equal is None:  # scale 0 against the base, on the first batch
+            with controlled(pipe.model, controlnet, 0.0) as extra:
+                off = pipe.generate(
+                    params, prompts=texts, extra_cond=extra(hints[rows.start : rows.stop])
+                )
+            zero_equal = bool(torch.equal(off, base))
+    return {
+        "controlnet": folder,
+        "kind": kind,
+        "scale": scale,
+        "steps": steps,
+        "controlled": placement(np.concatenate(steered), scenes, prompts),
+        "base_alone": placement(np.concatenate(plain), scenes, prompts),
+        "scale_0_equals_base": zero_equal,
+    }
+
+
+def run_speed(pipe, repeats: int, controlnet_folder: str | None = None) -> dict:
     scene = sample_split_scene(EVAL_SEED, 0, "heldout-2")
     image, prompt = render_scene(scene, SIZE), caption(scene, EVAL_SEED, 0)
     mask = cell_mask(scene.objects[0].row, scene.objects[0].col)
@@ -262,6 +332,16 @@ def run_speed(pipe, repeats: int) -> dict:
             np.stack([image] * 4)[0], prompt, prompt, steps=25
         ),
     }
+    if controlnet_folder:
+        controlnet = load_controlnet(controlnet_folder, pipe.model)
+        hint = control_map(controlnet.config.kind, image)
+
+        def steered() -> torch.Tensor:
+            with controlled(pipe.model, controlnet) as extra:
+                params = pipe.params(prompt, seeds=seeds, steps=25)
+                return pipe.generate(params, extra_cond=extra(hint))
+
+        tasks["controlled"] = steered
     times: dict[str, list[float]] = {k: [] for k in tasks}
     for _ in range(repeats):  # interleaved, so load changes hit every task alike
         for name, task in tasks.items():
@@ -279,7 +359,12 @@ def run_speed(pipe, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        help="default: all (controlnet with --controlnet)",
+    )
     ap.add_argument("-n", type=int, default=300, help="scenes per section (default 300)")
     ap.add_argument("--choose-n", type=int, default=32, help="scenes to choose the strength on")
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7])
@@ -299,8 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="speed: timed rounds (best kept)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--controlnet", default=None, help="ControlNet folder (controlnet, speed)")
+    ap.add_argument("--control-scale", type=float, default=1.0)
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
+    if args.sections is None:
+        args.sections = [s for s in SECTIONS if s != "controlnet" or args.controlnet]
     torch.set_num_threads(args.threads)
     pipe = load_pipeline()
     results: dict = {"n": args.n, "platform": platform.platform(), "threads": args.threads}
@@ -318,8 +407,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif section == "inpaint":
             out = run_inpaint(pipe, args.n, args.steps, args.resample)
+        elif section == "controlnet":
+            if not args.controlnet:
+                ap.error("the controlnet section needs --controlnet DIR")
+            out = run_controlnet(
+                pipe, args.controlnet, args.n, args.steps, args.batch, args.control_scale
+            )
         else:
-            out = run_speed(pipe, args.repeats)
+            out = run_speed(pipe, args.repeats, args.controlnet)
         results[section] = out | {"wall_seconds": time.perf_counter() - start}
         print(json.dumps({section: results[section]}, indent=1), flush=True)
         if args.json:

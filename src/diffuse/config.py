@@ -110,6 +110,10 @@ class ModelConfig:
     # Hugging Face folder / installed package (`codecs.text_encoder.resolve_text_encoder`).
     text_encoder: str = ""
     caption_dropout: float = 0.1  # probability of the empty (unconditional) caption in training
+    # An inpainting model: the mask and the masked image (latents) enter as extra input channels
+    # (`denoiser.inpainting_inputs`), trained with random masks (`training.inpaint_masks`);
+    # fine-tuned from a model without them, the new channels start at zero.
+    inpainting: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.preset), "model.preset", self.preset, "name a preset")

@@ -28,6 +28,7 @@ from diffuse.training.control_maps import ControlMaps
 from diffuse.training.data import BatchOrder, TrainData
 from diffuse.training.datasets import build_dataset
 from diffuse.training.ema import EMA
+from diffuse.training.inpaint_masks import InpaintMasks
 from diffuse.training.inputs import load_codec, load_init_weights, load_text_encoder
 from diffuse.training.model import build_process, count_parameters, param_groups
 from diffuse.training.replica import Replica
@@ -69,6 +70,7 @@ class Run:
     per_rank: int
     image_shape: tuple[int, int, int]
     controls: ControlMaps | None = None  # a ControlNet run's control maps
+    inpaint: InpaintMasks | None = None  # an inpainting model's masks
 
     @property
     def null_label(self) -> int:
@@ -107,6 +109,8 @@ def read_inputs(cfg: TrainConfig, net_builder: Callable[..., tuple[nn.Module, An
     """
     data = TrainData(build_dataset(cfg.data, seed=cfg.train.seed), cfg.data)
     order = BatchOrder(len(data), cfg.optim.batch_size, cfg.train.seed, data.dataset.fingerprint())
+    if cfg.model.inpainting and cfg.sample.every_steps:
+        raise ConfigError("model.inpainting is set: sample.every_steps must be 0 (no sample grids)")
     text = load_text_encoder(cfg, data) if cfg.model.text_encoder else None
     codec = load_codec(cfg) if cfg.data.codec else None
     num_classes = data.num_classes if cfg.model.class_conditional else 0
@@ -172,6 +176,10 @@ def assemble(cfg: TrainConfig, out: Path, info: dist.DistInfo, inputs: Inputs) -
     """
     o, data, net, codec = cfg.optim, inputs.data, inputs.net, inputs.codec
     controls = ControlMaps(cfg.control.kind, data) if cfg.control.kind else None
+    inpaint = None
+    if cfg.model.inpainting:
+        factor = codec.downsample if codec is not None else 1
+        inpaint = InpaintMasks(data, cfg.data.image_size, factor)
     if codec is not None:  # latent diffusion: every image encoded once, cached in the run
         data.encode_latents(codec.to(info.device), out if info.is_main else None)
         codec.cpu()  # sample grids decode on the CPU
@@ -212,5 +220,5 @@ def assemble(cfg: TrainConfig, out: Path, info: dist.DistInfo, inputs: Inputs) -
     shape = (data.channels, data.image_size, data.image_size)
     return Run(
         cfg, out, info, inputs, captions, process, ema, replica, optimizer, denoiser,
-        config_record, per_rank, shape, controls,
+        config_record, per_rank, shape, controls, inpaint,
     )  # fmt: skip
