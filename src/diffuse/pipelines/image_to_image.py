@@ -324,6 +324,7 @@ def invert_latents(
     refine: int = 0,
     schedule: str = "karras",
     steps: int = 25,
+    strength: float = 1.0,
     callback: Callback | None = None,
     **common: object,
 ) -> Tensor:
@@ -335,13 +336,15 @@ def invert_latents(
         method: a name of `samplers.inversion.INVERSIONS` ("ddim", "dpmpp_2m").
         refine: fixed-point iterations per step (exact inversion; "ddim" only).
         schedule, steps: the schedule sampling will use afterwards.
+        strength: in (0, 1]: invert only up to `strength_level` (partial inversion; sample
+            back with `start_levels(process, schedule, steps, strength)`); 1: to the top.
         callback: the callback of the inversion loop.
         common: cond, uncond, guidance, device, batch_size of `sample_from`.
     Returns:
         the noisy latents at the schedule's first level [N, C, h, w].
     """
     inversion, _ = get_inversion(method)
-    levels = get_schedule(schedule)(denoiser.process, steps)
+    levels = start_levels(denoiser.process, schedule, steps, check_strength(strength))
     device = common.get("device", "cpu")
 
     def starts(noise: SeededNoise, start: int, count: int) -> Tensor:

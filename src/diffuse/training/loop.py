@@ -168,7 +168,8 @@ def train(
             network; the result must still be writable by `nets.io.save_network`.
         on_sample: draws a sample grid every `sample.every_steps` steps (None: no grids).
     Returns:
-        a TrainResult; the final EMA model is in `out/model/`.
+        a TrainResult; the final EMA model is in `out/model/` (for a [control] recipe, the
+        EMA ControlNet as a `controlnet_folder`).
     Raises:
         FileExistsError, ConfigError, DataError: bad folder, recipe or data (nothing written).
         NonFiniteError: `optim.max_nonfinite` non-finite steps in a row.
