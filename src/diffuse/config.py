@@ -193,6 +193,7 @@ class DiscreteVPOptions(_ProcessOptions):
     beta_end: float | None = DiscreteVP.beta_end
     zero_terminal_snr: bool = DiscreteVP.zero_terminal_snr
     steps_offset: int = DiscreteVP.steps_offset
+    stop_at_first_timestep: bool = DiscreteVP.stop_at_first_timestep
 
 
 @dataclass(frozen=True)
