@@ -30,7 +30,12 @@ from diffuse.training.datasets import build_dataset
 from diffuse.training.ema import EMA
 from diffuse.training.inpaint_masks import InpaintMasks
 from diffuse.training.inputs import load_codec, load_init_weights, load_text_encoder
-from diffuse.training.model import build_process, count_parameters, param_groups
+from diffuse.training.model import (
+    build_process,
+    count_parameters,
+    freeze_image_layers,
+    param_groups,
+)
 from diffuse.training.replica import Replica
 
 logger = logging.getLogger(__name__)
@@ -68,7 +73,7 @@ class Run:
     denoiser: Denoiser
     config_record: dict[str, Any]
     per_rank: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]  # one training item: (C, H, W) or a clip's (C, T, H, W)
     controls: ControlMaps | None = None  # a ControlNet run's control maps
     inpaint: InpaintMasks | None = None  # an inpainting model's masks
 
@@ -134,6 +139,8 @@ def read_inputs(cfg: TrainConfig, net_builder: Callable[..., tuple[nn.Module, An
         load_init_weights(cfg.train.init, net, net_cfg)
     if cfg.control.kind:
         net = with_controlnet(cfg, net, net_cfg, codec)
+    if cfg.model.train_layers == "temporal":
+        freeze_image_layers(net, cfg.model.preset)
     return Inputs(data, order, codec, text, num_classes, build_net, net, net_cfg)
 
 
@@ -217,7 +224,7 @@ def assemble(cfg: TrainConfig, out: Path, info: dist.DistInfo, inputs: Inputs) -
         info.world_size,
         per_rank,
     )
-    shape = (data.channels, data.image_size, data.image_size)
+    shape = data.item_shape  # (C, H, W), or (C, T, H, W) for clips
     return Run(
         cfg, out, info, inputs, captions, process, ema, replica, optimizer, denoiser,
         config_record, per_rank, shape, controls, inpaint,

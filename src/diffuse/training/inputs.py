@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from diffuse.codecs.text_encoder import TextEncoder
 from diffuse.codecs.vae import VAE, load_vae
 from diffuse.config import ConfigError, TrainConfig
+from diffuse.nets.inflate import inflate
 from diffuse.nets.io import config_to_dict, load_network
 from diffuse.samplers.registry import get_sampler, get_schedule
 from diffuse.training.data import TrainData
@@ -108,6 +109,14 @@ def load_init_weights(init: str, net: nn.Module, net_cfg: Any) -> None:
         trained = load_network(Path(init).expanduser())
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"train.init = {init!r}: {err}") from None
+    if getattr(net_cfg, "temporal", False) and not getattr(trained.config, "temporal", True):
+        # an image U-Net starting a video U-Net: inflated, exact frame by frame at first
+        try:
+            inflate(trained.state_dict(), trained.config, net)
+        except ValueError as err:
+            raise ConfigError(f"train.init = {init!r}: {err}") from None
+        logger.info("initial weights inflated from the image network %s", init)
+        return
     have, want = config_to_dict(trained.config), config_to_dict(net_cfg)
     state = trained.state_dict()
     widen = _wider_inputs(have, want)
