@@ -1,8 +1,8 @@
 """Loading a ControlNet next to a frozen base model, and steering that model with it.
 
-A ControlNet folder holds `controlnet.safetensors` and `controlnet.json` (its
-`ControlNetConfig` and the sha256 of the base weights it was built for). Loading it for
-another base is an error naming both hashes.
+The folder format lives in `diffuse.controlnet_folder` (training writes it too); these
+wrappers take the loaded base model. Loading a ControlNet for another base is an error naming
+both hashes.
 
     controlnet = load_controlnet("models/shapes-controlnet-edges", pipe.model)
     with controlled(pipe.model, controlnet, scale=1.0, start=1.0, end=0.0) as extra:
@@ -11,7 +11,6 @@ another base is an error naming both hashes.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -19,13 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
+from diffuse import controlnet_folder
+from diffuse.controlnet_folder import CONFIG, WEIGHTS
 from diffuse.denoiser import Denoiser
-from diffuse.io import atomic_path, atomic_write_text, file_sha256, load_safetensors
-from diffuse.model_folder import WEIGHTS_FILE, TrainedModel
-from diffuse.nets.controlnet import ControlledUNet, ControlNet, ControlNetConfig
+from diffuse.model_folder import TrainedModel
+from diffuse.nets.controlnet import ControlledUNet, ControlNet
 from diffuse.pipelines.image_to_image import strength_level
 from diffuse.processes.base import NoiseProcess
 
@@ -42,24 +41,15 @@ __all__ = [
     "save_controlnet",
 ]
 
-CONFIG = "controlnet.json"
-WEIGHTS = "controlnet.safetensors"
 
-
-def save_controlnet(folder: str | os.PathLike, net: ControlNet, base: TrainedModel) -> Path:
-    """Write a ControlNet folder recording the base model it steers (atomic files)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
-    record = {
-        "format": 1,
-        "config": net.config.to_dict(),
-        "base_weights_sha256": file_sha256(base.folder / WEIGHTS_FILE),
-    }
-    atomic_write_text(folder / CONFIG, json.dumps(record, indent=2) + "\n")
-    return folder
+def save_controlnet(
+    folder: str | os.PathLike,
+    net: ControlNet,
+    base: TrainedModel,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a ControlNet folder recording the base model it steers (`controlnet_folder`)."""
+    return controlnet_folder.save_controlnet(folder, net, base.folder, dtype=dtype)
 
 
 def load_controlnet(folder: str | os.PathLike, base: TrainedModel) -> ControlNet:
@@ -69,24 +59,7 @@ def load_controlnet(folder: str | os.PathLike, base: TrainedModel) -> ControlNet
         FileNotFoundError: no ControlNet there.
         ValueError: built for another base model (both hashes named), or a damaged file.
     """
-    folder = Path(folder)
-    if not (folder / CONFIG).is_file():
-        raise FileNotFoundError(f"{folder} holds no ControlNet ({CONFIG} missing)")
-    try:
-        record = json.loads((folder / CONFIG).read_text())
-        config = ControlNetConfig.from_dict(record["config"])
-        wanted = str(record["base_weights_sha256"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{folder / CONFIG} is damaged ({err})") from None
-    have = file_sha256(base.folder / WEIGHTS_FILE)
-    if wanted != have:
-        raise ValueError(
-            f"{folder} is a ControlNet for another base model (weights sha256 {wanted[:12]}), "
-            f"not for {base.folder} ({have[:12]})"
-        )
-    net = ControlNet(config)
-    net.load_state_dict(load_safetensors(folder / WEIGHTS))
-    return net.eval().requires_grad_(False)
+    return controlnet_folder.load_controlnet(folder, base.folder)
 
 
 def control_window(process: NoiseProcess, start: float, end: float) -> tuple[float, float]:

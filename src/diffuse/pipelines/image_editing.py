@@ -32,6 +32,7 @@ from diffuse.pipelines.image_to_image import (
     edit_latents,
     image_hash,
     inpaint_latents,
+    inpaint_with_model,
     invert_latents,
     latent_mask,
     read_image,
@@ -281,6 +282,25 @@ class ImageEditing:
             raise ValueError(f"the mask is not the one of the request (hash {params.mask_hash})")
         mask_t = mask_t.to(self.device)
         small = latent_mask(mask_t, self.model.codec.downsample)
+        if self.model.info.inpainting:  # a trained inpainting model
+            if params.resample != 1:
+                raise ValueError(
+                    f"resample = {params.resample}: resampling is for training-free inpainting; "
+                    "this is a trained inpainting model (use resample 1)"
+                )
+            out = inpaint_with_model(
+                self.model.denoiser,
+                latents,
+                small,
+                seeds,
+                sampler=g.sampler,
+                schedule=g.schedule,
+                steps=g.steps,
+                callback=callback,
+                **common,
+            )
+            decoded = self.model.decode(out.to(self.device))
+            return blend(decoded, pixels_t, mask_t, params.feather).cpu()
         out = inpaint_latents(
             self.model.denoiser,
             latents,
