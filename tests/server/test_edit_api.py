@@ -6,6 +6,7 @@ and every bad value answered 4xx naming the field."""
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 
@@ -268,3 +269,37 @@ def test_uploads_are_held_to_the_size_limits(live, inputs, pipe):
     roomy = live(max_upload_bytes=200000, max_body_bytes=400000)
     status, error = roomy.json("POST", "/api/jobs/img2img", {"image": b64(bomb.getvalue())})
     assert status == 422 and "image is 8000x8000" in error["error"]
+
+
+def test_serve_refuses_a_controlnet_it_cannot_serve(other_pipe, controlnet_dir, tmp_path, capsys):
+    folder = str(other_pipe.model.folder)
+    assert main(["serve", "--model", folder, "--controlnet", str(tmp_path)]) == 2
+    assert "holds no ControlNet" in capsys.readouterr().err
+    assert main(["serve", "--model", folder, "--controlnet", str(controlnet_dir)]) == 2
+    assert "no served model fits ControlNet" in capsys.readouterr().err
+
+
+def test_edit_jobs_stream_previews_and_can_be_cancelled(live, inputs):
+    server = live()
+    body = {"prompt": PROMPT, "steps": 4, "image": inputs["image"], "source_prompt": PROMPT}
+    _, job = server.json("POST", "/api/jobs/inversion", body)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    connection.request("GET", job["events_url"])
+    events = []
+    for block in connection.getresponse().read().decode().split("\n\n"):
+        lines = [line for line in block.splitlines() if not line.startswith(":")]
+        if lines:
+            events.append((lines[0].removeprefix("event: "), json.loads(lines[1][6:])))
+    connection.close()
+    assert events[-1][0] == "done"
+    steps = [data["step"] for name, data in events if name == "progress"]
+    assert steps == sorted(steps) and steps[-1] == 8  # inversion walks the schedule twice
+    assert len({data["preview"] for _, data in events if "preview" in data}) >= 2
+    slow = {"prompt": PROMPT, "steps": 100, "resample": 20} | {
+        k: inputs[k] for k in ("image", "mask")
+    }
+    _, job = server.json("POST", "/api/jobs/inpaint", slow)
+    status, view = server.json("DELETE", f"/api/jobs/{job['id']}")
+    assert status == 200
+    job = server.wait(job["id"])
+    assert job["status"] == "cancelled" and job["images"] == []

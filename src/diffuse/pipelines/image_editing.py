@@ -171,6 +171,8 @@ class ImageEditing:
                 )
             generation["sampler"] = matching
         _count("resample", resample, 1)
+        if task == "inpaint":
+            self._check_resample(resample)
         _count("feather", feather, 0)
         params = self.params(prompt, **generation)
         _, pixels = read_image(image, self.size, self.model.codec.image_channels)
@@ -197,6 +199,14 @@ class ImageEditing:
             resample=resample if task == "inpaint" else 1,
             feather=feather if task == "inpaint" else 0,
         )
+
+    def _check_resample(self, resample: int) -> None:
+        """RePaint's resampling is for training-free inpainting only."""
+        if self.model.info.inpainting and resample != 1:
+            raise ValueError(
+                f"resample = {resample}: resampling is for training-free inpainting; "
+                "this is a trained inpainting model (use resample 1)"
+            )
 
     def _cond(self, prompts: Sequence[str]) -> dict[str, Tensor]:
         cond = self.conditioning(list(prompts))
@@ -283,11 +293,7 @@ class ImageEditing:
         mask_t = mask_t.to(self.device)
         small = latent_mask(mask_t, self.model.codec.downsample)
         if self.model.info.inpainting:  # a trained inpainting model
-            if params.resample != 1:
-                raise ValueError(
-                    f"resample = {params.resample}: resampling is for training-free inpainting; "
-                    "this is a trained inpainting model (use resample 1)"
-                )
+            self._check_resample(params.resample)
             out = inpaint_with_model(
                 self.model.denoiser,
                 latents,

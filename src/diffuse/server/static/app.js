@@ -335,7 +335,13 @@ async function addResult(job, image) {
   reuse.type = "button";
   reuse.className = "reuse";
   reuse.textContent = "Use as input";
-  reuse.addEventListener("click", () => useBlob(blob));
+  reuse.addEventListener("click", () => {
+    if (mode() === "text-to-image") {
+      $("mode-img2img").checked = true;
+      showMode();
+    }
+    useBlob(blob);
+  });
   caption.append(" ", link, " ", reuse);
   card.append(img, caption);
   $("gallery").prepend(card);
