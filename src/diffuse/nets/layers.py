@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "CrossAttention",
+    "GroupNorm",
     "JointAttention",
     "Linear",
     "Mlp",
@@ -26,17 +27,21 @@ __all__ = [
     "batch_invariant",
     "invariant_batch_size",
     "conv3x3_upsample2x",
+    "upsample_kernel",
     "key_padding_mask",
     "pad_batch",
     "linear",
     "modulate",
     "patchify",
+    "patchify_3d",
     "reference_kernels",
     "rope_2d",
     "silu",
+    "sincos_1d",
     "sincos_2d",
     "sinusoidal_embedding",
     "unpatchify",
+    "unpatchify_3d",
     "use_reference_kernels",
     "zero_",
 ]
@@ -111,14 +116,17 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear, routed through oneDNN on CPU in fp32.
+    """F.linear with rows that do not depend on the other rows (batch invariance), on CPU fp32.
 
-    PyTorch sends fp32 matrix products on CPU to MKL's sgemm, while convolutions go to oneDNN,
-    whose kernels run about 10% faster here (forward and backward). A linear map over the
-    last axis is a 1x1 convolution of the rows seen as a channels_last image, so for
-    fp32 CPU inputs we call the convolution: same weights, same result up to summation order,
-    and each row's result does not depend on the other rows (batch invariance: the same seed
-    gives the same pixels in any batch). Elsewhere (GPU, autocast, compile) it is F.linear.
+    MKL's sgemm sums a product with few rows in an order that depends on the row count (a
+    single row takes a matrix-vector kernel), so the same sample could give other numbers in
+    another batch. With the rows padded to at least 32 and to a multiple of 16, every row takes
+    the same kernel path whatever the batch and its place in it (checked over row counts, row
+    offsets, widths from 64 to 5120, one and two threads: `tests/nets/test_layers.py`).
+    When a graph is recorded (training) the padded rows run as a 1x1 convolution instead, whose
+    oneDNN forward and backward kernels are about 10% faster than sgemm on the training shapes;
+    when sampling, sgemm is faster (9% on a Stable-Diffusion-shaped U-Net's forward pass,
+    `benchmarks/diffusers_speed.py`). Elsewhere (GPU, autocast, compile) it is plain F.linear.
 
     Args:
         x: (..., in_features).
@@ -139,16 +147,18 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     k, n = x.shape[-1], weight.shape[0]
     flat = x.reshape(-1, k)
     rows = flat.shape[0]
-    # Pad to at least 32 rows, a multiple of 16: then every row takes the same kernel path
-    # whatever the batch (MKL's sgemm sums small batches in batch-dependent orders).
     padded = max(32, -(-rows // 16) * 16)
     if padded != rows:
         flat = torch.cat([flat, flat.new_zeros(padded - rows, k)])
-    # (R, k) rows -> (16, k, 1, R/16) channels_last image; a batch of 16 or more makes
-    # PyTorch pick oneDNN for 1x1 kernels even on one thread.
-    img = flat.reshape(16, 1, padded // 16, k).permute(0, 3, 1, 2)
-    out = F.conv2d(img, weight.view(n, k, 1, 1), bias)  # (16, n, 1, R/16) channels_last
-    return out.permute(0, 2, 3, 1).reshape(padded, n)[:rows].reshape(*x.shape[:-1], n)
+    if not torch.is_grad_enabled():
+        out = F.linear(flat, weight, bias)  # (padded, n)
+    else:
+        # (R, k) rows -> (16, k, 1, R/16) channels_last image; a batch of 16 or more makes
+        # PyTorch pick oneDNN for 1x1 kernels even on one thread.
+        img = flat.reshape(16, 1, padded // 16, k).permute(0, 3, 1, 2)
+        out = F.conv2d(img, weight.view(n, k, 1, 1), bias)  # (16, n, 1, R/16) channels_last
+        out = out.permute(0, 2, 3, 1).reshape(padded, n)
+    return out[:rows].reshape(*x.shape[:-1], n)
 
 
 def batch_invariant(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -176,6 +186,31 @@ def invariant_batch_size(n: int, device: torch.device | str) -> int:
         return n
     unit = max(2, torch.get_num_threads())
     return -(-n // unit) * unit
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same parameters and state dict) that normalises channels_last CPU inputs
+    in contiguous (B, C, H, W) memory and hands back channels_last.
+
+    PyTorch's CPU GroupNorm kernel for channels_last inputs runs 3-8x slower than its
+    contiguous kernel at U-Net feature sizes (e.g. 0.63 ms vs 0.08 ms for (4, 64, 16, 16) on one
+    thread); the two layout copies cost far less than the difference. The contiguous kernel
+    reduces each (sample, group) in one thread, so a sample's result does not depend on its
+    batch.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, ...) -> (B, C, ...) in the memory format of x."""
+        if (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.compiler.is_compiling()
+        ):
+            out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+            return out.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
 class Linear(nn.Linear):
@@ -284,6 +319,17 @@ def _sincos_1d(pos: Tensor, dim: int) -> Tensor:
     )
     out = pos.double()[:, None] * omega[None]  # (N, dim/2)
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos_1d(n: int, dim: int, *, device: torch.device | str | None = None) -> Tensor:
+    """Fixed 1-D sine-cosine positions 0..n-1 (Vaswani et al. 2017, sec. 3.5), e.g. frame indices.
+
+    Returns:
+        (n, dim) float32.
+    """
+    if dim % 2:
+        raise ValueError(f"1-D sin-cos positions need an even width, got {dim}")
+    return _sincos_1d(torch.arange(n, device=device), dim).float()
 
 
 def sincos_2d(h: int, w: int, dim: int, *, device: torch.device | str | None = None) -> Tensor:
@@ -567,6 +613,34 @@ def unpatchify(tokens: Tensor, p: int, h: int, w: int) -> Tensor:
     return x.permute(0, 3, 1, 4, 2, 5).reshape(B, C, h * p, w * p)
 
 
+def patchify_3d(x: Tensor, pt: int, p: int) -> Tensor:
+    """Cut a clip into non-overlapping pt x p x p space-time patches, frame-major.
+
+    Args:
+        x: (B, C, T, H, W) with T divisible by pt and H, W by p.
+        pt, p: temporal and spatial patch size.
+    Returns:
+        (B, T/pt * H/p * W/p, C * pt * p * p), each patch flattened in (C, pt, p, p) order.
+    """
+    B, C, T, H, W = x.shape
+    if T % pt or H % p or W % p:
+        raise ValueError(
+            f"patch size {pt}x{p}x{p} does not divide the clip size {T}x{H}x{W} (frames x H x W)"
+        )
+    x = x.reshape(B, C, T // pt, pt, H // p, p, W // p, p)  # (B, C, t, pt, h, p, w, p)
+    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, t, h, w, C, pt, p, p)
+    return x.reshape(B, (T // pt) * (H // p) * (W // p), C * pt * p * p)
+
+
+def unpatchify_3d(tokens: Tensor, pt: int, p: int, t: int, h: int, w: int) -> Tensor:
+    """Inverse of `patchify_3d`: (B, t * h * w, C * pt * p * p) -> (B, C, t pt, h p, w p)."""
+    B, N, D = tokens.shape
+    C = D // (pt * p * p)
+    x = tokens.reshape(B, t, h, w, C, pt, p, p)
+    x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, C, t, pt, h, p, w, p)
+    return x.reshape(B, C, t * pt, h * p, w * p)
+
+
 # --------------------------------------------------------------------------------------------
 # Convolution kernels
 # --------------------------------------------------------------------------------------------
@@ -578,7 +652,22 @@ def _fold_3tap(w: Tensor, dim: int) -> Tensor:
     return torch.stack([w2, w1 + w2, w0 + w1, w0], dim=dim)
 
 
-def conv3x3_upsample2x(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def upsample_kernel(weight: Tensor) -> Tensor:
+    """The transposed-convolution kernel of `conv3x3_upsample2x` for a 3x3 kernel.
+
+    Args:
+        weight: (K, C, 3, 3).
+    Returns:
+        (C, K, 4, 4) in channels_last memory (oneDNN's layout: reordering a plain kernel on
+        every call costs more than the convolution itself at small feature maps).
+    """
+    w4 = _fold_3tap(_fold_3tap(weight, 2), 3)  # (K, C, 4, 4)
+    return w4.transpose(0, 1).contiguous(memory_format=torch.channels_last)
+
+
+def conv3x3_upsample2x(
+    x: Tensor, weight: Tensor, bias: Tensor | None, *, kernel: Tensor | None = None
+) -> Tensor:
     """conv3x3(nearest_upsample_2x(x)) computed as one stride-2 transposed convolution.
 
     Output row 2i+a of the upsampled convolution reads input rows {i-1, i} (a = 0) with taps
@@ -591,9 +680,10 @@ def conv3x3_upsample2x(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
         x: (B, C, H, W).
         weight: (K, C, 3, 3) kernel of the 3x3 convolution (padding 1).
         bias: (K,) or None.
+        kernel: `upsample_kernel(weight)` when the caller keeps it (sampling); else computed.
     Returns:
         (B, K, 2H, 2W), equal to
         F.conv2d(F.interpolate(x, scale_factor=2), weight, bias, padding=1).
     """
-    w4 = _fold_3tap(_fold_3tap(weight, 2), 3)  # (K, C, 4, 4)
-    return F.conv_transpose2d(x, w4.transpose(0, 1), bias, stride=2, padding=1)
+    kernel = upsample_kernel(weight) if kernel is None else kernel
+    return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)
