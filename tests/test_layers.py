@@ -7,7 +7,7 @@ mirrors it. Every top-level module or package under src/diffuse belongs to exact
                 gaussian_mixture, shapes, text
                     the mathematics and the networks; they know nothing of tasks or commands
     foundation  model_folder, text_model_folder, controlnet_folder, fitted_solvers, interop,
-                config, typed_tables, io, pngmeta, data_files
+                config, typed_tables, io, pngmeta, data_files, video_files
                     the saved-model format, the diffusers layout, typed configs, atomic writes
                     and file hashes, PNG metadata: small things every task may use
     tasks       pipelines, training, metrics
@@ -66,6 +66,7 @@ LAYERS: dict[str, frozenset[str]] = {
             "io",
             "pngmeta",
             "data_files",
+            "video_files",
         }
     ),
     "tasks": frozenset({"pipelines", "training", "metrics"}),
