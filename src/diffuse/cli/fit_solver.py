@@ -132,9 +132,8 @@ def _conditioning(
             )
         else:
             texts = [caption(sample_split_scene(seed, i, "train"), seed, i) for i in index]
-        encoder = load_pipeline(model.folder, device=device).encoder
-        cond = encoder.encode(texts).as_cond()
-        uncond = encoder.encode([""]).as_cond()
+        pipeline = load_pipeline(model.folder, device=device)
+        cond, uncond = pipeline.conditioning(texts), pipeline.conditioning([""])
         return (
             {k: v.to(device) for k, v in cond.items()},
             {k: v.to(device) for k, v in uncond.items()},

@@ -318,20 +318,23 @@ def _sincos_1d(pos: Tensor, dim: int) -> Tensor:
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
 
-def sincos_2d(h: int, w: int, dim: int, *, device: torch.device | str | None = None) -> Tensor:
+def sincos_2d(
+    h: int, w: int, dim: int, *, device: torch.device | str | None = None, scale: float = 1.0
+) -> Tensor:
     """Fixed 2-D sine-cosine position embedding (MAE / DiT): half the channels encode the row,
     half the column.
 
     Args:
         h, w: token grid size.
         dim: embedding size, a multiple of 4.
+        scale: multiplies the integer positions (PixArt's 1 / interpolation_scale).
     Returns:
         (h * w, dim) float32, row-major over the grid.
     """
     if dim % 4:
         raise ValueError(f"2-D sin-cos positions need a width divisible by 4, got {dim}")
-    rows = torch.arange(h, device=device).repeat_interleave(w)  # (h*w,) row index per token
-    cols = torch.arange(w, device=device).repeat(h)  # (h*w,) column index per token
+    rows = torch.arange(h, device=device).repeat_interleave(w) * scale  # (h*w,) row per token
+    cols = torch.arange(w, device=device).repeat(h) * scale  # (h*w,) column per token
     return torch.cat([_sincos_1d(cols, dim // 2), _sincos_1d(rows, dim // 2)], dim=1).float()
 
 
