@@ -8,6 +8,7 @@ Token tensors are (B, N, D); image tensors are (B, C, H, W), usually in channels
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator
 
@@ -26,6 +27,7 @@ __all__ = [
     "apply_rope",
     "batch_invariant",
     "invariant_batch_size",
+    "constant_context",
     "conv3x3_upsample2x",
     "upsample_kernel",
     "key_padding_mask",
@@ -71,6 +73,25 @@ def reference_kernels(enabled: bool = True) -> Iterator[None]:
 def use_reference_kernels() -> bool:
     """True inside `reference_kernels()`."""
     return _REFERENCE
+
+
+_CONTEXT_SCOPE = 0  # > 0: the id of the current `constant_context` scope
+_SCOPES = itertools.count(1)
+
+
+@contextlib.contextmanager
+def constant_context() -> Iterator[None]:
+    """A scope in which text contexts are not changed in place (a sampling run): each
+    `CrossAttention` keeps the keys and values it projected from the context tensor it last
+    saw and reuses them while it is given that same tensor object again in the same scope,
+    when no graph is recorded. A sampler calls the network once per step with one context,
+    so the projections are made once per run instead of once per step."""
+    global _CONTEXT_SCOPE
+    old, _CONTEXT_SCOPE = _CONTEXT_SCOPE, next(_SCOPES)
+    try:
+        yield
+    finally:
+        _CONTEXT_SCOPE = old
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,6 +498,7 @@ class CrossAttention(nn.Module):
         self.heads, self.context_dim = heads, context_dim
         self.q = Linear(dim, dim, bias=qkv_bias)
         self.kv = Linear(context_dim, 2 * dim, bias=qkv_bias)
+        self._kv: tuple | None = None  # (scope, context, weight key, keys and values)
         self.proj = Linear(dim, dim)
         hd = dim // heads
         self.q_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else None
@@ -491,11 +513,29 @@ class CrossAttention(nn.Module):
             (B, N, dim).
         """
         q = _heads(self.q(x), self.heads)  # (B, heads, N, hd)
-        k, v = (_heads(t, self.heads) for t in self.kv(context).chunk(2, dim=-1))
+        k, v = (_heads(t, self.heads) for t in self._keys_values(context).chunk(2, dim=-1))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         attn_mask = None if mask is None else key_padding_mask(mask)
         return self.proj(_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)))
+
+    def _keys_values(self, context: Tensor) -> Tensor:
+        """kv(context) (B, L, 2 dim), reused inside a `constant_context` scope (see there)."""
+        if not _CONTEXT_SCOPE or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self.kv(context)
+        w, b = self.kv.weight, self.kv.bias
+        key = (w.data_ptr(), w._version, None if b is None else b._version)
+        cached = self._kv
+        if (
+            cached is not None
+            and cached[0] == _CONTEXT_SCOPE
+            and cached[1] is context  # the same tensor object; it is kept alive by the cache
+            and cached[2] == key
+        ):
+            return cached[3]
+        kv = self.kv(context)
+        self._kv = (_CONTEXT_SCOPE, context, key, kv)
+        return kv
 
 
 class JointAttention(nn.Module):
