@@ -214,13 +214,15 @@ class GroupNorm(nn.GroupNorm):
     contiguous kernel at U-Net feature sizes (e.g. 0.63 ms vs 0.08 ms for (4, 64, 16, 16) on one
     thread); the two layout copies cost far less than the difference. The contiguous kernel
     reduces each (sample, group) in one thread, so a sample's result does not depend on its
-    batch.
+    batch. Used when no graph is recorded (sampling); training keeps PyTorch's kernel, so that
+    recorded training runs repeat exactly.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, ...) -> (B, C, ...) in the memory format of x."""
         if (
-            x.device.type == "cpu"
+            not torch.is_grad_enabled()
+            and x.device.type == "cpu"
             and x.dim() == 4
             and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last)
@@ -686,5 +688,6 @@ def conv3x3_upsample2x(
         (B, K, 2H, 2W), equal to
         F.conv2d(F.interpolate(x, scale_factor=2), weight, bias, padding=1).
     """
-    kernel = upsample_kernel(weight) if kernel is None else kernel
+    if kernel is None:  # training: the folded kernel as a view, differentiable
+        kernel = _fold_3tap(_fold_3tap(weight, 2), 3).transpose(0, 1)  # (C, K, 4, 4)
     return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)
