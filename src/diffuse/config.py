@@ -43,6 +43,7 @@ from diffuse.typed_tables import (
 
 __all__ = [
     "CheckpointConfig",
+    "ControlConfig",
     "ConfigError",
     "CosineVPOptions",
     "DataConfig",
@@ -109,6 +110,16 @@ class ModelConfig:
     # Hugging Face folder / installed package (`codecs.text_encoder.resolve_text_encoder`).
     text_encoder: str = ""
     caption_dropout: float = 0.1  # probability of the empty (unconditional) caption in training
+    # An inpainting model: the mask and the masked image (latents) enter as extra input channels
+    # (`denoiser.inpainting_inputs`), trained with random masks (`training.inpaint_masks`);
+    # fine-tuned from a model without them, the new channels start at zero.
+    inpainting: bool = False
+    # Video networks with a first-frame input (`first_frame` override): probability that a
+    # training clip is shown without its first frame, so one model does text- and image-to-video.
+    first_frame_dropout: float = 0.5
+    # "temporal": train only what a video network adds to the image network it starts from
+    # (temporal blocks, frame embedding, input convolution); the image layers stay frozen.
+    train_layers: Literal["all", "temporal"] = "all"
 
     def __post_init__(self) -> None:
         _require(bool(self.preset), "model.preset", self.preset, "name a preset")
@@ -117,6 +128,12 @@ class ModelConfig:
             "model.caption_dropout",
             self.caption_dropout,
             "must be in [0, 1)",
+        )
+        _require(
+            0.0 <= self.first_frame_dropout <= 1.0,
+            "model.first_frame_dropout",
+            self.first_frame_dropout,
+            "must be in [0, 1]",
         )
         _require(self.class_embed_std >= 0, "model.class_embed_std", self.class_embed_std, ">= 0")
         _require(
@@ -276,7 +293,8 @@ class DataConfig:
 
     # npz archive, image folder, procedural class images, or captioned Shapes scenes
     # (`diffuse.shapes`, training split: never a held-out object pair or single object).
-    source: Literal["npz", "folder", "procedural", "scenes"] = "npz"
+    # "moving-shapes": captioned Moving Shapes clips (`diffuse.shapes.motion`) of `frames` frames.
+    source: Literal["npz", "folder", "procedural", "scenes", "moving-shapes"] = "npz"
     path: str = ""
     generator: Literal["shapes", "blobs"] = "shapes"  # procedural only
     size: int = 10_000  # procedural and scenes: number of items
@@ -293,8 +311,31 @@ class DataConfig:
     # scenes only: the captions of the Shapes templates, or the grammar mix (the templates plus
     # the caption grammar people write, `diffuse.shapes.grammar.training_caption`)
     captions: Literal["templates", "grammar"] = "templates"
+    # moving-shapes only: frames per clip, and the fraction of training steps that show single
+    # frames (still images: the temporal layers are skipped) instead of clips.
+    frames: int = 0
+    image_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        clips = self.source == "moving-shapes"
+        _require(
+            (self.frames >= 1) if clips else self.frames == 0,
+            "data.frames",
+            self.frames,
+            "moving-shapes clips need frames >= 1; other sources take none (0)",
+        )
+        _require(
+            0.0 <= self.image_fraction < 1.0 and (clips or not self.image_fraction),
+            "data.image_fraction",
+            self.image_fraction,
+            "must be in [0, 1), and only for moving-shapes clips",
+        )
+        _require(
+            not (clips and self.flip),
+            "data.flip",
+            self.flip,
+            "mirroring a clip would reverse the motion its caption names",
+        )
         if self.source in ("npz", "folder"):
             _require(bool(self.path), "data.path", self.path, f"{self.source} data needs a path")
         _require(self.size > 0, "data.size", self.size, "must be > 0")
@@ -435,6 +476,20 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """A ControlNet recipe: with `kind` set, `diffuse train` trains only a ControlNet
+    (`nets.controlnet`) next to the frozen base model of `train.init`, on control maps computed
+    from each training image (`codecs.controls`), and writes a ControlNet folder."""
+
+    kind: Literal["", "edges", "layout"] = ""  # "": an ordinary diffusion recipe
+    hint_channels: int = 16  # width of the ControlNet's hint encoder
+    storage: Literal["float32", "float16"] = "float32"  # dtype of the exported weights
+
+    def __post_init__(self) -> None:
+        _require(self.hint_channels >= 1, "control.hint_channels", self.hint_channels, ">= 1")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A whole training recipe."""
 
@@ -447,6 +502,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
 
 @dataclass(frozen=True)

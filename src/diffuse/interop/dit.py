@@ -278,6 +278,7 @@ def dit_config_to_diffusers(cfg: DiTConfig) -> dict[str, Any]:
         "sin-cos positions": cfg.pos_embed == "sincos",
         "no qk_norm": not cfg.qk_norm,
         "adaLN-Zero (adaln 'zero')": cfg.adaln == "zero",
+        "images, not video (frames 0)": not cfg.frames,
         "positions at integer grid points (pos_scale 1)": cfg.pos_scale == 1.0,
         "mlp_ratio 4": cfg.mlp_ratio == 4.0,
         "the original DiT noise embedding (freq_dim 256, freq_shift 1, noise_scale 1, "

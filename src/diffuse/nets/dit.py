@@ -39,11 +39,15 @@ from diffuse.nets.layers import (
     SelfAttention,
     modulate,
     patchify,
+    patchify_3d,
     rope_2d,
+    sincos_1d,
     sincos_2d,
     unpatchify,
+    unpatchify_3d,
     zero_,
 )
+from diffuse.nets.temporal import check_clip
 
 __all__ = ["PRESETS", "DiT", "DiTConfig", "DiTControl", "dit_preset"]
 
@@ -86,6 +90,13 @@ class DiTConfig:
         context_mlp: project text tokens to hidden_size by a two-layer tanh-GELU MLP first
             (PixArt-alpha's caption projection); the cross-attentions then read width D.
         pos_scale: multiplies the sin-cos grid positions (PixArt's 1 / interpolation_scale).
+        frames: > 0 makes a video DiT taking clips (B, C, T, H, W) of up to this many frames,
+            cut into temporal_patch x patch_size x patch_size space-time patches with
+            sine-cosine positions in time added to those in space (needs pos_embed "sincos").
+        temporal_patch: frames per space-time patch.
+        video_attention: "joint" (every token attends to every token of the clip) or
+            "factorised" (each block attends within a frame, then a temporal attention layer,
+            zero-initialised, attends along each patch position's frames).
     """
 
     in_channels: int = 4
@@ -113,8 +124,28 @@ class DiTConfig:
     cross_norm: bool = True
     context_mlp: bool = False
     pos_scale: float = 1.0
+    frames: int = 0
+    temporal_patch: int = 1
+    video_attention: Literal["joint", "factorised"] = "joint"
 
     def __post_init__(self) -> None:
+        if self.frames < 0 or self.temporal_patch < 1:
+            raise ValueError(
+                f"DiTConfig needs frames >= 0 and temporal_patch >= 1, got frames={self.frames}, "
+                f"temporal_patch={self.temporal_patch}"
+            )
+        if self.frames and self.frames % self.temporal_patch:
+            raise ValueError(
+                f"DiTConfig.temporal_patch={self.temporal_patch} does not divide "
+                f"frames={self.frames}"
+            )
+        if self.video_attention not in ("joint", "factorised"):
+            raise ValueError(
+                "DiTConfig.video_attention must be 'joint' or 'factorised', got "
+                f"{self.video_attention!r}"
+            )
+        if self.frames and self.pos_embed != "sincos":
+            raise ValueError("a video DiT (frames > 0) needs pos_embed = 'sincos'")
         for name in ("in_channels", "out_channels", "image_size", "patch_size", "hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DiTConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -333,6 +364,29 @@ class JointBlock(nn.Module):
         return x, context
 
 
+class TemporalAttention(nn.Module):
+    """Pre-norm self-attention along the frames of each patch position (factorised video
+    attention), with sine-cosine frame positions and a zero-initialised output projection.
+
+    Args:
+        cfg: the DiT config.
+    """
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=_LN_EPS)
+        self.attn = SelfAttention(cfg.hidden_size, cfg.num_heads, qk_norm=cfg.qk_norm)
+
+    def forward(self, x: Tensor, t: int) -> Tensor:
+        """Args: x (B * t, N, D) tokens of every frame, t frames. Returns the same shape."""
+        BT, N, D = x.shape
+        B = BT // t
+        seq = x.reshape(B, t, N, D).transpose(1, 2).reshape(B * N, t, D)  # (B*N, t, D)
+        pos = sincos_1d(t, D, device=x.device).to(x.dtype)
+        seq = seq + self.attn(self.norm(seq) + pos)
+        return seq.reshape(B, N, t, D).transpose(1, 2).reshape(BT, N, D)
+
+
 class FinalLayer(nn.Module):
     """adaLN-modulated LayerNorm and a linear map from tokens to patches.
 
@@ -371,7 +425,8 @@ class DiT(nn.Module):
         super().__init__()
         self.config = cfg = config
         D, p = cfg.hidden_size, cfg.patch_size
-        self.patch_embed = Linear((cfg.in_channels + cfg.extra_in_channels) * p * p, D)
+        pt = cfg.temporal_patch if cfg.frames else 1
+        self.patch_embed = Linear((cfg.in_channels + cfg.extra_in_channels) * pt * p * p, D)
         self.time_embed = NoiseEmbedding(
             cfg.freq_dim,
             D,
@@ -401,7 +456,11 @@ class DiT(nn.Module):
             )
         else:
             self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
-        self.final = FinalLayer(D, p * p * cfg.out_channels, single=single)
+        self.final = FinalLayer(D, pt * p * p * cfg.out_channels, single=single)
+        factorised = cfg.frames and cfg.video_attention == "factorised"
+        self.temporal = (
+            nn.ModuleList(TemporalAttention(cfg) for _ in range(cfg.depth)) if factorised else None
+        )
         g = cfg.image_size // p
         if cfg.pos_embed == "sincos":
             pos = sincos_2d(g, g, D, scale=cfg.pos_scale)[None]  # (1, N, D)
@@ -422,7 +481,9 @@ class DiT(nn.Module):
           adaLN-single the shared map is zero and the tables normal(0, 1 / sqrt(D)), as
           PixArt-alpha, and the caption MLP normal(0, 0.02);
         - the final linear map: zero, so the untrained network outputs 0;
-        - cross-attention output projections: zero, keeping the blocks identities with text too.
+        - cross-attention output projections: zero, keeping the blocks identities with text too;
+        - temporal attention output projections (factorised video DiT): zero, so each frame
+          starts independent of the others.
         """
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -456,6 +517,8 @@ class DiT(nn.Module):
         else:
             nn.init.normal_(self.final.table, std=D**-0.5)
         zero_(self.final.linear)
+        for layer in self.temporal or ():
+            zero_(layer.attn.proj)
 
     def _positions(
         self, h: int, w: int, x: Tensor
@@ -518,7 +581,9 @@ class DiT(nn.Module):
         """Run the network.
 
         Args:
-            x: (B, in_channels + extra_in_channels, H, W), H and W divisible by patch_size.
+            x: (B, in_channels + extra_in_channels, H, W), H and W divisible by patch_size; a
+                video DiT (frames > 0) takes clips (B, C, T, H, W), T <= frames and divisible
+                by temporal_patch, and returns (B, out_channels, T, H, W).
             c_noise: (B,) noise-level code.
             class_labels: (B,) long in [0, num_classes]; None means the null class.
             context: (B, L, context_dim) text token embeddings.
@@ -528,15 +593,71 @@ class DiT(nn.Module):
         Returns:
             (B, out_channels, H, W).
         """
-        self._check(x, c_noise, class_labels, context, context_mask, pooled, control)
         cfg = self.config
+        if cfg.frames:
+            return self._video(x, c_noise, class_labels, context, context_mask, pooled, control)
+        self._check(x, c_noise, class_labels, context, context_mask, pooled, control)
         p = cfg.patch_size
         h, w = x.shape[2] // p, x.shape[3] // p
         tokens = self.patch_embed(patchify(x, p))  # (B, N, D), N = h * w
         pos, rope = self._positions(h, w, tokens)
         if pos is not None:
             tokens = tokens + pos
+        patches = self._blocks(
+            tokens, c_noise, class_labels, context, context_mask, pooled, control, rope=rope
+        )
+        return unpatchify(patches, p, h, w)  # (B, out_channels, H, W)
 
+    def _video(
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        class_labels: Tensor | None,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+        pooled: Tensor | None,
+        control: DiTControl | None,
+    ) -> Tensor:
+        """`forward` of a video DiT: x (B, C, T, H, W) -> (B, out_channels, T, H, W)."""
+        cfg = self.config
+        frames = check_clip("video DiT", x, cfg.in_channels + cfg.extra_in_channels, cfg.frames)
+        if control is not None:
+            raise ValueError("ControlNet residuals are not supported by video DiTs")
+        pt, p = cfg.temporal_patch, cfg.patch_size
+        if frames % pt:
+            raise ValueError(f"video DiT temporal_patch={pt} does not divide T={frames}")
+        self._check(x[:, :, 0], c_noise, class_labels, context, context_mask, pooled, None)
+        t, h, w = frames // pt, x.shape[3] // p, x.shape[4] // p
+        tokens = self.patch_embed(patchify_3d(x, pt, p))  # (B, t*h*w, D)
+        B, D = tokens.shape[0], cfg.hidden_size
+        space = sincos_2d(h, w, D, device=x.device)  # (h*w, D)
+        time = sincos_1d(t, D, device=x.device)  # (t, D)
+        pos = (time[:, None] + space[None]).reshape(1, t * h * w, D)
+        tokens = tokens + pos.to(tokens.dtype)
+        cond = (c_noise, class_labels, context, context_mask, pooled)
+        if self.temporal is not None:  # factorised: frames folded into the batch
+            tokens = tokens.reshape(B * t, h * w, D)
+            cond = tuple(None if v is None else v.repeat_interleave(t, dim=0) for v in cond)
+        tokens = self._blocks(tokens, *cond, None, frames=t)
+        tokens = tokens.reshape(B, t * h * w, -1)
+        return unpatchify_3d(tokens, pt, p, t, h, w)  # (B, out_channels, T, H, W)
+
+    def _blocks(
+        self,
+        tokens: Tensor,
+        c_noise: Tensor,
+        class_labels: Tensor | None,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+        pooled: Tensor | None,
+        control: DiTControl | None,
+        *,
+        frames: int = 1,
+        rope: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """The conditioning vector, the transformer blocks (each followed by temporal
+        attention in a factorised video DiT) and the final layer: (B, N, D) -> patches."""
+        cfg = self.config
         c = self.time_embed(c_noise)  # (B, D)
         if self.class_embed is not None:
             if class_labels is None:
@@ -557,10 +678,14 @@ class DiT(nn.Module):
                 tokens, ctx = block(tokens, c, ctx, context_mask, rope)
                 if i < n_control:
                     tokens = tokens + control.blocks[i]
+                if self.temporal is not None:
+                    tokens = self.temporal[i](tokens, frames)
         else:
             for i, block in enumerate(self.blocks):
                 tokens = block(tokens, c, context, context_mask, rope)
                 if i < n_control:
                     tokens = tokens + control.blocks[i]
+                if self.temporal is not None:
+                    tokens = self.temporal[i](tokens, frames)
         final_c = embedding if self.ada_single is not None else c
-        return unpatchify(self.final(tokens, final_c), p, h, w)  # (B, out_channels, H, W)
+        return self.final(tokens, final_c)  # (B, N, patch_dim)

@@ -22,8 +22,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffuse.nets import build_network
 from diffuse.nets.layers import reference_kernels
+from diffuse.nets.unet import UNetConfig
 
-__all__ = ["NetworkInfo", "count_flops", "example_inputs", "network_info"]
+__all__ = [
+    "NetworkInfo",
+    "clip_frames",
+    "count_flops",
+    "example_inputs",
+    "network_info",
+    "video_form",
+]
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class NetworkInfo:
         params: number of parameters.
         gflops: GFLOPs of one forward pass for one sample.
         batch, channels, size: the input the numbers refer to.
+        frames: frames per clip of a video network (0: an image network).
         activation_bytes: tensors saved for the backward pass of a training forward of `batch`
             samples in fp32 (the dominant term of training memory).
         weight_bytes: fp32 weights.
@@ -50,6 +59,7 @@ class NetworkInfo:
     activation_bytes: int
     weight_bytes: int
     train_state_bytes: int
+    frames: int = 0
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -66,11 +76,14 @@ def example_inputs(
         net: a UNet or DiT.
         batch: batch size.
     Returns:
-        x (batch, C, image_size, image_size), c_noise (batch,), cond dict.
+        x (batch, C, image_size, image_size), c_noise (batch,), cond dict; a video network
+        gets clips x (batch, C, frames, image_size, image_size) of its longest length.
     """
     cfg = net.config
     c = cfg.in_channels + cfg.extra_in_channels
-    x = torch.randn(batch, c, cfg.image_size, cfg.image_size, device=device)
+    frames = clip_frames(cfg)
+    clip = (frames,) if frames else ()
+    x = torch.randn(batch, c, *clip, cfg.image_size, cfg.image_size, device=device)
     c_noise = torch.rand(batch, device=device) * 1000
     cond: dict[str, Tensor] = {}
     if cfg.num_classes:
@@ -81,6 +94,27 @@ def example_inputs(
     if cfg.pooled_dim:
         cond["pooled"] = torch.randn(batch, cfg.pooled_dim, device=device)
     return x, c_noise, cond
+
+
+def clip_frames(config: object) -> int:
+    """Frames of the longest clip a video network takes (0 for an image network)."""
+    if getattr(config, "temporal", False):
+        return config.max_frames
+    return getattr(config, "frames", 0)
+
+
+def video_form(config: object, frames: int) -> object:
+    """The video network of an image network config: a U-Net inflated with temporal layers,
+    a DiT with space-time patches, taking clips of up to `frames` frames.
+
+    Raises:
+        ValueError: frames < 1.
+    """
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if isinstance(config, UNetConfig):
+        return dataclasses.replace(config, temporal=True, max_frames=frames)
+    return dataclasses.replace(config, frames=frames)
 
 
 def count_flops(net: nn.Module, x: Tensor, c_noise: Tensor, **cond: Tensor) -> int:
@@ -149,6 +183,7 @@ def network_info(
     channels: int | None = None,
     batch: int = 64,
     name: str | None = None,
+    frames: int = 0,
 ) -> NetworkInfo:
     """Parameters, FLOPs and memory of a network config at an input size.
 
@@ -158,6 +193,8 @@ def network_info(
         channels: input/output channels (default: the config's).
         batch: batch size for the memory estimate.
         name: label for the report.
+        frames: > 0: the numbers of the video form of the network (`video_form`) on clips of
+            this many frames (FLOPs per clip).
     Returns:
         A NetworkInfo.
     Raises:
@@ -172,6 +209,8 @@ def network_info(
     if channels is not None:
         changes["in_channels"] = changes["out_channels"] = channels
     config = dataclasses.replace(config, **changes)
+    if frames:
+        config = video_form(config, frames)
     with torch.device("meta"):
         net = build_network(config)
         params = sum(p.numel() for p in net.parameters())
@@ -189,4 +228,5 @@ def network_info(
         activation_bytes=act,
         weight_bytes=4 * params,
         train_state_bytes=16 * params,
+        frames=clip_frames(config),
     )

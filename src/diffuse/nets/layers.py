@@ -35,12 +35,15 @@ __all__ = [
     "linear",
     "modulate",
     "patchify",
+    "patchify_3d",
     "reference_kernels",
     "rope_2d",
     "silu",
+    "sincos_1d",
     "sincos_2d",
     "sinusoidal_embedding",
     "unpatchify",
+    "unpatchify_3d",
     "use_reference_kernels",
     "zero_",
 ]
@@ -339,6 +342,17 @@ def _sincos_1d(pos: Tensor, dim: int) -> Tensor:
     )
     out = pos.double()[:, None] * omega[None]  # (N, dim/2)
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos_1d(n: int, dim: int, *, device: torch.device | str | None = None) -> Tensor:
+    """Fixed 1-D sine-cosine positions 0..n-1 (Vaswani et al. 2017, sec. 3.5), e.g. frame indices.
+
+    Returns:
+        (n, dim) float32.
+    """
+    if dim % 2:
+        raise ValueError(f"1-D sin-cos positions need an even width, got {dim}")
+    return _sincos_1d(torch.arange(n, device=device), dim).float()
 
 
 def sincos_2d(
@@ -642,6 +656,34 @@ def unpatchify(tokens: Tensor, p: int, h: int, w: int) -> Tensor:
     C = D // (p * p)
     x = tokens.reshape(B, h, w, C, p, p)  # (B, h, w, C, p, p)
     return x.permute(0, 3, 1, 4, 2, 5).reshape(B, C, h * p, w * p)
+
+
+def patchify_3d(x: Tensor, pt: int, p: int) -> Tensor:
+    """Cut a clip into non-overlapping pt x p x p space-time patches, frame-major.
+
+    Args:
+        x: (B, C, T, H, W) with T divisible by pt and H, W by p.
+        pt, p: temporal and spatial patch size.
+    Returns:
+        (B, T/pt * H/p * W/p, C * pt * p * p), each patch flattened in (C, pt, p, p) order.
+    """
+    B, C, T, H, W = x.shape
+    if T % pt or H % p or W % p:
+        raise ValueError(
+            f"patch size {pt}x{p}x{p} does not divide the clip size {T}x{H}x{W} (frames x H x W)"
+        )
+    x = x.reshape(B, C, T // pt, pt, H // p, p, W // p, p)  # (B, C, t, pt, h, p, w, p)
+    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, t, h, w, C, pt, p, p)
+    return x.reshape(B, (T // pt) * (H // p) * (W // p), C * pt * p * p)
+
+
+def unpatchify_3d(tokens: Tensor, pt: int, p: int, t: int, h: int, w: int) -> Tensor:
+    """Inverse of `patchify_3d`: (B, t * h * w, C * pt * p * p) -> (B, C, t pt, h p, w p)."""
+    B, N, D = tokens.shape
+    C = D // (pt * p * p)
+    x = tokens.reshape(B, t, h, w, C, pt, p, p)
+    x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, C, t, pt, h, p, w, p)
+    return x.reshape(B, C, t * pt, h * p, w * p)
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,6 +42,13 @@ from diffuse.nets.layers import (
     zero_,
 )
 from diffuse.nets.spatial_transformer import SpatialTransformer
+from diffuse.nets.temporal import (
+    FrameEmbedding,
+    TemporalBlock,
+    check_clip,
+    fold_frames,
+    unfold_frames,
+)
 from diffuse.nets.winograd import Conv3x3
 
 __all__ = ["PRESETS", "UNet", "UNetConfig", "UNetControl", "unet_preset"]
@@ -82,6 +89,15 @@ class UNetConfig:
         transformer_depth: > 0 makes every attention block Stable Diffusion's spatial
             transformer with this many transformer blocks (`nets.spatial_transformer`; needs
             context_dim); 0 keeps the DDPM/ADM attention block.
+        temporal: a video network: the input is a clip batch (B, C, T, H, W), every spatial
+            stage is followed by a temporal block (`nets.temporal.TemporalBlock`) and frame
+            index / frame rate embeddings are added; all start at zero, so the network is its
+            image network applied frame by frame until trained.
+        max_frames: the longest clip a temporal network takes.
+        temporal_kernel: window of the temporal convolutions.
+        first_frame: image-to-video: the network also reads a clean first-frame latent and a
+            frame mask (in_channels + 1 more input channels, zero-initialised) through its
+            `first_frame` argument; without it the mask is all zero (text-to-video).
     """
 
     in_channels: int = 3
@@ -107,6 +123,10 @@ class UNetConfig:
     freq_shift: float = 0.0
     sin_first: bool = False
     transformer_depth: int = 0
+    temporal: bool = False
+    max_frames: int = 16
+    temporal_kernel: int = 3
+    first_frame: bool = False
 
     def __post_init__(self) -> None:
         # TOML and JSON give lists; keep the dataclass hashable and comparable.
@@ -157,6 +177,20 @@ class UNetConfig:
                 )
         for c in sorted(set(self.attention_channels())):
             self.heads_for(c)  # raises on a mismatch
+        if self.temporal:
+            if self.max_frames < 1:
+                raise ValueError(f"UNetConfig.max_frames must be >= 1, got {self.max_frames}")
+            if self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
+                raise ValueError(
+                    f"UNetConfig.temporal_kernel must be odd and >= 1, got {self.temporal_kernel}"
+                )
+        if self.first_frame and not self.temporal:
+            raise ValueError("UNetConfig.first_frame needs temporal = true (a video network)")
+
+    @property
+    def first_frame_channels(self) -> int:
+        """Input channels of the first-frame condition: its latent and the frame mask."""
+        return self.in_channels + 1 if self.first_frame else 0
 
     @property
     def levels(self) -> int:
@@ -178,6 +212,15 @@ class UNetConfig:
                 f"{channels}"
             )
         return self.num_heads
+
+    def temporal_heads(self, channels: int) -> int:
+        """Heads of a temporal attention of `channels` width: as `heads_for` where the head
+        size divides it (the temporal blocks sit also at levels without spatial attention),
+        else one head."""
+        try:
+            return self.heads_for(channels)
+        except ValueError:
+            return 1
 
     def attention_channels(self) -> list[int]:
         """Widths of all attention blocks."""
@@ -402,17 +445,31 @@ class Upsample(nn.Module):
 
 
 class _Stage(nn.Module):
-    """A residual block with an optional attention block after it."""
+    """A residual block with an optional attention block after it, and in a video network a
+    temporal block after those (frames folded into the batch, `nets.temporal`)."""
 
-    def __init__(self, res: ResBlock, attn: AttentionBlock | SpatialTransformer | None) -> None:
+    def __init__(
+        self,
+        res: ResBlock,
+        attn: AttentionBlock | SpatialTransformer | None,
+        temporal: TemporalBlock | None = None,
+    ) -> None:
         super().__init__()
         self.res, self.attn = res, attn
+        self.temporal = temporal  # None in image networks: their state dicts keep their keys
 
     def forward(
-        self, x: Tensor, emb: Tensor, context: Tensor | None, mask: Tensor | None
+        self,
+        x: Tensor,
+        emb: Tensor,
+        context: Tensor | None,
+        mask: Tensor | None,
+        frames: int = 1,
     ) -> Tensor:
         x = self.res(x, emb)
-        return x if self.attn is None else self.attn(x, context, mask)
+        if self.attn is not None:
+            x = self.attn(x, context, mask)
+        return x if self.temporal is None else self.temporal(x, frames, emb)
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,10 +485,17 @@ class EncoderPass:
     unet_config: UNetConfig
 
     def embedding(
-        self, c_noise: Tensor, class_labels: Tensor | None, pooled: Tensor | None
+        self,
+        c_noise: Tensor,
+        class_labels: Tensor | None,
+        pooled: Tensor | None,
+        extra: Tensor | None = None,
     ) -> Tensor:
-        """The per-sample embedding every block reads, SiLU already applied."""
+        """The per-sample embedding every block reads, SiLU already applied (`extra`, e.g.
+        the frame embedding of a video network, is added before it)."""
         emb = self.time_embed(c_noise)  # (B, 4 base)
+        if extra is not None:
+            emb = emb + extra
         if self.class_embed is not None:
             if class_labels is None:
                 null = self.unet_config.num_classes
@@ -442,13 +506,19 @@ class EncoderPass:
         return F.silu(emb)  # every block applies SiLU first; do it once here
 
     def encoder(
-        self, h: Tensor, emb: Tensor, context: Tensor | None, context_mask: Tensor | None
+        self,
+        h: Tensor,
+        emb: Tensor,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+        frames: int = 1,
     ) -> tuple[Tensor, list[Tensor]]:
-        """The down path from the first feature map `h`: (its output, the skip features)."""
+        """The down path from the first feature map `h`: (its output, the skip features).
+        `frames`: clip length when frames are folded into the batch (video networks)."""
         skips = [h]
         per_level = self.unet_config.num_res_blocks
         for i, stage in enumerate(self.down):
-            h = stage(h, emb, context, context_mask)
+            h = stage(h, emb, context, context_mask, frames)
             skips.append(h)
             if i % per_level == per_level - 1 and i // per_level < len(self.downsample):
                 h = self.downsample[i // per_level](h)
@@ -456,12 +526,20 @@ class EncoderPass:
         return h, skips
 
     def middle(
-        self, h: Tensor, emb: Tensor, context: Tensor | None, context_mask: Tensor | None
+        self,
+        h: Tensor,
+        emb: Tensor,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+        frames: int = 1,
     ) -> Tensor:
-        """The bottleneck: residual block, optional attention, residual block."""
+        """The bottleneck: residual block, optional attention, (temporal block,) residual
+        block."""
         h = self.mid1(h, emb)
         if self.mid_attn is not None:
             h = self.mid_attn(h, context, context_mask)
+        if getattr(self, "mid_temporal", None) is not None:
+            h = self.mid_temporal(h, frames, emb)
         return self.mid2(h, emb)
 
 
@@ -495,7 +573,9 @@ class UNet(EncoderPass, nn.Module):
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.pooled_embed = Linear(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
 
-        self.conv_in = Conv3x3(cfg.in_channels + cfg.extra_in_channels, base)
+        self.conv_in = Conv3x3(
+            cfg.in_channels + cfg.extra_in_channels + cfg.first_frame_channels, base
+        )
         skips = cfg.skip_channels()
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -509,6 +589,9 @@ class UNet(EncoderPass, nn.Module):
                 self.downsample.append(Downsample(ch))
         self.mid1 = ResBlock(ch, ch, emb_dim, cfg)
         self.mid_attn = self._attention(ch) if cfg.mid_attention else None
+        if cfg.temporal:  # video networks only: image state dicts keep their keys
+            self.mid_temporal = self._temporal(ch)
+            self.frame_embed = FrameEmbedding(base, emb_dim)
         self.mid2 = ResBlock(ch, ch, emb_dim, cfg)
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
@@ -532,9 +615,17 @@ class UNet(EncoderPass, nn.Module):
             )
         return AttentionBlock(channels, heads, cfg)
 
+    def _temporal(self, channels: int) -> TemporalBlock | None:
+        cfg = self.config
+        if not cfg.temporal:
+            return None
+        emb_dim = 4 * cfg.base_channels
+        return TemporalBlock(channels, cfg.temporal_heads(channels), cfg.temporal_kernel, emb_dim)
+
     def _stage(self, cin: int, cout: int, level: int, emb_dim: int) -> _Stage:
         attn = self._attention(cout) if level in self.config.attention_levels else None
-        return _Stage(ResBlock(cin, cout, emb_dim, self.config), attn)
+        res = ResBlock(cin, cout, emb_dim, self.config)
+        return _Stage(res, attn, self._temporal(cout))
 
     def initialize_weights(self) -> None:
         """All initialisation decisions, in one place (DDPM's choices, kept by ADM):
@@ -545,6 +636,10 @@ class UNet(EncoderPass, nn.Module):
           attention (self and cross) and of every spatial transformer, and the output
           convolution are zero, so each residual
           branch starts as the identity's zero update and the untrained network outputs 0;
+        - video networks: the temporal convolutions, the temporal attention output
+          projections, the frame index / rate maps and the first-frame input channels are
+          zero, so a network inflated from an image network (`nets.inflate`) is exactly that
+          network applied frame by frame;
         - noise-level MLP and class embedding: normal(0, 0.02) (DiT), keeping the conditioning
           near zero at first; GroupNorm/LayerNorm: weight 1, bias 0 (PyTorch's defaults).
         """
@@ -564,7 +659,14 @@ class UNet(EncoderPass, nn.Module):
                 zero_(m.proj)
             elif isinstance(m, SpatialTransformer):
                 zero_(m.proj_out)
+            elif isinstance(m, TemporalBlock):
+                zero_(m.conv)
+            elif isinstance(m, FrameEmbedding):
+                zero_(m)
         zero_(self.conv_out)
+        if self.config.first_frame:
+            with torch.no_grad():
+                self.conv_in.weight[:, -self.config.first_frame_channels :].zero_()
 
     def _check(
         self,
@@ -603,35 +705,113 @@ class UNet(EncoderPass, nn.Module):
         context_mask: Tensor | None = None,
         pooled: Tensor | None = None,
         control: UNetControl | None = None,
+        fps: Tensor | None = None,
+        first_frame: Tensor | None = None,
+        first_frame_mask: Tensor | None = None,
     ) -> Tensor:
         """Run the network.
 
         Args:
-            x: (B, in_channels + extra_in_channels, H, W).
+            x: (B, in_channels + extra_in_channels, H, W); a video network takes a clip batch
+                (B, in_channels + extra_in_channels, T, H, W) with 1 <= T <= max_frames.
             c_noise: (B,) noise-level code (e.g. 1000 t, a DDPM index or ln(sigma)/4).
             class_labels: (B,) long in [0, num_classes]; None means the null class.
             context: (B, L, context_dim) text token embeddings.
             context_mask: (B, L) bool, True for tokens to attend to.
             pooled: (B, pooled_dim) pooled text embedding.
             control: ControlNet residuals.
+            fps: (B,) frames per second of the clips (video networks; None: not given).
+            first_frame: (B, in_channels, H, W) clean latent of each clip's first frame
+                (networks with `first_frame`; None: no image given, text-to-video).
+            first_frame_mask: (B,) bool, False for clips given no first frame (training with
+                the condition dropped); None: all given.
         Returns:
-            (B, out_channels, H, W), channels_last memory when `self.channels_last`.
+            (B, out_channels, H, W), channels_last memory when `self.channels_last`; a video
+            network returns (B, out_channels, T, H, W).
         """
-        self._check(x, c_noise, class_labels, context, context_mask, pooled, control)
         cfg = self.config
-        emb = self.embedding(c_noise, class_labels, pooled)
+        if not cfg.temporal:
+            if fps is not None or first_frame is not None:
+                raise ValueError("fps and first_frame are inputs of video U-Nets (temporal)")
+            self._check(x, c_noise, class_labels, context, context_mask, pooled, control)
+            return self._run(x, c_noise, class_labels, context, context_mask, pooled, control)
+        frames = check_clip(
+            "video U-Net", x, cfg.in_channels + cfg.extra_in_channels, cfg.max_frames
+        )
+        B = x.shape[0]
+        if control is not None:
+            raise ValueError("ControlNet residuals are not supported by video U-Nets")
+        if fps is not None and fps.shape != (B,):
+            raise ValueError(f"fps must have shape ({B},), got {tuple(fps.shape)}")
+        per_frame = [_frames(t, frames) for t in (c_noise, class_labels, context, context_mask)]
+        pooled_f = _frames(pooled, frames)
+        x = fold_frames(x)  # (B*T, C, H, W)
+        self._check(x, *per_frame, pooled_f, None)
+        if cfg.first_frame:
+            cond = self._first_frame_channels(first_frame, first_frame_mask, x, frames)
+            x = torch.cat([x, cond], dim=1)
+        elif first_frame is not None:
+            raise ValueError("first_frame given to a video U-Net without first_frame = true")
+        extra = self.frame_embed(B, frames, fps, x.device)
+        out = self._run(x, *per_frame, pooled_f, None, frames=frames, extra=extra)
+        return unfold_frames(out, frames)  # (B, out_channels, T, H, W)
+
+    def _first_frame_channels(
+        self, first_frame: Tensor | None, mask: Tensor | None, x: Tensor, frames: int
+    ) -> Tensor:
+        """The first-frame condition as input channels: (B*T, in_channels + 1, H, W) holding
+        the latent and a mask of 1 on each clip's frame 0, zero elsewhere and without an image."""
+        cfg = self.config
+        BT, _, H, W = x.shape
+        out = x.new_zeros(BT // frames, frames, cfg.in_channels + 1, H, W)
+        if first_frame is not None:
+            want = (BT // frames, cfg.in_channels, H, W)
+            if tuple(first_frame.shape) != want:
+                raise ValueError(
+                    f"first_frame must have shape {want}, got {tuple(first_frame.shape)}"
+                )
+            keep = torch.ones(want[0], device=x.device) if mask is None else mask.to(x.dtype)
+            if keep.shape != (want[0],):
+                raise ValueError(
+                    f"first_frame_mask must have shape ({want[0]},), got {tuple(keep.shape)}"
+                )
+            out[:, 0, :-1] = first_frame.to(x.dtype) * keep[:, None, None, None]
+            out[:, 0, -1] = keep[:, None, None]
+        return out.reshape(BT, cfg.in_channels + 1, H, W)
+
+    def _run(
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        class_labels: Tensor | None,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+        pooled: Tensor | None,
+        control: UNetControl | None,
+        *,
+        frames: int = 1,
+        extra: Tensor | None = None,
+    ) -> Tensor:
+        """The network body on a batch of images (frames folded into the batch)."""
+        cfg = self.config
+        emb = self.embedding(c_noise, class_labels, pooled, extra)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        h, skips = self.encoder(self.conv_in(x), emb, context, context_mask)
+        h, skips = self.encoder(self.conv_in(x), emb, context, context_mask, frames)
         if control is not None:
             skips = [s + r for s, r in zip(skips, control.skips)]
-        h = self.middle(h, emb, context, context_mask)
+        h = self.middle(h, emb, context, context_mask, frames)
         if control is not None and control.mid is not None:
             h = h + control.mid
 
         per_level = cfg.num_res_blocks + 1
         for i, stage in enumerate(self.up):
-            h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+            h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask, frames)
             if i % per_level == per_level - 1 and i // per_level < len(self.upsample):
                 h = self.upsample[i // per_level](h)
         return self.conv_out(silu(self.norm_out(h)))
+
+
+def _frames(t: Tensor | None, frames: int) -> Tensor | None:
+    """A per-clip input repeated for each of its frames: (B, ...) -> (B * T, ...)."""
+    return None if t is None else t.repeat_interleave(frames, dim=0)

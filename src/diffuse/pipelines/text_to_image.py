@@ -25,6 +25,7 @@ from torch import Tensor
 
 from diffuse.codecs.base import PromptEncoder
 from diffuse.codecs.text_encoder import TextEncoder
+from diffuse.denoiser import EXTRA_INPUTS, inpainting_inputs
 from diffuse.fitted_solvers import FITTED, FittedSolver, choose_solver, read_solvers
 from diffuse.guidance import CondDenoiseFn
 from diffuse.io import file_sha256
@@ -243,6 +244,11 @@ class TextToImagePipeline(ImageEditing):
                 raise ValueError(f"{len(texts)} {name} for {len(params.seeds)} seeds")
         prompt_cond = self.conditioning(list(prompts or [params.prompt]))
         uncond = self.conditioning(list(negative_prompts or [params.negative_prompt]))
+        if self.model.info.inpainting and EXTRA_INPUTS not in (extra_cond or {}):
+            # an inpainting model asked for a whole picture: everything is masked
+            c, h, w = self.model.shape
+            whole = inpainting_inputs(torch.zeros(1, c, h, w), torch.ones(1, 1, h, w))
+            extra_cond = (extra_cond or {}) | {EXTRA_INPUTS: whole}
         if extra_cond:
             prompt_cond, uncond = prompt_cond | extra_cond, uncond | extra_cond
         to = self.device

@@ -31,6 +31,7 @@ __all__ = [
     "TRIANGLE_HEIGHT",
     "shape_coverage",
     "render_background",
+    "draw_shape",
     "render_scene",
     "render_scenes",
 ]
@@ -196,12 +197,25 @@ def render_scene(scene: Scene, resolution: int = 32) -> np.ndarray:
     bg = scene.background
     image = render_background(bg.colour_a, bg.colour_b, bg.angle, resolution)
     for obj in scene.objects:
-        alpha, top, left = shape_coverage(obj.shape, obj.cx, obj.cy, obj.extent, resolution)
-        h, w = alpha.shape
-        colour = np.asarray(COLOURS[obj.colour], np.float32)
-        window = image[top : top + h, left : left + w]  # [h, w, 3] view
-        window += alpha[..., None] * (colour - window)  # "over" compositing
+        draw_shape(image, obj.shape, obj.colour, obj.cx, obj.cy, obj.extent)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def draw_shape(
+    canvas: np.ndarray, shape: str, colour: str, cx: float, cy: float, size: float
+) -> None:
+    """Composite one antialiased shape over `canvas` in place ("over", coverage as alpha).
+
+    Args:
+        canvas: [R, R, 3] float32 in [0, 255] (a square image of side R).
+        shape, colour: a shape name and a key of COLOURS.
+        cx, cy, size: bounding-box centre and larger side, normalised.
+    """
+    alpha, top, left = shape_coverage(shape, cx, cy, size, canvas.shape[0])
+    h, w = alpha.shape
+    rgb = np.asarray(COLOURS[colour], np.float32)
+    window = canvas[top : top + h, left : left + w]  # [h, w, 3] view
+    window += alpha[..., None] * (rgb - window)
 
 
 def render_scenes(scenes: Sequence[Scene], resolution: int = 32) -> np.ndarray:

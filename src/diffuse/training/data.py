@@ -27,9 +27,11 @@ from torch import Tensor
 
 from diffuse.config import DataConfig
 from diffuse.io import file_sha256
+from diffuse.nets.temporal import fold_frames, unfold_frames
 from diffuse.training.counter_rng import mix_seeds
 from diffuse.training.datasets import (
     AnyDataset,
+    ClipsDataset,
     DataError,
     FolderDataset,
     NpzDataset,
@@ -107,6 +109,8 @@ class TrainData:
                 self.array = np.stack([self._prepare(im) for im in images])
         elif isinstance(dataset, ScenesDataset) and not cfg.pad:
             self.array = dataset.render_all()  # cheap and small: no decoding thread needed
+        elif isinstance(dataset, ClipsDataset):
+            self.array = dataset.render_all()  # uint8 [N, T, H, W, 3]
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[tuple[int, ...], Future] = {}
         self.latents: Tensor | None = None  # set by `encode_latents` (latent diffusion)
@@ -114,6 +118,18 @@ class TrainData:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    @property
+    def frames(self) -> int:
+        """Frames per clip (0: images)."""
+        return self.cfg.frames
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Shape of one training item: (C, H, W), or (C, T, H, W) for clips (latents once
+        encoded)."""
+        clip = (self.frames,) if self.frames else ()
+        return (self.channels, *clip, self.image_size, self.image_size)
 
     LATENT_CACHE = "latent-cache.safetensors"
 
@@ -139,6 +155,10 @@ class TrainData:
             for start in range(0, len(self), batch_size):
                 x, _, _ = self.batch(range(start, min(len(self), start + batch_size)))
                 x = x.to(device)
+                if self.frames:  # clips: every frame encoded on its own
+                    z = unfold_frames(codec.encode(fold_frames(x)), self.frames)
+                    parts.append(z.half().cpu().contiguous())
+                    continue
                 parts.append(codec.encode(x).half().cpu().contiguous())
                 if self.cfg.flip:
                     flipped.append(codec.encode(x.flip(-1)).half().cpu().contiguous())
@@ -157,7 +177,7 @@ class TrainData:
     def captions(self) -> list[str | None]:
         """The caption of every item (None where an item has none)."""
         ds = self.dataset
-        if isinstance(ds, ScenesDataset):
+        if isinstance(ds, ScenesDataset | ClipsDataset):
             return list(ds.captions())
         if isinstance(ds, FolderDataset):
             return [ds.captions.get(path) for path in ds.files]
@@ -174,6 +194,10 @@ class TrainData:
         images = np.stack([self._prepare(e.image) for e in items])
         labels = np.array([e.label for e in items], dtype=np.int64)
         return images, labels, [e.caption for e in items]
+
+    def pixels(self, indices: Sequence[int]) -> np.ndarray:
+        """The prepared uint8 images [B, H, W, C] of `indices` (pixels, also for latent runs)."""
+        return self._load(indices)[0]
 
     def prefetch(self, indices: Sequence[int]) -> None:
         """Start decoding `indices` in a background thread (no-op for array data)."""
@@ -194,7 +218,8 @@ class TrainData:
             indices: dataset indices [B].
             flips: bool [B]; True mirrors that image horizontally.
         Returns:
-            x float32 [B, C, H, W] in [-1, 1], labels int64 [B] (-1: none), captions.
+            x float32 [B, C, H, W] (clips: [B, C, T, H, W]) in [-1, 1], labels int64 [B]
+            (-1: none), captions.
         """
         if self.latents is not None:  # latent space: encoded once
             idx = torch.as_tensor(list(indices), dtype=torch.long)
@@ -207,7 +232,9 @@ class TrainData:
         future = self._pending.pop(key, None)
         images, labels, captions = future.result() if future else self._load(key)
         self._pending.clear()  # a stale prefetch (after a resume) is simply dropped
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # [B, C, H, W]
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        # [B, H, W, C] -> [B, C, H, W]; clips [B, T, H, W, C] -> [B, C, T, H, W]
+        x = x.permute(0, 4, 1, 2, 3) if x.ndim == 5 else x.permute(0, 3, 1, 2)
         x = x.float() / 127.5 - 1.0
         if flips is not None and bool(flips.any()):
             x = torch.where(flips.reshape(-1, 1, 1, 1), x.flip(-1), x)

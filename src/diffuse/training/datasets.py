@@ -25,12 +25,14 @@ from diffuse.data_files import (
     missing_data_message,
     resolve_data_path,
 )
+from diffuse.shapes.clip_dataset import MovingShapesDataset
 from diffuse.shapes.dataset import ShapesDataset
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "AnyDataset",
+    "ClipsDataset",
     "DataError",
     "Example",
     "FolderDataset",
@@ -424,13 +426,50 @@ def _render_scenes(
     return images, [scenes.caption(i) for i in range(start, stop)]
 
 
-AnyDataset = NpzDataset | FolderDataset | ProceduralDataset | ScenesDataset
+class ClipsDataset:
+    """Captioned Moving Shapes clips (`diffuse.shapes.clip_dataset`), training split.
+
+    An item's `image` is the whole clip, uint8 [T, H, W, 3]; the caption names each object's
+    colour, shape and motion. Unlabelled.
+    """
+
+    def __init__(self, size: int, frames: int, resolution: int, seed: int = 0) -> None:
+        self.clips = MovingShapesDataset(size, frames, resolution, split="train", seed=seed)
+        self.num_classes, self.class_names, self.channels = 0, [], 3
+        self.size, self.frames, self.resolution, self.seed = size, frames, resolution, seed
+        self.labels = np.full(size, -1, dtype=np.int64)
+        self._captions: list[str] | None = None
+
+    def render_all(self) -> np.ndarray:
+        """Every clip, uint8 [N, T, H, W, 3]."""
+        return np.stack([self.clips.frames_uint8(i) for i in range(self.size)])
+
+    def captions(self) -> list[str]:
+        """Every clip's caption."""
+        if self._captions is None:
+            self._captions = [self.clips.caption(i) for i in range(self.size)]
+        return self._captions
+
+    def __len__(self) -> int:
+        return self.size
+
+    def fingerprint(self) -> str:
+        """A short hash of the clip stream's parameters."""
+        return content_digest("moving-shapes", self.size, self.frames, self.resolution, self.seed)
+
+    def __getitem__(self, i: int) -> Example:
+        return Example(self.clips.frames_uint8(i), -1, self.clips.caption(i))
+
+
+AnyDataset = NpzDataset | FolderDataset | ProceduralDataset | ScenesDataset | ClipsDataset
 
 
 def build_dataset(cfg: DataConfig, seed: int = 0) -> AnyDataset:
     """The dataset a recipe's [data] section names (before resizing and flips)."""
     if cfg.source == "scenes":
         return ScenesDataset(cfg.size, cfg.resolution, seed=seed, captions=cfg.captions)
+    if cfg.source == "moving-shapes":
+        return ClipsDataset(cfg.size, cfg.frames, cfg.resolution, seed=seed)
     if cfg.source == "npz":
         return NpzDataset(resolve_data_path(cfg.path), holdout=cfg.holdout, limit=cfg.limit)
     if cfg.source == "folder":

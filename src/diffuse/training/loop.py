@@ -17,6 +17,7 @@ global batch see the same samples, noise and times as one process running the wh
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -31,7 +32,8 @@ from torch import Tensor, nn
 from diffuse.codecs.text_encoder import TextEncoder
 from diffuse.codecs.vae import VAE
 from diffuse.config import SampleConfig, TrainConfig
-from diffuse.denoiser import Denoiser
+from diffuse.controlnet_folder import save_controlnet
+from diffuse.denoiser import EXTRA_INPUTS, Denoiser
 from diffuse.losses import denoising_loss
 from diffuse.processes import NoiseProcess
 from diffuse.training import checkpoint as ckpt
@@ -114,9 +116,10 @@ class SampleDraws:
     """Per-sample random choices of one step (noise on the training device, the rest on the CPU)."""
 
     t: Tensor  # [b] float64 process times
-    noise: Tensor  # [b, C, H, W] float32
+    noise: Tensor  # [b, C, H, W] float32 ([b, C, T, H, W] for clips)
     flip: Tensor  # [b] bool
     drop_label: Tensor  # [b] bool
+    keep_first: Tensor | None = None  # [b] bool: clip shown with its first frame (image-to-video)
 
 
 def draw_per_sample(
@@ -167,7 +170,8 @@ def train(
             network; the result must still be writable by `nets.io.save_network`.
         on_sample: draws a sample grid every `sample.every_steps` steps (None: no grids).
     Returns:
-        a TrainResult; the final EMA model is in `out/model/`.
+        a TrainResult; the final EMA model is in `out/model/` (for a [control] recipe, the
+        EMA ControlNet as a `controlnet_folder`).
     Raises:
         FileExistsError, ConfigError, DataError: bad folder, recipe or data (nothing written).
         NonFiniteError: `optim.max_nonfinite` non-finite steps in a row.
@@ -254,6 +258,8 @@ class _Steps:
         self.drop_p = cfg.model.label_dropout if run.inputs.num_classes else 0.0
         if run.captions is not None:
             self.drop_p = cfg.model.caption_dropout
+        # Video networks that read a first frame (image-to-video).
+        self.first_frame = bool(getattr(run.inputs.net_cfg, "first_frame", False))
 
     def __call__(self, step: int, lr: float, log: bool) -> StepReport:
         """Run 0-based step `step` at learning rate `lr` (fields are filled on every step)."""
@@ -269,10 +275,15 @@ class _Steps:
             run.process, keys, run.image_shape, self.flip_p, self.drop_p, info.device
         )
         x0, labels, _ = data.batch(indices, draws.flip if self.flip_p else None)
+        if data.frames:
+            x0, draws = self._clip_inputs(step, first, x0, draws)
         if step + 1 < cfg.train.steps:
             data.prefetch(order.shard(step + 1, info.rank, info.world_size)[0])
         run.inputs.net.train()
-        loss_local = self._accumulate(indices, x0, labels, draws)
+        extra = None
+        if run.inpaint is not None:  # the mask and masked image of each sample
+            extra = run.inpaint.extra_inputs(indices, mix_seeds(cfg.train.seed, step), first, x0)
+        loss_local = self._accumulate(indices, x0, labels, draws, extra)
 
         max_norm = o.grad_clip if o.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(run.inputs.net.parameters(), max_norm)
@@ -299,8 +310,35 @@ class _Steps:
         }
         return StepReport(loss_value if finite else None, o.batch_size, fields)
 
-    def _accumulate(self, indices: list[int], x0: Tensor, labels: Tensor, draws: Any) -> Tensor:
-        """Forward and backward over the micro-batches; returns this rank's mean loss."""
+    def _clip_inputs(
+        self, step: int, first: int, x0: Tensor, draws: SampleDraws
+    ) -> tuple[Tensor, SampleDraws]:
+        """Clips: whether this step shows single frames (`data.image_fraction`; one frame
+        index per step, so the batch keeps one shape) and, per clip, whether the network is
+        given its first frame (`model.first_frame_dropout`). Drawn from (seed, step) and the
+        sample's position alone, as every other draw."""
+        cfg, run = self.run.cfg, self.run
+        seed = cfg.train.seed
+        if cfg.data.image_fraction:
+            u = stream_uniform(batch_keys(mix_seeds(seed, step, 0x1A6E), 0, 1), 2)[0]
+            if float(u[0]) < cfg.data.image_fraction:
+                k = min(int(float(u[1]) * x0.shape[2]), x0.shape[2] - 1)
+                x0 = x0[:, :, k : k + 1]
+                noise = draws.noise[:, :, k : k + 1]
+                keep = torch.zeros(x0.shape[0], dtype=torch.bool)
+                return x0, dataclasses.replace(draws, noise=noise, keep_first=keep)
+        if self.first_frame:
+            keys = batch_keys(mix_seeds(seed, step, 0xF1F), first, run.per_rank)
+            keep = stream_uniform(keys, 1)[:, 0] >= cfg.model.first_frame_dropout
+            draws = dataclasses.replace(draws, keep_first=keep)
+        return x0, draws
+
+    def _accumulate(
+        self, indices: list[int], x0: Tensor, labels: Tensor, draws: Any, extra: Tensor | None
+    ) -> Tensor:
+        """Forward and backward over the micro-batches; returns this rank's mean loss.
+
+        `extra`: the EXTRA_INPUTS of the batch (an inpainting model), or None."""
         run, cfg, device = self.run, self.run.cfg, self.run.info.device
         loss_local = torch.zeros((), dtype=torch.float64, device=device)
         slices = list(_micro_batches(run.per_rank, cfg.optim.micro_batch))
@@ -312,6 +350,16 @@ class _Steps:
             if run.captions is not None:
                 text = run.captions.batch(indices[sl], draws.drop_label[sl])
                 cond = {**(cond or {}), **{k: v.to(device) for k, v in text.items()}}
+            if run.controls is not None:
+                cond = {**(cond or {}), "control": run.controls.batch(indices[sl]).to(device)}
+            if extra is not None:
+                cond = {**(cond or {}), EXTRA_INPUTS: extra[sl].to(device)}
+            if self.first_frame and draws.keep_first is not None:
+                first_frame = {
+                    "first_frame": x0[sl, :, 0],
+                    "first_frame_mask": draws.keep_first[sl],
+                }
+                cond = {**(cond or {}), **{k: v.to(device) for k, v in first_frame.items()}}
             with run.replica.no_sync(last=i == len(slices) - 1), self.precision:
                 losses = denoising_loss(
                     run.denoiser,
@@ -421,7 +469,16 @@ def _export(run: Run) -> Path | None:
     """Write the EMA network to out/model on rank 0 (gathered first under FSDP)."""
     ema_state = run.replica.full_state(run.ema.module)  # collective under FSDP
     model_dir = None
-    if run.info.is_main:
+    if run.info.is_main and run.controls is not None:  # a ControlNet run: the ControlNet alone
+        model_dir = run.out / "model"
+        save_controlnet(
+            model_dir,
+            run.ema.module.controlnet,
+            run.cfg.train.init,
+            dtype=getattr(torch, run.cfg.control.storage),
+            recipe=run.config_record["recipe"],
+        )
+    elif run.info.is_main:
         model_dir = run.out / "model"
         plain = run.ema.module
         if run.replica.fsdp:  # a fresh unsharded copy to hold the gathered weights

@@ -13,6 +13,7 @@ from diffuse.config import ConfigError, ModelConfig
 
 # Building a process from its config moved to model_folder (pipelines use it too); re-exported.
 from diffuse.model_folder import PROCESSES, build_process, check_options
+from diffuse.nets.inflate import video_parameter
 
 __all__ = ["PROCESSES", "build_network", "build_process", "param_groups", "preset"]
 
@@ -51,6 +52,10 @@ def build_network(
     base = preset(cfg.preset)
     data_fields = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
     names = {f.name for f in dataclasses.fields(base)}
+    if cfg.inpainting:  # the mask and the masked image: 1 + in_channels input channels
+        if "extra_in_channels" not in names:
+            raise ConfigError(f"model.inpainting: {cfg.preset!r} takes no extra input channels")
+        data_fields["extra_in_channels"] = in_channels + 1
     if context_dim:
         if "context_dim" not in names:
             raise ConfigError(f"model.text_encoder: {cfg.preset!r} takes no text conditioning")
@@ -73,6 +78,23 @@ def build_network(
         with torch.no_grad():
             nn.init.normal_(embedding.weight, std=cfg.class_embed_std)
     return net, net_cfg
+
+
+def freeze_image_layers(net: nn.Module, preset: str) -> None:
+    """Train only what a video U-Net adds to its image network (`model.train_layers =
+    "temporal"`): temporal blocks, frame embedding and the input convolution (which reads the
+    first-frame channels); every other parameter is frozen.
+
+    Raises:
+        ConfigError: the network is not a video U-Net.
+    """
+    if not getattr(getattr(net, "config", None), "temporal", False):
+        raise ConfigError(
+            f"model.train_layers = 'temporal' needs a video U-Net ({preset!r} with "
+            "overrides.temporal = true)"
+        )
+    for name, p in net.named_parameters():
+        p.requires_grad_(video_parameter(name) or name.startswith("conv_in."))
 
 
 def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -119,6 +119,8 @@ class Replica:
             set_optimizer_state_dict,
         )
 
-        set_optimizer_state_dict(
-            self.net, optimizer, state, options=StateDictOptions(full_state_dict=True)
-        )
+        # strict=False: a parameter that never had a gradient has no AdamW state, in the
+        # checkpoint as in the uninterrupted run (e.g. a video network's temporal layers after
+        # only single-frame steps, or its frame-rate map in a run without frame rates).
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_optimizer_state_dict(self.net, optimizer, state, options=options)
