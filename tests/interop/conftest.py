@@ -188,3 +188,31 @@ def tiny_dit(tie_embedders: bool = True) -> diffusers.DiTTransformer2DModel:
             for block in model.transformer_blocks[1:]:
                 block.norm1.emb.load_state_dict(first.state_dict())
     return model
+
+
+def tiny_pixart(cls_name: str = "PixArtTransformer2DModel", **overrides):
+    """Text-conditioned PixArt-alpha layout (adaLN-single, caption projection) with a
+    learned-sigma output; Transformer2DModel is the older class of the same network."""
+    torch.manual_seed(8)
+    options = dict(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=LATENT,
+        patch_size=2,
+        cross_attention_dim=16,
+        caption_channels=12,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        activation_fn="gelu-approximate",
+        attention_bias=True,
+        num_embeds_ada_norm=1000,
+    )
+    model = getattr(diffusers, cls_name)(**(options | overrides)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # zero-initialised layers too: make every path count
+            p.add_(0.05 * torch.randn_like(p))
+    return model

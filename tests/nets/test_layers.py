@@ -13,6 +13,7 @@ from diffuse.nets.layers import (
     NoiseEmbedding,
     SelfAttention,
     apply_rope,
+    constant_context,
     conv3x3_upsample2x,
     key_padding_mask,
     linear,
@@ -195,6 +196,34 @@ def test_group_norm_channels_last_equals_contiguous() -> None:
         norm.weight.normal_(), norm.bias.normal_()
     x = torch.randn(3, 16, 8, 8)
     cl = x.contiguous(memory_format=torch.channels_last)
-    out = norm(cl)
+    with torch.no_grad():  # sampling: normalised in contiguous memory
+        out = norm(cl)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, F.group_norm(x, 4, norm.weight, norm.bias, 1e-6))
+    torch.testing.assert_close(norm(cl), out)  # training: PyTorch's own kernel
+
+
+def test_cross_attention_reuses_keys_values_only_inside_a_constant_context() -> None:
+    attn = CrossAttention(8, 6, 2)
+    calls = []
+    attn.kv.register_forward_hook(lambda *args: calls.append(1))
+    x, context = torch.randn(2, 5, 8), torch.randn(2, 3, 6)
+    with torch.no_grad():
+        want = attn(x, context)
+        attn(x, context)
+        assert len(calls) == 2  # no scope: projected every call
+        with constant_context():
+            for _ in range(3):
+                torch.testing.assert_close(attn(x, context), want, rtol=0, atol=0)
+            assert len(calls) == 3  # once for the scope
+            attn(x, context.clone())  # another tensor object: projected again
+            assert len(calls) == 4
+            attn.kv.weight.mul_(2)  # a weight change is seen
+            assert not torch.equal(attn(x, context), want) and len(calls) == 5
+        with constant_context():  # a new scope does not reuse the old one's projection
+            attn(x, context)
+            assert len(calls) == 6
+    with constant_context():
+        attn(x, context)  # a graph is recorded: never reused
+        attn(x, context)
+        assert len(calls) == 8

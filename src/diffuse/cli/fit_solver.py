@@ -132,9 +132,8 @@ def _conditioning(
             )
         else:
             texts = [caption(sample_split_scene(seed, i, "train"), seed, i) for i in index]
-        encoder = load_pipeline(model.folder, device=device).encoder
-        cond = encoder.encode(texts).as_cond()
-        uncond = encoder.encode([""]).as_cond()
+        pipeline = load_pipeline(model.folder, device=device)
+        cond, uncond = pipeline.conditioning(texts), pipeline.conditioning([""])
         return (
             {k: v.to(device) for k, v in cond.items()},
             {k: v.to(device) for k, v in uncond.items()},
@@ -170,9 +169,12 @@ def _denoise_fn(model: TrainedModel, cond: Cond, uncond: Cond, guidance: float) 
 
 
 def _noises(model: TrainedModel, count: int, seed: int, device: str) -> Tensor:
-    level_max = model.denoiser.process.level_max
+    process = model.denoiser.process
     seeds = [seed * 1_000_003 + i for i in range(count)]
-    return SeededNoise(seeds, device=device).initial(model.shape) * level_max
+    # the start generation uses (`pipelines.sample.generate`)
+    return SeededNoise(seeds, device=device).initial(model.shape) * process.initial_std(
+        process.level_max
+    )
 
 
 def _best_plain(denoise: DenoiseFn, model: TrainedModel, x: Tensor, target: Tensor, steps: int):

@@ -28,7 +28,7 @@ from diffuse.denoiser import Cond, Denoiser
 from diffuse.guidance import CondDenoiseFn, expand_cond
 from diffuse.guidance import cfg as guided
 from diffuse.model_folder import TrainedModel, load_model
-from diffuse.nets.layers import invariant_batch_size, pad_batch
+from diffuse.nets.layers import constant_context, invariant_batch_size, pad_batch
 from diffuse.pngmeta import save_png
 from diffuse.processes.base import NoiseProcess
 from diffuse.samplers.base import Callback, DenoiseFn, StepInfo
@@ -222,10 +222,11 @@ def generate(
         denoise = batch_denoise(
             network, cond, uncond, guidance, start, len(chunk), guidance_rescale
         )
-        if process.final_level > 0.0:
-            out = stop_at_final_level(sample_fn, denoise, x, levels, process, noise, callback)
-        else:
-            out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
+        with constant_context():  # text keys and values projected once per run
+            if process.final_level > 0.0:
+                out = stop_at_final_level(sample_fn, denoise, x, levels, process, noise, callback)
+            else:
+                out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
         outputs.append(out.float().cpu())
     denoiser.train(was_training)
     return torch.cat(outputs)

@@ -211,10 +211,14 @@ class TextToImagePipeline(ImageEditing):
     @torch.no_grad()
     def conditioning(self, prompts: list[str]) -> dict[str, Tensor]:
         """The network's text conditioning of `prompts`: context, mask and, for a network with
-        a pooled embedding (not Stable Diffusion's U-Net), the pooled embedding."""
+        a pooled embedding (not Stable Diffusion's U-Net), the pooled embedding. An encoder
+        that pads to max_length (Stable Diffusion's CLIP) gives an all-True mask, which is left
+        out: attending to every token needs no mask, and unmasked attention is faster."""
         cond = self.encoder.encode(prompts).as_cond()
         if not getattr(self.model.denoiser.net.config, "pooled_dim", 0):
             cond.pop("pooled")
+        if getattr(self.encoder, "padding", None) == "max_length":
+            cond.pop("context_mask")
         return cond
 
     def generate(

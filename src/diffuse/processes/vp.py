@@ -37,9 +37,10 @@ class DiscreteVP(VariancePreserving, NoiseProcess):
             (4096), as diffusers does.
         steps_offset: added to the timesteps of the "leading" schedule (diffusers'
             `steps_offset`; Stable Diffusion's models use 1).
-        stop_at_first_timestep: sampling ends at the noise level of timestep 0 instead of 0
-            and returns that (slightly noisy) sample, scaled by its alpha, as diffusers' DDIM
-            and PNDM do with `set_alpha_to_one=False` (Stable Diffusion 1.x's configs).
+        stop_at_first_timestep: generation (`pipelines.sample.generate`) ends at the noise
+            level of timestep 0 instead of 0 and returns that (slightly noisy) sample, scaled
+            by its alpha, as diffusers' DDIM and PNDM do with `set_alpha_to_one=False` (Stable
+            Diffusion 1.x's configs); editing and inversion still end at 0.
     """
 
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
