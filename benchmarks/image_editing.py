@@ -15,11 +15,22 @@ Sections (each scored by the Shapes evaluator, `diffuse.shapes.evaluator`):
   caption asks for another object (new shape and colour) there; training-free inpainting.
   Reports target fully satisfied, and the fraction of images whose pixels outside the mask are
   bit-identical to the input.
+- inpaint-trained: the inpaint section's scenes, masks and prompts with a trained inpainting
+  model (--inpaint-model), which samples from noise with the mask and masked latents as extra
+  inputs; decoded and pasted into the input the same way.
+- controlnet: held-out scenes (one to three objects); the control map of the render (kind of
+  the --controlnet) plus the caption, against the same prompts and seeds without control.
+  Reports every object in the right cell (as many detections as objects, and each object's
+  shape detected in its cell), the caption fully satisfied, and whether control scale 0
+  reproduces the base model's images bit for bit.
 - speed: 4 images x 25 steps: generation, img2img (strength 0.6), inversion edit and
-  inpainting, in one run; seconds and the ratio to generation.
+  inpainting (and controlled generation with --controlnet), in one run; seconds and the ratio
+  to generation.
 
     python benchmarks/image_editing.py --json edit.json                 # everything, n = 300
     python benchmarks/image_editing.py --sections speed inversion -n 16
+    python benchmarks/image_editing.py --sections controlnet \
+        --controlnet models/shapes-controlnet-edges
 """
 
 from __future__ import annotations
@@ -33,26 +44,38 @@ import time
 import numpy as np
 import torch
 
+from diffuse.codecs.controls import control_map
+from diffuse.pipelines.control import controlled, load_controlnet
 from diffuse.pipelines.image_to_image import (
     blend,
     edit_latents,
     inpaint_latents,
+    inpaint_with_model,
     invert_latents,
     latent_mask,
     sample_from,
+    start_levels,
 )
 from diffuse.pipelines.sample import to_uint8 as sample_to_uint8
 from diffuse.pipelines.text_to_image import load_pipeline
 from diffuse.samplers.inversion import get_inversion
-from diffuse.samplers.registry import get_sampler, get_schedule
-from diffuse.shapes.evaluator import evaluate
+from diffuse.samplers.registry import get_sampler
+from diffuse.shapes.evaluator import Detection, detect_objects, evaluate, score_detections
 from diffuse.shapes.render import render_scene
 from diffuse.shapes.scenes import COLOURS, SHAPES, Scene, caption, sample_split_scene
 
 EVAL_SEED = 7  # the reported scene stream (as benchmarks/shapes_adherence.py)
 CHOOSE_SEED = 11  # the stream settings are chosen on
 SIZE = 64
-SECTIONS = ("recolour", "inversion", "inversion-edit", "inpaint", "speed")
+SECTIONS = (
+    "recolour",
+    "inversion",
+    "inversion-edit",
+    "inpaint",
+    "inpaint-trained",
+    "controlnet",
+    "speed",
+)
 
 
 def recoloured(scene: Scene, index: int, k: int = 0) -> Scene:
@@ -143,9 +166,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def inversion_round(
-    pipe, latents, source: dict, target: dict, method: str, refine: int, steps: int
+    pipe,
+    latents,
+    source: dict,
+    target: dict,
+    method: str,
+    refine: int,
+    steps: int,
+    strength: float = 1.0,
 ) -> torch.Tensor:
-    """Invert latents with `source` conditioning, sample back with `target` (batched)."""
+    """Invert latents with `source` conditioning (up to `strength`), sample back with
+    `target` (batched)."""
     denoiser = pipe.model.denoiser
     noisy = invert_latents(
         denoiser,
@@ -154,9 +185,10 @@ def inversion_round(
         refine=refine,
         steps=steps,
         schedule=pipe.defaults.schedule,
+        strength=strength,
         **source,
     )
-    levels = get_schedule(pipe.defaults.schedule)(denoiser.process, steps)
+    levels = start_levels(denoiser.process, pipe.defaults.schedule, steps, strength)
     sampler = get_sampler(get_inversion(method)[1])
     return sample_from(
         denoiser,
@@ -197,9 +229,18 @@ def run_inversion(pipe, n: int, steps_list: list[int], methods: list[str], guida
 
 
 def run_inversion_edit(
-    pipe, n: int, steps: int, guidance: float, refine: int, method: str = "ddim"
+    pipe,
+    n: int,
+    steps: int,
+    guidance: float,
+    refine: int,
+    method: str = "ddim",
+    strength: float = 1.0,
+    source_guidance: float | None = None,
 ) -> dict:
+    """Edit by inversion; `source_guidance` (default: `guidance`) is the inversion's."""
     outs, prompts = [], []
+    up = guidance if source_guidance is None else source_guidance
     for rows in batches(n, 16):
         scenes = [sample_split_scene(EVAL_SEED, i, "heldout-2") for i in rows]
         sources = [caption(sc, EVAL_SEED, i) for sc, i in zip(scenes, rows)]
@@ -208,18 +249,20 @@ def run_inversion_edit(
         out = inversion_round(
             pipe,
             latents,
-            conditioning(pipe, sources, guidance),
+            conditioning(pipe, sources, up),
             conditioning(pipe, targets, guidance),
-            "ddim",
+            method,
             refine,
             steps,
+            strength,
         )
         outs.append(to_uint8(pipe, out))
         prompts += targets
     return evaluate(np.concatenate(outs), prompts).summary()
 
 
-def run_inpaint(pipe, n: int, steps: int, resample: int) -> dict:
+def run_inpaint(pipe, n: int, steps: int, resample: int, trained: bool = False) -> dict:
+    """Training-free inpainting with `pipe`'s model, or (trained) its inpainting model."""
     outs, prompts, exact = [], [], 0
     guidance = pipe.defaults.guidance
     for rows in batches(n, 16):
@@ -232,15 +275,23 @@ def run_inpaint(pipe, n: int, steps: int, resample: int) -> dict:
         targets = [caption(replaced(sc, i), EVAL_SEED, i) for sc, i in zip(scenes, rows)]
         mask = torch.from_numpy(np.stack(masks) == 255).float()[:, None]
         pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-        out = inpaint_latents(
-            pipe.model.denoiser,
-            pipe.model.codec.encode(pixels),
-            latent_mask(mask, pipe.model.codec.downsample),
-            list(rows),
-            steps=steps,
-            resample=resample,
-            **conditioning(pipe, targets, guidance),
-        )
+        latents = pipe.model.codec.encode(pixels)
+        small = latent_mask(mask, pipe.model.codec.downsample)
+        common = conditioning(pipe, targets, guidance)
+        if trained:
+            out = inpaint_with_model(
+                pipe.model.denoiser, latents, small, list(rows), steps=steps, **common
+            )
+        else:
+            out = inpaint_latents(
+                pipe.model.denoiser,
+                latents,
+                small,
+                list(rows),
+                steps=steps,
+                resample=resample,
+                **common,
+            )
         pasted = sample_to_uint8(blend(pipe.model.decode(out), pixels, mask))
         for picture, image, m in zip(pasted, images, masks):
             exact += bool(np.array_equal(picture[m == 0], image[m == 0]))
@@ -249,7 +300,69 @@ def run_inpaint(pipe, n: int, steps: int, resample: int) -> dict:
     return evaluate(np.concatenate(outs), prompts).summary() | {"outside_mask_identical": exact / n}
 
 
-def run_speed(pipe, repeats: int) -> dict:
+def in_cells(detections: list[Detection], scene: Scene) -> dict[str, bool]:
+    """Whether the detections put every object of `scene` in its cell: "cells" (as many
+    detections as objects, one in each object's cell) and "cells_and_shapes" (each there with
+    the object's shape)."""
+    count = len(detections) == len(scene.objects)
+    cells = {d.cell for d in detections}
+    pairs = {(d.cell, d.shape) for d in detections}
+    return {
+        "cells": count and all((o.row, o.col) in cells for o in scene.objects),
+        "cells_and_shapes": count
+        and all(((o.row, o.col), o.shape) in pairs for o in scene.objects),
+    }
+
+
+def placement(images: np.ndarray, scenes: list[Scene], prompts: list[str]) -> dict:
+    """Caption adherence and object placement of images made for `scenes`."""
+    detections = detect_objects(images)
+    cells = [in_cells(d, sc) for d, sc in zip(detections, scenes)]
+    return score_detections(detections, prompts).summary() | {
+        key: float(np.mean([c[key] for c in cells])) for key in ("cells", "cells_and_shapes")
+    }
+
+
+def run_controlnet(pipe, folder: str, n: int, steps: int, batch: int, scale: float) -> dict:
+    controlnet = load_controlnet(folder, pipe.model)
+    kind = controlnet.config.kind
+    scenes = [sample_split_scene(EVAL_SEED, i, "heldout") for i in range(n)]
+    prompts = [caption(sc, EVAL_SEED, i) for i, sc in enumerate(scenes)]
+    hints = torch.stack([control_map(kind, render_scene(sc, SIZE)) for sc in scenes])
+    plain, steered, zero_equal = [], [], None
+    for rows in batches(n, batch):
+        params = pipe.params(prompts[rows[0]], seeds=list(rows), steps=steps)
+        texts = [prompts[i] for i in rows]
+        base = pipe.generate(params, prompts=texts)
+        plain.append(sample_to_uint8(base))
+        with controlled(pipe.model, controlnet, scale) as extra:
+            steered.append(
+                sample_to_uint8(
+                    pipe.generate(
+                        params, prompts=texts, extra_cond=extra(hints[rows.start : rows.stop])
+                    )
+                )
+            )
+        if zero_equal is None:  # scale 0 against the base, on the first batch
+            with controlled(pipe.model, controlnet, 0.0) as extra:
+                off = pipe.generate(
+                    params, prompts=texts, extra_cond=extra(hints[rows.start : rows.stop])
+                )
+            zero_equal = bool(torch.equal(off, base))
+    return {
+        "controlnet": folder,
+        "kind": kind,
+        "scale": scale,
+        "steps": steps,
+        "controlled": placement(np.concatenate(steered), scenes, prompts),
+        "base_alone": placement(np.concatenate(plain), scenes, prompts),
+        "scale_0_equals_base": zero_equal,
+    }
+
+
+def run_speed(
+    pipe, repeats: int, controlnet_folder: str | None = None, inpaint_model: str | None = None
+) -> dict:
     scene = sample_split_scene(EVAL_SEED, 0, "heldout-2")
     image, prompt = render_scene(scene, SIZE), caption(scene, EVAL_SEED, 0)
     mask = cell_mask(scene.objects[0].row, scene.objects[0].col)
@@ -262,6 +375,21 @@ def run_speed(pipe, repeats: int) -> dict:
             np.stack([image] * 4)[0], prompt, prompt, steps=25
         ),
     }
+    if controlnet_folder:
+        controlnet = load_controlnet(controlnet_folder, pipe.model)
+        hint = control_map(controlnet.config.kind, image)
+
+        def steered() -> torch.Tensor:
+            with controlled(pipe.model, controlnet) as extra:
+                params = pipe.params(prompt, seeds=seeds, steps=25)
+                return pipe.generate(params, extra_cond=extra(hint))
+
+        tasks["controlled"] = steered
+    if inpaint_model:
+        trained = load_pipeline(inpaint_model)
+        tasks["inpaint_trained"] = lambda: trained.inpaint(
+            image, mask, prompt, seeds=seeds, steps=25
+        )
     times: dict[str, list[float]] = {k: [] for k in tasks}
     for _ in range(repeats):  # interleaved, so load changes hit every task alike
         for name, task in tasks.items():
@@ -279,7 +407,12 @@ def run_speed(pipe, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        help="default: all (controlnet with --controlnet)",
+    )
     ap.add_argument("-n", type=int, default=300, help="scenes per section (default 300)")
     ap.add_argument("--choose-n", type=int, default=32, help="scenes to choose the strength on")
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7])
@@ -294,13 +427,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--edit-guidance", type=float, default=4.0)
     ap.add_argument("--edit-refine", type=int, default=3)
     ap.add_argument("--edit-method", default="ddim", help="inversion method of inversion-edit")
+    ap.add_argument("--edit-strength", type=float, default=1.0, help="partial inversion")
+    ap.add_argument(
+        "--edit-source-guidance",
+        type=float,
+        default=None,
+        help="inversion's (default: --edit-guidance)",
+    )
     ap.add_argument("--resample", type=int, default=1)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--repeats", type=int, default=3, help="speed: timed rounds (best kept)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--controlnet", default=None, help="ControlNet folder (controlnet, speed)")
+    ap.add_argument("--control-scale", type=float, default=1.0)
+    ap.add_argument("--inpaint-model", default=None, help="inpainting model (inpaint-trained)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
+    if args.sections is None:
+        optional = {"controlnet": args.controlnet, "inpaint-trained": args.inpaint_model}
+        args.sections = [s for s in SECTIONS if optional.get(s, True)]
     torch.set_num_threads(args.threads)
     pipe = load_pipeline()
     results: dict = {"n": args.n, "platform": platform.platform(), "threads": args.threads}
@@ -314,12 +460,37 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif section == "inversion-edit":
             out = run_inversion_edit(
-                pipe, args.n, args.steps, args.edit_guidance, args.edit_refine, args.edit_method
+                pipe,
+                args.n,
+                args.steps,
+                args.edit_guidance,
+                args.edit_refine,
+                args.edit_method,
+                args.edit_strength,
+                args.edit_source_guidance,
             )
+            out["settings"] = {
+                "method": args.edit_method,
+                "refine": args.edit_refine,
+                "strength": args.edit_strength,
+                "guidance": args.edit_guidance,
+                "source_guidance": args.edit_source_guidance,
+            }
         elif section == "inpaint":
             out = run_inpaint(pipe, args.n, args.steps, args.resample)
+        elif section == "inpaint-trained":
+            if not args.inpaint_model:
+                ap.error("the inpaint-trained section needs --inpaint-model DIR")
+            out = run_inpaint(load_pipeline(args.inpaint_model), args.n, args.steps, 1, True)
+            out["model"] = args.inpaint_model
+        elif section == "controlnet":
+            if not args.controlnet:
+                ap.error("the controlnet section needs --controlnet DIR")
+            out = run_controlnet(
+                pipe, args.controlnet, args.n, args.steps, args.batch, args.control_scale
+            )
         else:
-            out = run_speed(pipe, args.repeats)
+            out = run_speed(pipe, args.repeats, args.controlnet, args.inpaint_model)
         results[section] = out | {"wall_seconds": time.perf_counter() - start}
         print(json.dumps({section: results[section]}, indent=1), flush=True)
         if args.json:

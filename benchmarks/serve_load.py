@@ -13,6 +13,10 @@ for pixel. The run is bounded: each request has a timeout, and the whole run sto
 
     python benchmarks/serve_load.py --json serve_load.json
     python benchmarks/serve_load.py --clients 8 --requests 2 --steps 2,3   # a quick look
+
+With `--mix edits` the requests cycle through text-to-image, img2img (strength 0.6), inpainting
+(a fixed square mask) and edit by inversion (source prompt: the picture's caption), each edit
+on a Shapes picture of its own; the library check runs those through `pipe.run_edit`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffuse.pipelines.sample import to_uint8
 from diffuse.pipelines.text_to_image import load_pipeline
+from diffuse.shapes.render import render_scene
+from diffuse.shapes.scenes import caption, sample_split_scene
 
 PROMPTS = [
     "a red circle above a blue square",
@@ -57,6 +64,57 @@ EQUAL_LENGTH = [  # a diagnostic set: different prompts of one token length (10 
     "a small green triangle at the bottom right",
     "a small blue square in the top right",
 ]
+
+
+MIX = ("text-to-image", "img2img", "inpaint", "inversion")  # --mix edits, in turn
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def edit_inputs(k: int, size: int) -> tuple[bytes, bytes, str]:
+    """Request k's input picture (PNG), the mask (PNG: the central square) and its caption."""
+    scene = sample_split_scene(11, k, "heldout")
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    return png_bytes(render_scene(scene, size)), png_bytes(mask), caption(scene, 11, k)
+
+
+def add_edits(requests: list[list[dict]], size: int) -> None:
+    """Turn the plan into the --mix edits plan: each request gets its task in turn."""
+    for c, mine in enumerate(requests):
+        for r, body in enumerate(mine):
+            k = c * len(mine) + r
+            task = MIX[k % len(MIX)]
+            body["_task"] = task
+            if task == "text-to-image":
+                continue
+            image, mask, text = edit_inputs(k, size)
+            body["image"] = base64.b64encode(image).decode()
+            if task == "img2img":
+                body["strength"] = 0.6
+            elif task == "inpaint":
+                body["mask"] = base64.b64encode(mask).decode()
+            else:
+                body["source_prompt"] = text
+
+
+def library_images(pipe, body: dict) -> np.ndarray:
+    """The request's first image, run alone through the library."""
+    task = body.get("_task", "text-to-image")
+    if task == "text-to-image":
+        return np.asarray(pipe(body["prompt"], seeds=body["seeds"], steps=body["steps"])[0])
+    image = Image.open(io.BytesIO(base64.b64decode(body["image"])))
+    mask = Image.open(io.BytesIO(base64.b64decode(body["mask"]))) if "mask" in body else None
+    extra = {key: body[key] for key in ("strength", "source_prompt") if key in body}
+    params = pipe.edit_params(
+        task, body["prompt"], image, mask=mask, seeds=body["seeds"], steps=body["steps"], **extra
+    )
+    out = pipe.run_edit(params, image, mask=mask)
+    return to_uint8(out)[0]
 
 
 def free_port() -> int:
@@ -120,13 +178,15 @@ def run_mode(args: argparse.Namespace, batching: bool, requests: list[list[dict]
         lock = threading.Lock()
 
         def client(c: int) -> None:
-            for r, body in enumerate(requests[c]):
+            for r, planned in enumerate(requests[c]):
+                body = {k: v for k, v in planned.items() if k != "_task"}
+                route = planned.get("_task", "text-to-image")
                 start = time.perf_counter()
                 try:
                     status, data = call(
                         port,
                         "POST",
-                        "/api/jobs/text-to-image?wait=true&base64=true",
+                        f"/api/jobs/{route}?wait=true&base64=true",
                         body,
                         args.timeout,
                     )
@@ -196,11 +256,21 @@ def main() -> None:
         help="varied: 10 prompts of 5-12 tokens (the measurement); equal-length: 3 prompts of "
         "one token length, a diagnostic of what splitting calls by prompt length costs",
     )
+    parser.add_argument(
+        "--mix",
+        choices=["text", "edits"],
+        default="text",
+        help="text: text-to-image only; edits: text-to-image, img2img, inpaint and inversion "
+        "jobs in turn",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     args.steps_list = [int(s) for s in args.steps.split(",")]
     prompts = PROMPTS if args.prompt_set == "varied" else EQUAL_LENGTH
     requests = plan(args.clients, args.requests, args.steps_list, prompts)
+    pipe = load_pipeline(args.model)
+    if args.mix == "edits":
+        add_edits(requests, pipe.size)
     load_before = os.getloadavg()
     on = run_mode(args, True, requests)
     off = run_mode(args, False, requests)
@@ -214,13 +284,13 @@ def main() -> None:
             compared += 1
             same += result["pngs"] == alone
     # ... and some against the library, run alone in this process.
-    pipe = load_pipeline(args.model)
     library_same = 0
     flat = [(c, r) for c in range(args.clients) for r in range(args.requests)]
-    picks = flat[:: max(1, len(flat) // max(1, args.library_checks))][: args.library_checks]
+    stride = max(1, len(flat) // max(1, args.library_checks))
+    # spread over the clients and, with --mix edits, over the tasks (k + i covers each in turn)
+    picks = [flat[(i * stride + i) % len(flat)] for i in range(min(len(flat), args.library_checks))]
     for c, r in picks:
-        body = requests[c][r]
-        want = np.asarray(pipe(body["prompt"], seeds=body["seeds"], steps=body["steps"])[0])
+        want = library_images(pipe, requests[c][r])
         pngs = on["_results"][(c, r)]["pngs"]
         got = np.asarray(Image.open(io.BytesIO(pngs[0]))) if pngs else None
         library_same += got is not None and np.array_equal(got, want)
@@ -231,6 +301,7 @@ def main() -> None:
         "requests_per_client": args.requests,
         "steps": args.steps_list,
         "prompt_set": args.prompt_set,
+        "mix": list(MIX) if args.mix == "edits" else ["text-to-image"],
         "model": args.model or "bundled shapes-t2i",
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),

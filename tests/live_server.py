@@ -8,17 +8,24 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Sequence
 
 from diffuse.pipelines.text_to_image import TextToImagePipeline
-from diffuse.server import ServerSettings, build_server, create_app
+from diffuse.server import ServedControlNet, ServerSettings, build_server, create_app
 
 
 class LiveServer:
     """The app under uvicorn on a thread, on a free loopback port; `request` talks HTTP."""
 
-    def __init__(self, pipe: TextToImagePipeline, **settings) -> None:
+    def __init__(
+        self,
+        pipe: TextToImagePipeline | dict[str, TextToImagePipeline],
+        controlnets: Sequence[ServedControlNet] = (),
+        **settings,
+    ) -> None:
         self.settings = ServerSettings(**settings)
-        self.app = create_app({pipe.name: pipe}, self.settings)
+        pipes = pipe if isinstance(pipe, dict) else {pipe.name: pipe}
+        self.app = create_app(pipes, self.settings, controlnets)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

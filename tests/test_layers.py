@@ -6,8 +6,8 @@ mirrors it. Every top-level module or package under src/diffuse belongs to exact
     bottom      processes, denoiser, losses, nets, codecs, samplers, guidance,
                 gaussian_mixture, shapes, text
                     the mathematics and the networks; they know nothing of tasks or commands
-    foundation  model_folder, text_model_folder, fitted_solvers, interop, config, typed_tables,
-                io, pngmeta, data_files, video_files
+    foundation  model_folder, text_model_folder, controlnet_folder, fitted_solvers, interop,
+                config, typed_tables, io, pngmeta, data_files, video_files
                     the saved-model format, the diffusers layout, typed configs, atomic writes
                     and file hashes, PNG metadata: small things every task may use
     tasks       pipelines, training, metrics
@@ -62,6 +62,7 @@ LAYERS: dict[str, frozenset[str]] = {
             "config",
             "typed_tables",
             "text_model_folder",
+            "controlnet_folder",
             "io",
             "pngmeta",
             "data_files",

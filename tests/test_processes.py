@@ -71,6 +71,20 @@ def test_vp_processes_preserve_variance():
         torch.testing.assert_close(total, torch.ones_like(total))
 
 
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: repr(p))
+def test_initial_std_is_the_prior_on_the_level_axis(process):
+    """VP processes start from x_T ~ N(0, I), i.e. std 1 / alpha = sqrt(1 + level^2) on the
+    level axis; the others from level * eps. Only DiscreteVP may stop above level 0."""
+    level = process.level_max
+    vp = isinstance(process, (DiscreteVP, CosineVP))
+    alpha = float(process.alpha_from_level(torch.tensor(level, dtype=torch.float64)))
+    want = 1 / alpha if vp else level
+    assert process.initial_std(level) == pytest.approx(want, rel=1e-9)
+    assert process.final_level == 0.0
+    stopping = DiscreteVP("scaled_linear", stop_at_first_timestep=True)
+    assert stopping.final_level == pytest.approx(stopping.level_min)
+
+
 def test_edm_training_density_is_lognormal():
     process = EDM()
     sigma = process.sample_t(200_000, torch.Generator().manual_seed(3))

@@ -43,6 +43,7 @@ from diffuse.typed_tables import (
 
 __all__ = [
     "CheckpointConfig",
+    "ControlConfig",
     "ConfigError",
     "CosineVPOptions",
     "DataConfig",
@@ -109,6 +110,10 @@ class ModelConfig:
     # Hugging Face folder / installed package (`codecs.text_encoder.resolve_text_encoder`).
     text_encoder: str = ""
     caption_dropout: float = 0.1  # probability of the empty (unconditional) caption in training
+    # An inpainting model: the mask and the masked image (latents) enter as extra input channels
+    # (`denoiser.inpainting_inputs`), trained with random masks (`training.inpaint_masks`);
+    # fine-tuned from a model without them, the new channels start at zero.
+    inpainting: bool = False
     # Video networks with a first-frame input (`first_frame` override): probability that a
     # training clip is shown without its first frame, so one model does text- and image-to-video.
     first_frame_dropout: float = 0.5
@@ -200,6 +205,7 @@ class DiscreteVPOptions(_ProcessOptions):
     beta_end: float | None = DiscreteVP.beta_end
     zero_terminal_snr: bool = DiscreteVP.zero_terminal_snr
     steps_offset: int = DiscreteVP.steps_offset
+    stop_at_first_timestep: bool = DiscreteVP.stop_at_first_timestep
 
 
 @dataclass(frozen=True)
@@ -470,6 +476,20 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """A ControlNet recipe: with `kind` set, `diffuse train` trains only a ControlNet
+    (`nets.controlnet`) next to the frozen base model of `train.init`, on control maps computed
+    from each training image (`codecs.controls`), and writes a ControlNet folder."""
+
+    kind: Literal["", "edges", "layout"] = ""  # "": an ordinary diffusion recipe
+    hint_channels: int = 16  # width of the ControlNet's hint encoder
+    storage: Literal["float32", "float16"] = "float32"  # dtype of the exported weights
+
+    def __post_init__(self) -> None:
+        _require(self.hint_channels >= 1, "control.hint_channels", self.hint_channels, ">= 1")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A whole training recipe."""
 
@@ -482,6 +502,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,24 @@ def natural_x0_weight(coeffs: Coefficients) -> Tensor:
     return 1.0 / coeffs.out**2
 
 
+EXTRA_INPUTS = "extra_inputs"
+"""The cond key of input channels concatenated to the network's input (`Denoiser.raw`)."""
+
+
+def inpainting_inputs(x0: Tensor, mask: Tensor) -> Tensor:
+    """An inpainting model's extra inputs: the mask, then the image with the masked region
+    zeroed (Rombach et al. 2022, sec. 4.5: mask and masked image as input channels).
+
+    Args:
+        x0: the clean image (latents of a latent model) [B, C, H, W].
+        mask: [B or 1, 1, H, W], 1 where the model generates.
+    Returns:
+        [B, 1 + C, H, W], the cond entry EXTRA_INPUTS.
+    """
+    mask = mask.to(x0.dtype).expand(x0.shape[0], 1, *x0.shape[2:])
+    return torch.cat([mask, x0 * (1 - mask)], dim=1)
+
+
 class Denoiser(nn.Module):
     """Wrap a raw network as denoise(x, level, cond) -> x0 estimate.
 
@@ -156,8 +174,18 @@ class Denoiser(nn.Module):
         return coefficients(self.process, self.parametrization, level, like, self.sigma_data)
 
     def raw(self, x: Tensor, coeffs: Coefficients, cond: Cond = None) -> Tensor:
-        """Run the network on level-axis input x; returns its raw output in x's dtype."""
-        out = self.net(x * coeffs.in_scale, coeffs.c_noise, **(cond or {}))
+        """Run the network on level-axis input x; returns its raw output in x's dtype.
+
+        A cond entry EXTRA_INPUTS [B, E, H, W] (e.g. an inpainting model's mask and masked
+        latents) is concatenated to the scaled input along the channels, unscaled: it is
+        conditioning, not part of the noisy sample (the network's `extra_in_channels`).
+        """
+        cond = dict(cond or {})
+        x_in = x * coeffs.in_scale
+        extra = cond.pop(EXTRA_INPUTS, None)
+        if extra is not None:
+            x_in = torch.cat([x_in, extra.to(x_in.dtype)], dim=1)
+        out = self.net(x_in, coeffs.c_noise, **cond)
         return out.to(x.dtype)
 
     def forward(self, x: Tensor, level: Tensor | float, cond: Cond = None) -> Tensor:

@@ -97,6 +97,8 @@ def classifier_free_guidance(
     if interval is not None and not 0 <= interval[0] < interval[1]:
         raise ValueError(f"guidance interval must satisfy 0 <= low < high, got {interval}")
 
+    joined: dict[int, Cond] = {}  # [cond, uncond] by batch: the same tensors at every step
+
     def guided(x: Tensor, level: Tensor) -> Tensor:
         batch = x.shape[0]
         c, u = expand_cond(cond, batch), expand_cond(uncond, batch)
@@ -106,7 +108,9 @@ def classifier_free_guidance(
             return denoiser(x, level, c)
         if scale == 0.0:
             return denoiser(x, level, u)
-        both = denoiser(torch.cat([x, x]), _repeat_level(level, 2), concat_cond(c, u))
+        if batch not in joined:
+            joined[batch] = concat_cond(c, u)
+        both = denoiser(torch.cat([x, x]), _repeat_level(level, 2), joined[batch])
         d_cond, d_uncond = both[:batch], both[batch:]
         guided_x0 = d_uncond + scale * (d_cond - d_uncond)
         if rescale > 0:

@@ -190,6 +190,8 @@ class ModelInfo:
         sampling: the default sampler, schedule, steps and guidance.
         recipe: the training recipe, as JSON (None if unknown).
         base_model: provenance of the model it was fine-tuned from (see `provenance`).
+        inpainting: an inpainting model (mask and masked image as extra input channels,
+            `denoiser.inpainting_inputs`).
         format: the diffusion.json version it was read from (`save_model` writes FORMAT).
     """
 
@@ -204,6 +206,7 @@ class ModelInfo:
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     recipe: dict[str, Any] | None = None
     base_model: dict[str, Any] | None = None
+    inpainting: bool = False
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -257,6 +260,7 @@ class ModelInfo:
             sampling=SamplingDefaults(s.sampler, s.schedule, s.steps, float(s.guidance)),
             recipe=to_dict(cfg),
             base_model=base_model,
+            inpainting=cfg.model.inpainting,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -279,6 +283,8 @@ class ModelInfo:
         }
         if self.base_model is not None:
             data["base_model"] = self.base_model
+        if self.inpainting:
+            data["inpainting"] = True
         return data
 
     @classmethod
@@ -330,6 +336,7 @@ class ModelInfo:
             sampling=SamplingDefaults(**sampling),
             recipe=data.get("recipe"),
             base_model=data.get("base_model"),
+            inpainting=bool(data.get("inpainting", False)),
             format=int(version),
         )
 
@@ -524,7 +531,11 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     except ConfigError as err:
         raise ModelFileError(f"{folder / INFO_FILE}: {err}") from None
     codec = _load_codec(folder, info)
-    net = load_network(folder).to(device).eval().requires_grad_(False)
+    # Convolution kernels in channels_last, the layout the networks run their activations in:
+    # oneDNN otherwise reorders each kernel on every call (the largest cost at small feature
+    # maps). Only the memory layout changes, not the values.
+    net = load_network(folder).to(device, memory_format=torch.channels_last)
+    net = net.eval().requires_grad_(False)
     denoiser = Denoiser(
         net, process, info.process.parametrization, sigma_data=info.process.sigma_data
     )

@@ -87,15 +87,18 @@ def tiny_vae() -> diffusers.AutoencoderKL:
     ).eval()
 
 
-def sd_scheduler(prediction_type: str = "epsilon") -> diffusers.DDIMScheduler:
-    """Stable Diffusion's DDIM settings (scaled_linear, leading spacing, steps_offset 1), with
-    the last step going to level 0 as diffuse's samplers do (set_alpha_to_one=True)."""
+def sd_scheduler(
+    prediction_type: str = "epsilon", set_alpha_to_one: bool = True
+) -> diffusers.DDIMScheduler:
+    """Stable Diffusion's DDIM settings (scaled_linear, leading spacing, steps_offset 1); by
+    default the last step goes to level 0 (set_alpha_to_one=True; SD 1.x's own configs say
+    False: the last step stops at timestep 0's level)."""
     return diffusers.DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
         clip_sample=False,
-        set_alpha_to_one=True,
+        set_alpha_to_one=set_alpha_to_one,
         steps_offset=1,
         prediction_type=prediction_type,
         timestep_spacing="leading",
@@ -103,7 +106,10 @@ def sd_scheduler(prediction_type: str = "epsilon") -> diffusers.DDIMScheduler:
 
 
 def build_sd_folder(
-    folder: Path, prediction_type: str = "epsilon", linear_projection: bool = False
+    folder: Path,
+    prediction_type: str = "epsilon",
+    linear_projection: bool = False,
+    set_alpha_to_one: bool = True,
 ) -> Path:
     """A whole StableDiffusionPipeline folder with tiny random weights."""
     torch.manual_seed(0)
@@ -113,7 +119,7 @@ def build_sd_folder(
         text_encoder=tiny_text_encoder(len(tokenizer)),
         tokenizer=tokenizer,
         unet=tiny_sd_unet(linear_projection),
-        scheduler=sd_scheduler(prediction_type),
+        scheduler=sd_scheduler(prediction_type, set_alpha_to_one),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -181,4 +187,32 @@ def tiny_dit(tie_embedders: bool = True) -> diffusers.DiTTransformer2DModel:
             first = model.transformer_blocks[0].norm1.emb
             for block in model.transformer_blocks[1:]:
                 block.norm1.emb.load_state_dict(first.state_dict())
+    return model
+
+
+def tiny_pixart(cls_name: str = "PixArtTransformer2DModel", **overrides):
+    """Text-conditioned PixArt-alpha layout (adaLN-single, caption projection) with a
+    learned-sigma output; Transformer2DModel is the older class of the same network."""
+    torch.manual_seed(8)
+    options = dict(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=LATENT,
+        patch_size=2,
+        cross_attention_dim=16,
+        caption_channels=12,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        activation_fn="gelu-approximate",
+        attention_bias=True,
+        num_embeds_ada_norm=1000,
+    )
+    model = getattr(diffusers, cls_name)(**(options | overrides)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # zero-initialised layers too: make every path count
+            p.add_(0.05 * torch.randn_like(p))
     return model

@@ -11,6 +11,7 @@ from PIL import Image
 from tests.interop.conftest import LATENT, PROMPT, diffusers, tiny_dit, tiny_vae
 
 from diffuse.cli import main
+from diffuse.fitted_solvers import read_solvers
 from diffuse.guidance import classifier_free_guidance
 from diffuse.model_folder import INFO_FILE, cached_import, import_diffusers_folder, load_model
 from diffuse.pipelines.text_to_image import load_pipeline
@@ -102,6 +103,23 @@ def test_schedule_can_be_fitted_on_imported_sd(sd_pipeline):
     assert levels.shape == (4,) and float(levels[-1]) == 0.0
     assert float(levels[0]) == pytest.approx(process.level_max)
     assert bool((levels[:-1] > levels[1:]).all())
+
+
+def test_fit_solver_fits_a_solver_on_imported_sd(sd_folder, tmp_path, capsys):
+    """`diffuse fit-solver` fits, judges (and stores when better) a bespoke solver for an
+    imported Stable Diffusion model, conditioned on the prompts of a file."""
+    folder = import_diffusers_folder(sd_folder, tmp_path / "m")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat\n\nred\na cat\n")
+    argv = ["fit-solver", "--model", str(folder), "--steps", "2", "--conditions", "2"]
+    more = ["--noises", "2", "--reference-steps", "8", "--effort", "0.05"]
+    assert main([*argv, *more]) == 2  # not trained on Shapes captions: prompts are needed
+    assert "--prompts FILE" in capsys.readouterr().err
+    assert main([*argv, *more, "--prompts", str(prompts)]) == 0
+    out = capsys.readouterr().out
+    assert "2 prompts from --prompts, guidance 7.5" in out
+    assert "2 calls: " in out and "held-out mse" in out
+    assert ("2 calls: saved to" in out) == (2 in read_solvers(folder))
 
 
 def test_dit_pipeline_samples_by_class_name(tmp_path):

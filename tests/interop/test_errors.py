@@ -91,3 +91,38 @@ def test_failed_conversion_writes_nothing(sd_copy, tmp_path):
     assert not (tmp_path / "out").exists()
     assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())
     assert not any((tmp_path / "cache").rglob("diffusion.json"))
+
+
+@pytest.mark.parametrize(
+    ("remove", "error", "match"),
+    [
+        ("unet/config.json", MissingModelFileError, r"unet/config.json: file missing"),
+        ("scheduler/scheduler_config.json", MissingModelFileError, "no scheduler_config.json"),
+        ("tokenizer", MissingModelFileError, "names component 'tokenizer'"),
+        ("vae/diffusion_pytorch_model.safetensors", MissingModelFileError, "no weights file"),
+    ],
+)
+def test_each_missing_file_is_named(sd_copy, remove, error, match):
+    path = sd_copy / remove
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with pytest.raises(error, match=match):
+        import_diffusers(sd_copy)
+
+
+def test_damaged_config_is_named(sd_copy):
+    (sd_copy / "unet" / "config.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match=r"unet/config.json is damaged: not valid JSON"):
+        import_diffusers(sd_copy)
+
+
+def test_pickle_unet_in_a_pipeline_is_refused(sd_copy):
+    weights = sd_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(UnsupportedModelError, match=r"only pickle weights.*safetensors only"):
+        import_diffusers(sd_copy)
+
+
+def test_weights_of_another_shape_in_the_vae_are_named(sd_copy):
+    _edit(sd_copy / "vae" / "config.json", latent_channels=8)
+    with pytest.raises(ModelFileError, match=r"vae/diffusion_pytorch_model.safetensors does not"):
+        import_diffusers(sd_copy)

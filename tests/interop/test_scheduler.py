@@ -7,7 +7,7 @@ import torch
 from tests.interop.conftest import diffusers
 
 from diffuse.interop import UnsupportedModelError
-from diffuse.interop.scheduler import scheduler_from_diffusers
+from diffuse.interop.scheduler import scheduler_from_diffusers, scheduler_to_diffusers
 from diffuse.model_folder import build_process
 from diffuse.samplers.registry import get_schedule
 
@@ -56,3 +56,18 @@ def test_unsupported_scheduler_values_are_named(key, value, match):
     config[key] = value
     with pytest.raises(UnsupportedModelError, match=match):
         scheduler_from_diffusers(config, "DDIMScheduler", "scheduler_config.json")
+
+
+def test_set_alpha_to_one_false_stops_at_timestep_zero():
+    """DDIM/PNDM with set_alpha_to_one=False end at timestep 0's level; the export says so."""
+    scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", set_alpha_to_one=False)
+    config = dict(scheduler.config)
+    process_config, _ = scheduler_from_diffusers(config, "DDIMScheduler", "test")
+    assert process_config.options.stop_at_first_timestep
+    process = build_process(process_config)
+    a0 = float(scheduler.alphas_cumprod[0])
+    assert process.final_level == pytest.approx(((1 - a0) / a0) ** 0.5, rel=1e-4)  # fp32 a0
+    assert scheduler_to_diffusers(process_config, "leading")["set_alpha_to_one"] is False
+    euler, _ = scheduler_from_diffusers(config, "EulerDiscreteScheduler", "test")
+    assert not euler.options.stop_at_first_timestep  # no final alpha in Euler's algorithm
+    assert build_process(euler).final_level == 0.0

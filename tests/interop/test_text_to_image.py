@@ -3,14 +3,16 @@ ddim sampler on the imported model give the same image from the same initial lat
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
-from tests.interop.conftest import LATENT, PROMPT, diffusers
+from tests.interop.conftest import LATENT, PROMPT, build_sd_folder, diffusers
 
 from diffuse.guidance import classifier_free_guidance
 from diffuse.pipelines.text_to_image import load_pipeline
+from diffuse.samplers.noise import SeededNoise
 from diffuse.samplers.registry import get_sampler, get_schedule
 
 STEPS, GUIDANCE = 20, 7.5
@@ -66,3 +68,35 @@ def test_leading_schedule_is_diffusers_timesteps(sd_folder):
     scheduler.set_timesteps(STEPS)
     t = process.t_from_level(levels[:-1])
     assert torch.allclose(t, scheduler.timesteps.double(), atol=1e-6)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_pipeline_call_matches_stable_diffusion_with_final_alpha(prediction_type, tmp_path):
+    """diffuse's own pipeline call (seeded noise, the VP prior std sqrt(1 + level^2), ddim)
+    gives diffusers' image for an SD scheduler with set_alpha_to_one=False, whose last step
+    stops at timestep 0's level; diffusers gets the same standard-normal latents."""
+    folder = build_sd_folder(
+        tmp_path / "sd", prediction_type, linear_projection=True, set_alpha_to_one=False
+    )
+    seed = 11
+    pipe = load_pipeline(folder)
+    process = pipe.model.denoiser.process
+    assert process.stop_at_first_timestep and process.final_level == process.level_min
+    latents = SeededNoise([seed]).initial(pipe.model.shape)
+    with torch.no_grad():
+        theirs = _diffusers_image(folder, latents)
+        ours = pipe(
+            PROMPT, seeds=[seed], steps=STEPS, guidance=GUIDANCE, sampler="ddim",
+            schedule="leading", output_type="pt",
+        ).images  # fmt: skip
+    assert theirs.std() > 0.01
+    assert (ours - theirs).abs().max().item() < 1e-4
+    # without the final alpha the image differs measurably (the step goes on to level 0)
+    plain = dataclasses.replace(process, stop_at_first_timestep=False)
+    pipe.model.denoiser.process = plain
+    with torch.no_grad():
+        other = pipe(
+            PROMPT, seeds=[seed], steps=STEPS, guidance=GUIDANCE, sampler="ddim",
+            schedule="leading", output_type="pt",
+        ).images  # fmt: skip
+    assert (other - theirs).abs().max().item() > 3e-4  # several times the tolerance

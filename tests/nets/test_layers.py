@@ -8,12 +8,15 @@ import torch.nn.functional as F
 
 from diffuse.nets.layers import (
     CrossAttention,
+    GroupNorm,
     JointAttention,
     NoiseEmbedding,
     SelfAttention,
     apply_rope,
+    constant_context,
     conv3x3_upsample2x,
     key_padding_mask,
+    linear,
     modulate,
     patchify,
     reference_kernels,
@@ -21,6 +24,7 @@ from diffuse.nets.layers import (
     sincos_2d,
     sinusoidal_embedding,
     unpatchify,
+    upsample_kernel,
     use_reference_kernels,
     zero_,
 )
@@ -151,3 +155,75 @@ def test_reference_kernels_context() -> None:
     with reference_kernels():
         assert use_reference_kernels()
     assert not use_reference_kernels()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize(("k", "n"), [(64, 512), (256, 2048), (1024, 256), (320, 320)])
+def test_linear_rows_do_not_depend_on_the_batch(k: int, n: int, grad: bool, threads: int) -> None:
+    """A sample's rows give the same bits alone or at any place in a batch (sampling takes
+    sgemm, training a 1x1 convolution; both pad the rows)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(k + n)
+        w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+        for tokens in (1, 7, 77, 256):
+            x = torch.randn(3 * tokens, k, generator=g)
+            with torch.set_grad_enabled(grad):
+                batch = linear(x, w.requires_grad_(grad), b)
+                for j in range(3):
+                    rows = slice(j * tokens, (j + 1) * tokens)
+                    assert torch.equal(linear(x[rows], w, b), batch[rows]), (tokens, j)
+            torch.testing.assert_close(batch, F.linear(x, w, b), rtol=1e-4, atol=1e-4)
+            w = w.detach()
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_upsample_kernel_is_channels_last_and_equal() -> None:
+    x = torch.randn(2, 4, 5, 6).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(3, 4, 3, 3), torch.randn(3)
+    kernel = upsample_kernel(w)
+    assert kernel.is_contiguous(memory_format=torch.channels_last)
+    ref = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
+    torch.testing.assert_close(conv3x3_upsample2x(x, w, b, kernel=kernel), ref)
+
+
+def test_group_norm_channels_last_equals_contiguous() -> None:
+    norm = GroupNorm(4, 16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    x = torch.randn(3, 16, 8, 8)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():  # sampling: normalised in contiguous memory
+        out = norm(cl)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, F.group_norm(x, 4, norm.weight, norm.bias, 1e-6))
+    torch.testing.assert_close(norm(cl), out)  # training: PyTorch's own kernel
+
+
+def test_cross_attention_reuses_keys_values_only_inside_a_constant_context() -> None:
+    attn = CrossAttention(8, 6, 2)
+    calls = []
+    attn.kv.register_forward_hook(lambda *args: calls.append(1))
+    x, context = torch.randn(2, 5, 8), torch.randn(2, 3, 6)
+    with torch.no_grad():
+        want = attn(x, context)
+        attn(x, context)
+        assert len(calls) == 2  # no scope: projected every call
+        with constant_context():
+            for _ in range(3):
+                torch.testing.assert_close(attn(x, context), want, rtol=0, atol=0)
+            assert len(calls) == 3  # once for the scope
+            attn(x, context.clone())  # another tensor object: projected again
+            assert len(calls) == 4
+            attn.kv.weight.mul_(2)  # a weight change is seen
+            assert not torch.equal(attn(x, context), want) and len(calls) == 5
+        with constant_context():  # a new scope does not reuse the old one's projection
+            attn(x, context)
+            assert len(calls) == 6
+    with constant_context():
+        attn(x, context)  # a graph is recorded: never reused
+        attn(x, context)
+        assert len(calls) == 8

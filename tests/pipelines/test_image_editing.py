@@ -209,3 +209,20 @@ def test_latent_model_encodes_and_pastes_after_decoding():
     )
     assert edited.images.shape == (1, 3, 64, 64)
     assert Path(pipe.model.folder).name == "shapes-t2i"
+
+
+def test_partial_inversion_walks_up_to_the_strength_level_and_back(pipe, scene):
+    image, prompt = scene
+    denoiser = pipe.model.denoiser
+    x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 127.5 - 1
+    latents = pipe.model.codec.encode(x)
+    cond = pipe.conditioning([prompt])
+    common = {"cond": cond, "guidance": 1.0, "steps": 8, "refine": 20}
+    half = image_to_image.invert_latents(denoiser, latents, strength=0.5, **common)
+    full = image_to_image.invert_latents(denoiser, latents, **common)
+    levels = start_levels(denoiser.process, "karras", 8, 0.5)
+    assert float(levels[0]) == pytest.approx(strength_level(denoiser.process, 0.5))
+    assert (half - latents).std() < (full - latents).std()  # less noise than the full walk
+    with torch.no_grad():
+        back = SAMPLERS["ddim"](lambda z, level: denoiser(z, level, cond), half, levels)
+    assert torch.allclose(back, latents, atol=1e-3)

@@ -36,7 +36,8 @@ def test_models_list_their_defaults_and_the_caps(live, pipe):
     assert model["defaults"]["sampler"] == pipe.defaults.sampler
     assert model["defaults"]["steps"] == pipe.defaults.steps
     assert model["size"] == pipe.size and model["limits"]["max_steps"] == 20
-    assert "dpmpp_2m" in model["samplers"] and model["tasks"] == ["text-to-image"]
+    assert "dpmpp_2m" in model["samplers"]
+    assert model["tasks"] == ["text-to-image", "img2img", "inversion", "inpaint"]
 
 
 def test_a_job_gives_pngs_with_their_parameters_equal_to_the_library(live, pipe):

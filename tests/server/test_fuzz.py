@@ -1,5 +1,7 @@
 """API fuzzing: schemathesis draws requests from the server's own OpenAPI schema (valid and
-invalid bodies, paths and queries) against a live server, a bounded number per route. No answer
+invalid bodies, paths and queries; the image fields' examples are real images of the model's
+size, so the image routes run jobs too) against a live server with a ControlNet, a bounded
+number per route. No answer
 may be a 5xx; every 4xx carries a one-line message; every answer matches the schema."""
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, settings
 
+from diffuse.server import load_controlnets
 from live_server import LiveServer
 
 schemathesis = pytest.importorskip("schemathesis", reason="needs the 'serve' extra")
@@ -18,9 +21,15 @@ EXAMPLES = 25  # per route and generation mode: bounded, a minute or two in all
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(pipe):
+def fuzz_server(pipe, controlnet_dir):
     server = LiveServer(
-        pipe, token=TOKEN, max_steps=2, max_images=2, max_queue=4, max_prompt_chars=50
+        pipe,
+        load_controlnets([controlnet_dir], {pipe.name: pipe}),
+        token=TOKEN,
+        max_steps=2,
+        max_images=2,
+        max_queue=4,
+        max_prompt_chars=50,
     )
     yield server
     server.stop()
@@ -51,7 +60,9 @@ def errors_carry_a_message(ctx, response, case) -> None:
     derandomize=True,
 )
 def test_the_api_never_fails_on_any_input(case, fuzz_server):
-    response = case.call(base_url=fuzz_server.url, headers={"Authorization": f"Bearer {TOKEN}"})
+    response = case.call(  # a job with ?wait=true may queue behind others on a busy machine
+        base_url=fuzz_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300
+    )
     case.validate_response(
         response,
         checks=[

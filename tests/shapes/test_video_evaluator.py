@@ -12,7 +12,7 @@ import torch
 from diffuse.shapes.clip_captions import clip_caption, clip_paraphrase
 from diffuse.shapes.motion import ClipScene, render_clip, sample_clip_scenes
 from diffuse.shapes.video_evaluator import (
-    CLIP_ATTRIBUTES,
+    REPORTED_RATES,
     ClipObjectSpec,
     detect_clip_objects,
     evaluate_clips,
@@ -115,7 +115,7 @@ def test_layouts_and_report_json(validation):
     assert a.summary() == b.summary() == c.summary() and a.score == 1.0
     assert evaluate_clips(video[0], captions[:1]).score == 1.0  # one clip without N
     text = json.dumps({**a.summary(), "results": [r.summary() for r in a.results]})
-    assert set(json.loads(text)["breakdown"]) == set(CLIP_ATTRIBUTES)
+    assert set(json.loads(text)["breakdown"]) == set(REPORTED_RATES)
 
 
 def test_bad_input_fails_clearly(validation):
@@ -146,6 +146,7 @@ def test_identity_and_flicker_are_caught():
     gap[7] = render_clip(_with_objects(clip, clip.objects[1:]), 16, 32)[7]
     report = evaluate_clips(gap, [prompt])
     assert not report.results[0].checks["identity"] and not report.results[0].checks["count"]
+    assert report.breakdown["objects"] == 0.0
     # It shows another colour and another shape for one frame each: flicker.
     other_colour = next(c for c in ("red", "green") if c not in (obj.colour, obj.colour_to))
     recoloured = dataclasses.replace(obj, start=dataclasses.replace(obj.start, colour=other_colour))

@@ -3,7 +3,8 @@
 For each N: a schedule and bespoke solver coefficients (`samplers.bespoke.fit_candidates`) are
 fitted against the model's own many-step solution (UniPC-3, --reference-steps Karras steps),
 from noises paired with conditioning drawn from the model's training distribution (Shapes
-captions for a Shapes text model, classes for a class model), through the model's default
+captions for a Shapes text model, or the lines of --prompts FILE for any text model, e.g. an
+imported Stable Diffusion; classes for a class model), through the model's default
 classifier-free guidance. The solver is then judged on held-out noises and conditioning against
 the best plain sampler at the same N; it is saved in the model folder
 (`diffuse.fitted_solvers`) only when it beats it.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -76,6 +78,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1.0,
         help="share of the full fitting budget (default 1; less when --max-minutes needs it)",
     )
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="text models: fit on these prompts (one per line) instead of Shapes captions",
+    )
     p.add_argument("--seed", type=int, default=0, help="draws noises and conditioning")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu")
@@ -89,24 +98,46 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
 
 
-def _conditioning(model: TrainedModel, count: int, seed: int, first: int, device: str):
-    """(cond, uncond, what) for `count` draws from the model's training distribution."""
+def read_prompts(path: Path) -> list[str]:
+    """The non-empty lines of a prompts file (CliError naming a missing or empty file)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CliError(f"cannot read --prompts {path}: {err}") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise CliError(f"--prompts {path} holds no prompt")
+    return prompts
+
+
+def _conditioning(
+    model: TrainedModel,
+    count: int,
+    seed: int,
+    first: int,
+    device: str,
+    prompts: list[str] | None = None,
+):
+    """(cond, uncond, what) for `count` draws from the model's training distribution, or from
+    `prompts` (draws first, first + 1, ... taken in turn) for a text model."""
     info = model.info
     if info.text_encoder:
-        if not vocabulary.trained_on_shapes_captions(info.recipe):
+        index = range(first, first + count)
+        if prompts:
+            texts = [prompts[i % len(prompts)] for i in index]
+        elif not vocabulary.trained_on_shapes_captions(info.recipe):
             raise CliError(
                 f"{model.folder}: fit-solver draws prompts from the Shapes captions, but this "
-                "text model was not trained on them"
+                "text model was not trained on them; give prompts with --prompts FILE"
             )
-        encoder = load_pipeline(model.folder, device=device).encoder
-        index = range(first, first + count)
-        texts = [caption(sample_split_scene(seed, i, "train"), seed, i) for i in index]
-        cond = encoder.encode(texts).as_cond()
-        uncond = encoder.encode([""]).as_cond()
+        else:
+            texts = [caption(sample_split_scene(seed, i, "train"), seed, i) for i in index]
+        pipeline = load_pipeline(model.folder, device=device)
+        cond, uncond = pipeline.conditioning(texts), pipeline.conditioning([""])
         return (
             {k: v.to(device) for k, v in cond.items()},
             {k: v.to(device) for k, v in uncond.items()},
-            f"{count} Shapes captions",
+            f"{count} {'prompts from --prompts' if prompts else 'Shapes captions'}",
         )
     if model.num_classes:
         g = torch.Generator().manual_seed(seed * 1_000_003 + first)
@@ -138,9 +169,12 @@ def _denoise_fn(model: TrainedModel, cond: Cond, uncond: Cond, guidance: float) 
 
 
 def _noises(model: TrainedModel, count: int, seed: int, device: str) -> Tensor:
-    level_max = model.denoiser.process.level_max
+    process = model.denoiser.process
     seeds = [seed * 1_000_003 + i for i in range(count)]
-    return SeededNoise(seeds, device=device).initial(model.shape) * level_max
+    # the start generation uses (`pipelines.sample.generate`)
+    return SeededNoise(seeds, device=device).initial(model.shape) * process.initial_std(
+        process.level_max
+    )
 
 
 def _best_plain(denoise: DenoiseFn, model: TrainedModel, x: Tensor, target: Tensor, steps: int):
@@ -184,9 +218,10 @@ def _run(args: argparse.Namespace) -> int:
     info, process = model.info, model.denoiser.process
     conditional = bool(info.text_encoder or info.class_names)
     guidance = info.sampling.guidance if conditional else 1.0
+    prompts = read_prompts(args.prompts) if args.prompts is not None else None
     k = args.conditions
-    cond, uncond, what = _conditioning(model, k, args.seed, 0, args.device)
-    held_cond, held_uncond, _ = _conditioning(model, k, args.seed, k, args.device)
+    cond, uncond, what = _conditioning(model, k, args.seed, 0, args.device, prompts)
+    held_cond, held_uncond, _ = _conditioning(model, k, args.seed, k, args.device, prompts)
     fit_fn = _denoise_fn(model, cond, uncond, guidance)
     held_fn = _denoise_fn(model, held_cond, held_uncond, guidance)
     x = _noises(model, k * args.noises, args.seed, args.device)

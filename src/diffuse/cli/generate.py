@@ -18,7 +18,7 @@ from diffuse.cli.arguments import (
 from diffuse.codecs.controls import control_map
 from diffuse.fitted_solvers import FITTED
 from diffuse.model_folder import read_info
-from diffuse.pipelines.control import controlled, load_controlnet
+from diffuse.pipelines.control import control_record, controlled, load_controlnet
 from diffuse.pipelines.image_to_image import image_hash, read_image
 from diffuse.pipelines.sample import save_grid
 from diffuse.pipelines.text_to_image import (
@@ -216,15 +216,15 @@ def _run(args: argparse.Namespace) -> int:
         if args.controlnet:
             controlnet = load_controlnet(args.controlnet, pipe.model)
             _, pixels = read_image(args.control, pipe.size, 3)
-            control_meta = {
-                "controlnet": str(args.controlnet),
-                "control": str(args.control),
-                "control_kind": controlnet.config.kind,
-                "control_hash": image_hash(pixels),
-                "control_scale": args.control_scale,
-                "control_start": args.control_start,
-                "control_end": args.control_end,
-            }
+            control_meta = control_record(
+                args.controlnet,
+                args.control,
+                controlnet.config.kind,
+                image_hash(pixels),
+                args.control_scale,
+                args.control_start,
+                args.control_end,
+            )
             if wanted_control and wanted_control != control_meta["control_hash"]:
                 raise ValueError(
                     f"{args.from_png} was made from another control image (hash {wanted_control})"

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve models over HTTP, with a web page",
-        description="Serve text-to-image models: a JSON API (schema at /openapi.json), live "
+        description="Serve text-to-image models: a JSON API (schema at /openapi.json) for "
+        "text-to-image, img2img, edit by inversion, inpainting and ControlNet jobs, live "
         "previews over Server-Sent Events and a web page at /. Requests running at the same "
         "time share network calls. Listens on loopback unless --host says otherwise; a "
         "non-loopback address needs --token (or --insecure).",
@@ -26,6 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="DIR",
         help="a model folder; repeat for several (default: the bundled model)",
+    )
+    p.add_argument(
+        "--controlnet",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a ControlNet folder, served with the model it was built for; repeat for several",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -46,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=8, help="most images per request")
     p.add_argument("--max-prompt-chars", type=int, default=1000, help="longest prompt")
     p.add_argument("--max-body-bytes", type=int, default=65536, help="largest request body")
+    p.add_argument(
+        "--max-upload-bytes", type=int, default=32768, help="largest image file in a request"
+    )
     p.add_argument(
         "--shutdown-grace",
         type=float,
@@ -78,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         max_prompt_chars=args.max_prompt_chars,
         max_body_bytes=args.max_body_bytes,
+        max_upload_bytes=args.max_upload_bytes,
         shutdown_grace=args.shutdown_grace,
     )
     pipes: dict[str, TextToImagePipeline] = {}
@@ -86,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         if pipe.name in pipes:
             raise CliError(f"two models are named {pipe.name!r}; serve each name once")
         pipes[pipe.name] = pipe
-    app = server.create_app(pipes, settings)
-    print(f"diffuse serve: http://{args.host}:{args.port}/ ({', '.join(pipes)})", flush=True)
+    controlnets = server.load_controlnets(args.controlnet, pipes)
+    app = server.create_app(pipes, settings, controlnets)
+    served = ", ".join([*pipes, *(f"{c.name} ({c.kind}, for {c.model})" for c in controlnets)])
+    print(f"diffuse serve: http://{args.host}:{args.port}/ ({served})", flush=True)
     server.serve(app, args.host, args.port, grace=settings.shutdown_grace)
     return 0

@@ -8,7 +8,11 @@ from diffuse.codecs.autoencoder_kl import AutoencoderKLConfig
 from diffuse.interop.folder import UnsupportedModelError
 from diffuse.interop.weights import Rename, module_renames
 
-__all__ = ["autoencoder_config_from_diffusers", "autoencoder_renames"]
+__all__ = [
+    "autoencoder_config_from_diffusers",
+    "autoencoder_config_to_diffusers",
+    "autoencoder_renames",
+]
 
 
 def autoencoder_config_from_diffusers(config: dict[str, Any], where: str) -> AutoencoderKLConfig:
@@ -49,6 +53,31 @@ def autoencoder_config_from_diffusers(config: dict[str, Any], where: str) -> Aut
         )
     except ValueError as err:
         raise UnsupportedModelError(f"{where}: {err}") from None
+
+
+def autoencoder_config_to_diffusers(cfg: AutoencoderKLConfig) -> dict[str, Any]:
+    """The AutoencoderKL config.json of a codec (the inverse of
+    `autoencoder_config_from_diffusers`; every codec config has one)."""
+    levels = len(cfg.widths)
+    return {
+        "_class_name": "AutoencoderKL",
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "block_out_channels": list(cfg.widths),
+        "layers_per_block": cfg.layers_per_block,
+        "act_fn": "silu",
+        "latent_channels": cfg.latent_channels,
+        "norm_num_groups": cfg.num_groups,
+        "scaling_factor": cfg.scaling_factor,
+        "shift_factor": cfg.shift_factor or None,
+        "latents_mean": None,
+        "latents_std": None,
+        "use_quant_conv": cfg.quant_conv,
+        "use_post_quant_conv": cfg.post_quant_conv,
+        "mid_block_add_attention": cfg.mid_attention,
+    }
 
 
 def _resnet(ours: str, theirs: str, cin: int, cout: int) -> list[Rename]:

@@ -41,6 +41,8 @@ SUPPORTED_CLASSES: dict[str, str] = {
     "UNet2DModel": "denoiser network (diffuse U-Net)",
     "UNet2DConditionModel": "denoiser network (diffuse U-Net with spatial transformers)",
     "DiTTransformer2DModel": "denoiser network (diffuse DiT)",
+    "Transformer2DModel": "denoiser network (diffuse DiT: PixArt-style or class-conditional)",
+    "PixArtTransformer2DModel": "denoiser network (diffuse DiT, PixArt layout)",
     "AutoencoderKL": "latent codec",
     "CLIPTextModel": "text encoder",
     "T5EncoderModel": "text encoder",

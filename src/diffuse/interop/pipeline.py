@@ -24,13 +24,22 @@ from torch import Tensor, nn
 
 from diffuse.codecs.autoencoder_kl import AutoencoderKL
 from diffuse.config import DiscreteVPOptions, ProcessConfig
-from diffuse.interop.autoencoder import autoencoder_config_from_diffusers, autoencoder_renames
+from diffuse.interop.autoencoder import (
+    autoencoder_config_from_diffusers,
+    autoencoder_config_to_diffusers,
+    autoencoder_renames,
+)
 from diffuse.interop.dit import (
+    PIXART_CLASSES,
     dit_config_from_diffusers,
     dit_config_to_diffusers,
     dit_renames,
     dit_state_from_diffusers,
     dit_state_to_diffusers,
+    is_pixart,
+    pixart_config_from_diffusers,
+    pixart_renames,
+    pixart_state_from_diffusers,
 )
 from diffuse.interop.folder import (
     Component,
@@ -52,11 +61,18 @@ from diffuse.io import MissingModelFileError, ModelFileError, atomic_folder, ato
 from diffuse.nets.dit import DiT
 from diffuse.nets.unet import UNet
 
-__all__ = ["ImportedModel", "export_diffusers", "import_codec", "import_diffusers"]
+__all__ = [
+    "ImportedModel",
+    "export_component",
+    "export_diffusers",
+    "import_codec",
+    "import_diffusers",
+]
 
 logger = logging.getLogger(__name__)
 
-NETWORK_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel")
+NETWORK_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", *PIXART_CLASSES)
+TRANSFORMER_CLASSES = ("DiTTransformer2DModel", *PIXART_CLASSES)
 TEXT_ENCODER_CLASSES = ("CLIPTextModel", "T5EncoderModel")
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 # The version written into exported configs: the oldest diffusers whose loaders read them.
@@ -124,8 +140,8 @@ def _load(
 
 
 def import_network(component: Component) -> nn.Module:
-    """The diffuse network of a UNet2DModel, UNet2DConditionModel or DiTTransformer2DModel
-    component."""
+    """The diffuse network of a UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel or
+    PixArt-style (PixArt)Transformer2DModel component."""
     where = str(component.folder / "config.json")
     if component.class_name not in NETWORK_CLASSES:
         raise UnsupportedModelError(
@@ -133,14 +149,29 @@ def import_network(component: Component) -> nn.Module:
             f"{', '.join(NETWORK_CLASSES)}"
         )
     config = read_config(component)
+    pixart = is_pixart(component.class_name, config)
     try:
-        if component.class_name == "DiTTransformer2DModel":
+        if pixart:
+            dit = pixart_config_from_diffusers(config, where)
+        elif component.class_name in TRANSFORMER_CLASSES:
+            if config.get("patch_size") is None:
+                raise UnsupportedModelError(
+                    f"{where}: a {component.class_name} without patch_size (a transformer over "
+                    "continuous or discrete inputs) is not supported; supported: DiT "
+                    "(norm_type 'ada_norm_zero') and PixArt (norm_type 'ada_norm_single')"
+                )
             dit = dit_config_from_diffusers(config, where)
         else:
             cfg, linear = unet_config_from_diffusers(config, component.class_name, where)
     except KeyError as err:
         raise ModelFileError(f"{where} is damaged: missing key {err}") from None
-    if component.class_name == "DiTTransformer2DModel":
+    if pixart:
+
+        def arrange_pixart(state: dict[str, Tensor], path: str) -> dict[str, Tensor]:
+            return pixart_state_from_diffusers(dit, config, state)
+
+        return _load(DiT(dit), pixart_renames(dit), component, arrange_pixart)
+    if component.class_name in TRANSFORMER_CLASSES:
 
         def arrange(state: dict[str, Tensor], path: str) -> dict[str, Tensor]:
             return dit_state_from_diffusers(dit, config, state, path)
@@ -232,10 +263,61 @@ def import_diffusers(folder: str | os.PathLike) -> ImportedModel:
 
 
 def _write_component(folder: Path, config: dict, state: dict) -> None:
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     config = {"_diffusers_version": DIFFUSERS_VERSION, **config}
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
     save_file(state, str(folder / DIFFUSERS_WEIGHTS), metadata={"format": "pt"})
+
+
+def _component_files(module: nn.Module) -> tuple[dict, dict]:
+    """(config.json, diffusers state dict) of a diffuse network or codec.
+
+    Raises:
+        UnsupportedModelError: a module without a diffusers counterpart (why).
+    """
+    if isinstance(module, UNet):
+        config = unet_config_to_diffusers(module.config)
+        linear = bool(module.config.transformer_depth)  # exported with linear projections
+        return config, to_diffusers(unet_renames(module.config, linear), module.state_dict())
+    if isinstance(module, DiT):
+        config = dit_config_to_diffusers(module.config)
+        renamed = to_diffusers(dit_renames(module.config), module.state_dict())
+        return config, dit_state_to_diffusers(module.config, renamed)
+    if isinstance(module, AutoencoderKL):
+        config = autoencoder_config_to_diffusers(module.cfg)
+        return config, to_diffusers(autoencoder_renames(module.cfg), module.state_dict())
+    raise UnsupportedModelError(
+        f"{type(module).__name__} has no diffusers export; supported: U-Nets (UNet2DModel, "
+        "UNet2DConditionModel with spatial transformers), class-conditional DiTs "
+        "(DiTTransformer2DModel) and KL autoencoders (AutoencoderKL)"
+    )
+
+
+def export_component(
+    module: nn.Module, folder: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write one network or codec as a diffusers component folder (config.json and
+    diffusion_pytorch_model.safetensors), which its class's `from_pretrained` reads: a U-Net
+    (UNet2DModel, or UNet2DConditionModel for a Stable-Diffusion-shaped one), a class-
+    conditional DiT (DiTTransformer2DModel) or a KL autoencoder codec (AutoencoderKL).
+
+    Args:
+        module: a `nets.unet.UNet`, `nets.dit.DiT` or `codecs.autoencoder_kl.AutoencoderKL`.
+        folder: the destination; written whole or not at all.
+        overwrite: replace an existing destination.
+    Returns:
+        The folder.
+    Raises:
+        UnsupportedModelError: a module without a diffusers counterpart (why).
+        FileExistsError: the destination exists and overwrite is False.
+    """
+    folder = Path(folder)
+    config, state = _component_files(module)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} exists; pass overwrite=True (--overwrite) to replace it")
+    with atomic_folder(folder) as tmp:
+        _write_component(tmp, config, state)
+    return folder
 
 
 def export_diffusers(
@@ -264,15 +346,16 @@ def export_diffusers(
         FileExistsError: the destination exists and overwrite is False.
     """
     folder = Path(folder)
-    if isinstance(net, UNet):
-        name, pipeline = "unet", "DDIMPipeline"
-        config = unet_config_to_diffusers(net.config)
-        state = to_diffusers(unet_renames(net.config), net.state_dict())
-    elif isinstance(net, DiT):
-        name, pipeline = "transformer", "DiTPipeline"
-        config = dit_config_to_diffusers(net.config)
-        renamed = to_diffusers(dit_renames(net.config), net.state_dict())
-        state = dit_state_to_diffusers(net.config, renamed)
+    if isinstance(net, UNet) and net.config.context_dim:
+        raise UnsupportedModelError(
+            "a text-conditioned U-Net has no diffusers pipeline of its own (a Stable Diffusion "
+            "pipeline needs its codec and text encoder too); export the U-Net as a component "
+            "(interop.export_component: UNet2DConditionModel)"
+        )
+    if isinstance(net, (UNet, DiT)):
+        name = "unet" if isinstance(net, UNet) else "transformer"
+        pipeline = "DDIMPipeline" if isinstance(net, UNet) else "DiTPipeline"
+        config, state = _component_files(net)
     else:
         raise UnsupportedModelError(
             f"{type(net).__name__} networks have no diffusers export; supported: U-Nets "

@@ -6,12 +6,13 @@ sampling walks the timesteps (`timestep_spacing`, `steps_offset`, the algorithm 
 Here the first becomes a `DiscreteVP`, the second a `Parametrization`, the third the model's
 default schedule and sampler, and every diffuse sampler then runs on the one level axis.
 
-diffuse's samplers always end at level 0 with the clean estimate, which is what a scheduler with
-`set_alpha_to_one=True` (or no final noisy step) does; with `set_alpha_to_one=False` diffusers'
-DDIM stops one step short, at the noise level of timestep 0, so its last latents differ by that
-level (about 0.03 for Stable Diffusion). Sample clipping and dynamic thresholding
-(`clip_sample`, `thresholding`) are not reproduced; a config that asks for them is imported
-with a warning.
+diffuse's samplers end at level 0 with the clean estimate, which is what a scheduler with
+`set_alpha_to_one=True` (or no final noisy step) does; with `set_alpha_to_one=False` (DDIM and
+PNDM; Stable Diffusion 1.x's configs) diffusers' last step stops at the noise level of timestep
+0 (about 0.03 for Stable Diffusion) and returns that sample: the process then records
+`stop_at_first_timestep` and generation does the same (`pipelines.sample.stop_at_final_level`).
+Sample clipping and dynamic thresholding (`clip_sample`, `thresholding`) are not reproduced; a
+config that asks for them is imported with a warning.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ CLASS_SAMPLERS = {
     "UniPCMultistepScheduler": "unipc",
     "HeunDiscreteScheduler": "heun",
 }
+
+# The classes whose last step ends at timestep 0's noise level when set_alpha_to_one is False.
+FINAL_ALPHA_CLASSES = frozenset({"DDIMScheduler", "PNDMScheduler"})
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ def scheduler_from_diffusers(
             beta_end=float(config.get("beta_end", 0.02)),
             zero_terminal_snr=bool(config.get("rescale_betas_zero_snr", False)),
             steps_offset=int(config.get("steps_offset", 0)) if spacing == "leading" else 0,
+            stop_at_first_timestep=class_name in FINAL_ALPHA_CLASSES
+            and not config.get("set_alpha_to_one", True),
         )
     except ConfigError as err:
         raise UnsupportedModelError(f"{where}: {err}") from None
@@ -149,6 +155,6 @@ def scheduler_to_diffusers(process: ProcessConfig, schedule: str) -> dict[str, A
         "timestep_spacing": spacing,
         "steps_offset": o.steps_offset,
         "rescale_betas_zero_snr": o.zero_terminal_snr,
-        "set_alpha_to_one": True,
+        "set_alpha_to_one": not o.stop_at_first_timestep,
         "clip_sample": False,
     }

@@ -188,15 +188,67 @@ def unet_config_from_diffusers(
         raise UnsupportedModelError(f"{where}: {err}") from None
 
 
+def _sd_unet_config(cfg: UNetConfig) -> dict[str, Any]:
+    """The UNet2DConditionModel config of a U-Net with spatial transformers (Stable Diffusion's
+    layout); its transformers project with linear maps (use_linear_projection, SD 2.x)."""
+    reasons = []
+    if cfg.pooled_dim:
+        reasons.append("it takes a pooled text embedding (UNet2DConditionModel's added embeddings)")
+    if not cfg.mid_attention:
+        reasons.append("it has no middle attention (UNetMidBlock2DCrossAttn has one)")
+    if cfg.scale_shift:
+        reasons.append("its residual blocks use scale-shift conditioning")
+    if reasons:
+        raise UnsupportedModelError(
+            "this U-Net has no diffusers counterpart (UNet2DConditionModel): " + "; ".join(reasons)
+        )
+    widths = [cfg.base_channels * m for m in cfg.channel_mult]
+    levels = range(cfg.levels)
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "sample_size": cfg.image_size,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "center_input_sample": False,
+        "flip_sin_to_cos": not cfg.sin_first,
+        "freq_shift": cfg.freq_shift,
+        "down_block_types": [
+            "CrossAttnDownBlock2D" if lv in cfg.attention_levels else "DownBlock2D" for lv in levels
+        ],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": [
+            "CrossAttnUpBlock2D" if lv in cfg.attention_levels else "UpBlock2D"
+            for lv in reversed(levels)
+        ],
+        "only_cross_attention": False,
+        "block_out_channels": widths,
+        "layers_per_block": cfg.num_res_blocks,
+        "downsample_padding": 1,
+        "mid_block_scale_factor": 1,
+        "dropout": cfg.dropout,
+        "act_fn": "silu",
+        "norm_num_groups": cfg.num_groups,
+        "norm_eps": cfg.norm_eps,
+        "cross_attention_dim": cfg.context_dim,
+        "transformer_layers_per_block": cfg.transformer_depth,
+        # diffusers reads attention_head_dim as each level's head COUNT (its legacy naming)
+        "attention_head_dim": [cfg.heads_for(w) for w in widths],
+        "use_linear_projection": True,
+        "upcast_attention": False,
+        "resnet_time_scale_shift": "default",
+    }
+
+
 def unet_config_to_diffusers(cfg: UNetConfig) -> dict[str, Any]:
-    """The UNet2DModel config of a diffuse U-Net (one without text, classes or extra inputs).
+    """The UNet2DModel config of a diffuse U-Net without text, or the UNet2DConditionModel
+    config of one with spatial transformers (no classes or extra inputs in either).
 
     Raises:
-        UnsupportedModelError: a U-Net UNet2DModel cannot express (named, with the reason).
+        UnsupportedModelError: a U-Net diffusers cannot express (named, with the reason).
     """
     reasons = []
-    if cfg.transformer_depth or cfg.context_dim or cfg.pooled_dim:
-        reasons.append("it is text-conditioned (export covers UNet2DModel, no text)")
+    if cfg.context_dim and not cfg.transformer_depth:
+        reasons.append("it is text-conditioned without spatial transformers")
     if cfg.num_classes:
         reasons.append("it is class-conditional (UNet2DModel has no null class)")
     if cfg.extra_in_channels:
@@ -207,6 +259,8 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> dict[str, Any]:
         raise UnsupportedModelError(
             "this U-Net has no diffusers counterpart: " + "; ".join(reasons)
         )
+    if cfg.transformer_depth:
+        return _sd_unet_config(cfg)
     widths = [cfg.base_channels * m for m in cfg.channel_mult]
     head_dims = {c // cfg.heads_for(c) for c in cfg.attention_channels()} or {widths[0]}
     if len(head_dims) != 1:

@@ -12,6 +12,11 @@ embedding, all zero at initialisation so every block starts as the identity).
 Text conditioning: `text_mode="cross"` adds a cross-attention layer to each block (PixArt-alpha
 style); `text_mode="joint"` gives the text tokens their own weights and lets both streams attend
 over the concatenated sequence (SD3's MMDiT; FLUX's double-stream blocks).
+
+PixArt-alpha's own layout (Chen et al. 2023, sec. 2.3) is `adaln="single"` (one modulation
+map shared by all blocks, each block adding a learned (6, D) table: "adaLN-single"),
+`cross_norm=False` (no LayerNorm before the cross-attention) and `context_mlp=True` (the caption
+projection: a two-layer tanh-GELU MLP from the text width to D before every cross-attention).
 """
 
 from __future__ import annotations
@@ -79,6 +84,12 @@ class DiTConfig:
         freq_shift: shortens the sinusoidal frequency ladder (1 in the original DiT code and in
             diffusers' DiT; see `layers.sinusoidal_embedding`).
         mlp_norm_eps: epsilon of the LayerNorm before each MLP (diffusers' DiT: 1e-5).
+        adaln: "zero" (a modulation map per block, DiT) or "single" (one shared map plus a
+            learned table per block, PixArt-alpha).
+        cross_norm: LayerNorm before each cross-attention (PixArt-alpha has none).
+        context_mlp: project text tokens to hidden_size by a two-layer tanh-GELU MLP first
+            (PixArt-alpha's caption projection); the cross-attentions then read width D.
+        pos_scale: multiplies the sin-cos grid positions (PixArt's 1 / interpolation_scale).
         frames: > 0 makes a video DiT taking clips (B, C, T, H, W) of up to this many frames,
             cut into temporal_patch x patch_size x patch_size space-time patches with
             sine-cosine positions in time added to those in space (needs pos_embed "sincos").
@@ -109,6 +120,10 @@ class DiTConfig:
     max_period: float = 10000.0
     freq_shift: float = 0.0
     mlp_norm_eps: float = 1e-6
+    adaln: Literal["zero", "single"] = "zero"
+    cross_norm: bool = True
+    context_mlp: bool = False
+    pos_scale: float = 1.0
     frames: int = 0
     temporal_patch: int = 1
     video_attention: Literal["joint", "factorised"] = "joint"
@@ -172,6 +187,14 @@ class DiTConfig:
             raise ValueError(f"DiTConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.freq_dim % 2:
             raise ValueError(f"DiTConfig.freq_dim must be even, got {self.freq_dim}")
+        if self.adaln not in ("zero", "single"):
+            raise ValueError(f"DiTConfig.adaln must be 'zero' or 'single', got {self.adaln!r}")
+        if self.adaln == "single" and self.context_dim and self.text_mode == "joint":
+            raise ValueError("DiTConfig: adaln='single' needs text_mode='cross'")
+        if self.context_mlp and not (self.context_dim and self.text_mode == "cross"):
+            raise ValueError("DiTConfig.context_mlp needs context_dim > 0 and text_mode='cross'")
+        if not self.pos_scale > 0:
+            raise ValueError(f"DiTConfig.pos_scale must be > 0, got {self.pos_scale}")
 
     @property
     def head_dim(self) -> int:
@@ -248,13 +271,17 @@ class DiTBlock(nn.Module):
         super().__init__()
         D = cfg.hidden_size
         self.attn = SelfAttention(D, cfg.num_heads, qk_norm=cfg.qk_norm)
+        self.norm_cross = self.cross = None
         if cfg.context_dim:
-            self.norm_cross = nn.LayerNorm(D, eps=_LN_EPS)
-            self.cross = CrossAttention(D, cfg.context_dim, cfg.num_heads, qk_norm=cfg.qk_norm)
-        else:
-            self.norm_cross = self.cross = None
+            width = D if cfg.context_mlp else cfg.context_dim
+            self.cross = CrossAttention(D, width, cfg.num_heads, qk_norm=cfg.qk_norm)
+            if cfg.cross_norm:
+                self.norm_cross = nn.LayerNorm(D, eps=_LN_EPS)
         self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
-        self.ada = Linear(D, 6 * D)  # shift/scale/gate for attention and MLP
+        # shift/scale/gate for attention and MLP: regressed from c here (adaLN-Zero), or the
+        # shared map's output plus this block's table (adaLN-single)
+        self.ada = Linear(D, 6 * D) if cfg.adaln == "zero" else None
+        self.table = nn.Parameter(torch.zeros(6, D)) if cfg.adaln == "single" else None
         self.mlp_norm_eps = cfg.mlp_norm_eps
 
     def forward(
@@ -267,17 +294,22 @@ class DiTBlock(nn.Module):
     ) -> Tensor:
         """Args:
             x: (B, N, D) tokens.
-            c: (B, D) conditioning vector after SiLU.
+            c: (B, D) conditioning vector after SiLU (adaLN-Zero), or (B, 6, D) output of
+                the shared modulation map (adaLN-single).
             context: (B, L, context_dim) or None; mask: (B, L) or None.
             rope: optional (cos, sin), each (N, head_dim/2).
         Returns:
             (B, N, D).
         """
-        mods = self.ada(c)[:, None].chunk(6, dim=-1)  # 6 x (B, 1, D)
+        if self.table is not None:
+            mods = (self.table[None] + c).chunk(6, dim=1)  # 6 x (B, 1, D)
+        else:
+            mods = self.ada(c)[:, None].chunk(6, dim=-1)  # 6 x (B, 1, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
         x = torch.addcmul(x, gate1, self.attn(modulate(_ln(x), shift1, scale1), rope))
         if self.cross is not None and context is not None:
-            x = x + self.cross(self.norm_cross(x), context, mask)
+            h = x if self.norm_cross is None else self.norm_cross(x)
+            x = x + self.cross(h, context, mask)
         h = F.layer_norm(x, x.shape[-1:], eps=self.mlp_norm_eps)
         return torch.addcmul(x, gate2, self.mlp(modulate(h, shift2, scale2)))
 
@@ -356,16 +388,24 @@ class TemporalAttention(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN-modulated LayerNorm and a linear map from tokens to patches."""
+    """adaLN-modulated LayerNorm and a linear map from tokens to patches.
 
-    def __init__(self, D: int, patch_dim: int) -> None:
+    With `single` (PixArt-alpha) shift and scale are a learned (2, D) table plus the noise
+    embedding itself (before SiLU), instead of a linear map of the conditioning vector.
+    """
+
+    def __init__(self, D: int, patch_dim: int, *, single: bool = False) -> None:
         super().__init__()
-        self.ada = Linear(D, 2 * D)
+        self.ada = None if single else Linear(D, 2 * D)
+        self.table = nn.Parameter(torch.zeros(2, D)) if single else None
         self.linear = Linear(D, patch_dim)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        """(B, N, D), (B, D) -> (B, N, patch_dim)."""
-        shift, scale = self.ada(c)[:, None].chunk(2, dim=-1)  # 2 x (B, 1, D)
+        """(B, N, D), (B, D) -> (B, N, patch_dim); c after SiLU, or before it with `single`."""
+        if self.table is not None:
+            shift, scale = (self.table[None] + c[:, None]).chunk(2, dim=1)  # 2 x (B, 1, D)
+        else:
+            shift, scale = self.ada(c)[:, None].chunk(2, dim=-1)  # 2 x (B, 1, D)
         return self.linear(modulate(_ln(x), shift, scale))
 
 
@@ -403,20 +443,28 @@ class DiT(nn.Module):
         )
         joint = cfg.context_dim > 0 and cfg.text_mode == "joint"
         self.context_embed = Linear(cfg.context_dim, D) if joint else None
+        self.context_mlp = (
+            nn.Sequential(Linear(cfg.context_dim, D), nn.GELU(approximate="tanh"), Linear(D, D))
+            if cfg.context_mlp
+            else None
+        )
+        single = cfg.adaln == "single"
+        self.ada_single = Linear(D, 6 * D) if single else None  # adaLN-single's shared map
         if joint:
             self.blocks = nn.ModuleList(
                 JointBlock(cfg, context_out=i < cfg.depth - 1) for i in range(cfg.depth)
             )
         else:
             self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
-        self.final = FinalLayer(D, pt * p * p * cfg.out_channels)
+        self.final = FinalLayer(D, pt * p * p * cfg.out_channels, single=single)
         factorised = cfg.frames and cfg.video_attention == "factorised"
         self.temporal = (
             nn.ModuleList(TemporalAttention(cfg) for _ in range(cfg.depth)) if factorised else None
         )
         g = cfg.image_size // p
         if cfg.pos_embed == "sincos":
-            self.register_buffer("pos", sincos_2d(g, g, D)[None], persistent=False)  # (1, N, D)
+            pos = sincos_2d(g, g, D, scale=cfg.pos_scale)[None]  # (1, N, D)
+            self.register_buffer("pos", pos, persistent=False)
         else:
             cos, sin = rope_2d(g, g, cfg.head_dim, theta=cfg.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)  # (N, head_dim/2)
@@ -429,7 +477,9 @@ class DiT(nn.Module):
         - linear maps (the patch embedding included): Xavier-uniform, biases zero, as ViT;
         - noise-level MLP, pooled MLP and class embedding: normal(0, 0.02);
         - every adaLN modulation (blocks and final layer): zero weights and biases, so gates
-          are 0 and each block is the identity at initialisation ("adaLN-Zero");
+          are 0 and each block is the identity at initialisation ("adaLN-Zero"); with
+          adaLN-single the shared map is zero and the tables normal(0, 1 / sqrt(D)), as
+          PixArt-alpha, and the caption MLP normal(0, 0.02);
         - the final linear map: zero, so the untrained network outputs 0;
         - cross-attention output projections: zero, keeping the blocks identities with text too;
         - temporal attention output projections (factorised video DiT): zero, so each frame
@@ -447,13 +497,25 @@ class DiT(nn.Module):
             nn.init.normal_(self.pooled_embed[2].weight, std=0.02)
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=0.02)
+        if self.context_mlp is not None:
+            nn.init.normal_(self.context_mlp[0].weight, std=0.02)
+            nn.init.normal_(self.context_mlp[2].weight, std=0.02)
+        if self.ada_single is not None:
+            zero_(self.ada_single)
+        D = self.config.hidden_size
         for block in self.blocks:
-            zero_(block.ada)
+            if block.ada is not None:
+                zero_(block.ada)
+            if getattr(block, "table", None) is not None:
+                nn.init.normal_(block.table, std=D**-0.5)
             if isinstance(block, JointBlock):
                 zero_(block.c_ada)
             if getattr(block, "cross", None) is not None:
                 zero_(block.cross.proj)
-        zero_(self.final.ada)
+        if self.final.ada is not None:
+            zero_(self.final.ada)
+        else:
+            nn.init.normal_(self.final.table, std=D**-0.5)
         zero_(self.final.linear)
         for layer in self.temporal or ():
             zero_(layer.attn.proj)
@@ -468,7 +530,7 @@ class DiT(nn.Module):
             pos = (
                 self.pos
                 if (h, w) == (g, g)
-                else sincos_2d(h, w, cfg.hidden_size, device=x.device)[None]
+                else sincos_2d(h, w, cfg.hidden_size, device=x.device, scale=cfg.pos_scale)[None]
             )
             return pos.to(x.dtype), None
         if (h, w) == (g, g):
@@ -603,7 +665,11 @@ class DiT(nn.Module):
             c = c + self.class_embed(class_labels)
         if self.pooled_embed is not None and pooled is not None:
             c = c + self.pooled_embed(pooled)
-        c = F.silu(c)  # every adaLN applies SiLU first; do it once here
+        embedding, c = c, F.silu(c)  # every adaLN applies SiLU first; do it once here
+        if self.ada_single is not None:
+            c = self.ada_single(c).unflatten(1, (6, cfg.hidden_size))  # (B, 6, D) shared
+        if self.context_mlp is not None and context is not None:
+            context = self.context_mlp(context)  # (B, L, D)
 
         n_control = 0 if control is None else len(control.blocks)
         if self.context_embed is not None:
@@ -621,4 +687,5 @@ class DiT(nn.Module):
                     tokens = tokens + control.blocks[i]
                 if self.temporal is not None:
                     tokens = self.temporal[i](tokens, frames)
-        return self.final(tokens, c)  # (B, N, patch_dim)
+        final_c = embedding if self.ada_single is not None else c
+        return self.final(tokens, final_c)  # (B, N, patch_dim)

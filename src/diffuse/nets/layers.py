@@ -8,6 +8,7 @@ Token tensors are (B, N, D); image tensors are (B, C, H, W), usually in channels
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator
 
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "CrossAttention",
+    "GroupNorm",
     "JointAttention",
     "Linear",
     "Mlp",
@@ -25,7 +27,9 @@ __all__ = [
     "apply_rope",
     "batch_invariant",
     "invariant_batch_size",
+    "constant_context",
     "conv3x3_upsample2x",
+    "upsample_kernel",
     "key_padding_mask",
     "pad_batch",
     "linear",
@@ -74,6 +78,25 @@ def use_reference_kernels() -> bool:
     return _REFERENCE
 
 
+_CONTEXT_SCOPE = 0  # > 0: the id of the current `constant_context` scope
+_SCOPES = itertools.count(1)
+
+
+@contextlib.contextmanager
+def constant_context() -> Iterator[None]:
+    """A scope in which text contexts are not changed in place (a sampling run): each
+    `CrossAttention` keeps the keys and values it projected from the context tensor it last
+    saw and reuses them while it is given that same tensor object again in the same scope,
+    when no graph is recorded. A sampler calls the network once per step with one context,
+    so the projections are made once per run instead of once per step."""
+    global _CONTEXT_SCOPE
+    old, _CONTEXT_SCOPE = _CONTEXT_SCOPE, next(_SCOPES)
+    try:
+        yield
+    finally:
+        _CONTEXT_SCOPE = old
+
+
 # --------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------
@@ -114,14 +137,17 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear, routed through oneDNN on CPU in fp32.
+    """F.linear with rows that do not depend on the other rows (batch invariance), on CPU fp32.
 
-    PyTorch sends fp32 matrix products on CPU to MKL's sgemm, while convolutions go to oneDNN,
-    whose kernels run about 10% faster here (forward and backward). A linear map over the
-    last axis is a 1x1 convolution of the rows seen as a channels_last image, so for
-    fp32 CPU inputs we call the convolution: same weights, same result up to summation order,
-    and each row's result does not depend on the other rows (batch invariance: the same seed
-    gives the same pixels in any batch). Elsewhere (GPU, autocast, compile) it is F.linear.
+    MKL's sgemm sums a product with few rows in an order that depends on the row count (a
+    single row takes a matrix-vector kernel), so the same sample could give other numbers in
+    another batch. With the rows padded to at least 32 and to a multiple of 16, every row takes
+    the same kernel path whatever the batch and its place in it (checked over row counts, row
+    offsets, widths from 64 to 5120, one and two threads: `tests/nets/test_layers.py`).
+    When a graph is recorded (training) the padded rows run as a 1x1 convolution instead, whose
+    oneDNN forward and backward kernels are about 10% faster than sgemm on the training shapes;
+    when sampling, sgemm is faster (9% on a Stable-Diffusion-shaped U-Net's forward pass,
+    `benchmarks/diffusers_speed.py`). Elsewhere (GPU, autocast, compile) it is plain F.linear.
 
     Args:
         x: (..., in_features).
@@ -142,16 +168,18 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     k, n = x.shape[-1], weight.shape[0]
     flat = x.reshape(-1, k)
     rows = flat.shape[0]
-    # Pad to at least 32 rows, a multiple of 16: then every row takes the same kernel path
-    # whatever the batch (MKL's sgemm sums small batches in batch-dependent orders).
     padded = max(32, -(-rows // 16) * 16)
     if padded != rows:
         flat = torch.cat([flat, flat.new_zeros(padded - rows, k)])
-    # (R, k) rows -> (16, k, 1, R/16) channels_last image; a batch of 16 or more makes
-    # PyTorch pick oneDNN for 1x1 kernels even on one thread.
-    img = flat.reshape(16, 1, padded // 16, k).permute(0, 3, 1, 2)
-    out = F.conv2d(img, weight.view(n, k, 1, 1), bias)  # (16, n, 1, R/16) channels_last
-    return out.permute(0, 2, 3, 1).reshape(padded, n)[:rows].reshape(*x.shape[:-1], n)
+    if not torch.is_grad_enabled():
+        out = F.linear(flat, weight, bias)  # (padded, n)
+    else:
+        # (R, k) rows -> (16, k, 1, R/16) channels_last image; a batch of 16 or more makes
+        # PyTorch pick oneDNN for 1x1 kernels even on one thread.
+        img = flat.reshape(16, 1, padded // 16, k).permute(0, 3, 1, 2)
+        out = F.conv2d(img, weight.view(n, k, 1, 1), bias)  # (16, n, 1, R/16) channels_last
+        out = out.permute(0, 2, 3, 1).reshape(padded, n)
+    return out[:rows].reshape(*x.shape[:-1], n)
 
 
 def batch_invariant(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -179,6 +207,33 @@ def invariant_batch_size(n: int, device: torch.device | str) -> int:
         return n
     unit = max(2, torch.get_num_threads())
     return -(-n // unit) * unit
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same parameters and state dict) that normalises channels_last CPU inputs
+    in contiguous (B, C, H, W) memory and hands back channels_last.
+
+    PyTorch's CPU GroupNorm kernel for channels_last inputs runs 3-8x slower than its
+    contiguous kernel at U-Net feature sizes (e.g. 0.63 ms vs 0.08 ms for (4, 64, 16, 16) on one
+    thread); the two layout copies cost far less than the difference. The contiguous kernel
+    reduces each (sample, group) in one thread, so a sample's result does not depend on its
+    batch. Used when no graph is recorded (sampling); training keeps PyTorch's kernel, so that
+    recorded training runs repeat exactly.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, ...) -> (B, C, ...) in the memory format of x."""
+        if (
+            not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and x.dim() == 4
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.compiler.is_compiling()
+        ):
+            out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+            return out.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
 class Linear(nn.Linear):
@@ -300,20 +355,23 @@ def sincos_1d(n: int, dim: int, *, device: torch.device | str | None = None) -> 
     return _sincos_1d(torch.arange(n, device=device), dim).float()
 
 
-def sincos_2d(h: int, w: int, dim: int, *, device: torch.device | str | None = None) -> Tensor:
+def sincos_2d(
+    h: int, w: int, dim: int, *, device: torch.device | str | None = None, scale: float = 1.0
+) -> Tensor:
     """Fixed 2-D sine-cosine position embedding (MAE / DiT): half the channels encode the row,
     half the column.
 
     Args:
         h, w: token grid size.
         dim: embedding size, a multiple of 4.
+        scale: multiplies the integer positions (PixArt's 1 / interpolation_scale).
     Returns:
         (h * w, dim) float32, row-major over the grid.
     """
     if dim % 4:
         raise ValueError(f"2-D sin-cos positions need a width divisible by 4, got {dim}")
-    rows = torch.arange(h, device=device).repeat_interleave(w)  # (h*w,) row index per token
-    cols = torch.arange(w, device=device).repeat(h)  # (h*w,) column index per token
+    rows = torch.arange(h, device=device).repeat_interleave(w) * scale  # (h*w,) row per token
+    cols = torch.arange(w, device=device).repeat(h) * scale  # (h*w,) column per token
     return torch.cat([_sincos_1d(cols, dim // 2), _sincos_1d(rows, dim // 2)], dim=1).float()
 
 
@@ -456,6 +514,7 @@ class CrossAttention(nn.Module):
         self.heads, self.context_dim = heads, context_dim
         self.q = Linear(dim, dim, bias=qkv_bias)
         self.kv = Linear(context_dim, 2 * dim, bias=qkv_bias)
+        self._kv: tuple | None = None  # (scope, context, weight key, keys and values)
         self.proj = Linear(dim, dim)
         hd = dim // heads
         self.q_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else None
@@ -470,11 +529,29 @@ class CrossAttention(nn.Module):
             (B, N, dim).
         """
         q = _heads(self.q(x), self.heads)  # (B, heads, N, hd)
-        k, v = (_heads(t, self.heads) for t in self.kv(context).chunk(2, dim=-1))
+        k, v = (_heads(t, self.heads) for t in self._keys_values(context).chunk(2, dim=-1))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         attn_mask = None if mask is None else key_padding_mask(mask)
         return self.proj(_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)))
+
+    def _keys_values(self, context: Tensor) -> Tensor:
+        """kv(context) (B, L, 2 dim), reused inside a `constant_context` scope (see there)."""
+        if not _CONTEXT_SCOPE or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self.kv(context)
+        w, b = self.kv.weight, self.kv.bias
+        key = (w.data_ptr(), w._version, None if b is None else b._version)
+        cached = self._kv
+        if (
+            cached is not None
+            and cached[0] == _CONTEXT_SCOPE
+            and cached[1] is context  # the same tensor object; it is kept alive by the cache
+            and cached[2] == key
+        ):
+            return cached[3]
+        kv = self.kv(context)
+        self._kv = (_CONTEXT_SCOPE, context, key, kv)
+        return kv
 
 
 class JointAttention(nn.Module):
@@ -620,7 +697,22 @@ def _fold_3tap(w: Tensor, dim: int) -> Tensor:
     return torch.stack([w2, w1 + w2, w0 + w1, w0], dim=dim)
 
 
-def conv3x3_upsample2x(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def upsample_kernel(weight: Tensor) -> Tensor:
+    """The transposed-convolution kernel of `conv3x3_upsample2x` for a 3x3 kernel.
+
+    Args:
+        weight: (K, C, 3, 3).
+    Returns:
+        (C, K, 4, 4) in channels_last memory (oneDNN's layout: reordering a plain kernel on
+        every call costs more than the convolution itself at small feature maps).
+    """
+    w4 = _fold_3tap(_fold_3tap(weight, 2), 3)  # (K, C, 4, 4)
+    return w4.transpose(0, 1).contiguous(memory_format=torch.channels_last)
+
+
+def conv3x3_upsample2x(
+    x: Tensor, weight: Tensor, bias: Tensor | None, *, kernel: Tensor | None = None
+) -> Tensor:
     """conv3x3(nearest_upsample_2x(x)) computed as one stride-2 transposed convolution.
 
     Output row 2i+a of the upsampled convolution reads input rows {i-1, i} (a = 0) with taps
@@ -633,9 +725,11 @@ def conv3x3_upsample2x(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
         x: (B, C, H, W).
         weight: (K, C, 3, 3) kernel of the 3x3 convolution (padding 1).
         bias: (K,) or None.
+        kernel: `upsample_kernel(weight)` when the caller keeps it (sampling); else computed.
     Returns:
         (B, K, 2H, 2W), equal to
         F.conv2d(F.interpolate(x, scale_factor=2), weight, bias, padding=1).
     """
-    w4 = _fold_3tap(_fold_3tap(weight, 2), 3)  # (K, C, 4, 4)
-    return F.conv_transpose2d(x, w4.transpose(0, 1), bias, stride=2, padding=1)
+    if kernel is None:  # training: the folded kernel as a view, differentiable
+        kernel = _fold_3tap(_fold_3tap(weight, 2), 3).transpose(0, 1)  # (C, K, 4, 4)
+    return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffuse.nets.layers import CrossAttention, Linear, SelfAttention
+from diffuse.nets.layers import CrossAttention, GroupNorm, Linear, SelfAttention
 
 __all__ = ["GEGLUFeedForward", "SpatialTransformer", "TransformerBlock"]
 
@@ -85,7 +85,7 @@ class SpatialTransformer(nn.Module):
         self, channels: int, heads: int, context_dim: int, depth: int, num_groups: int
     ) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(num_groups, channels, eps=1e-6)
+        self.norm = GroupNorm(num_groups, channels, eps=1e-6)
         self.proj_in = Linear(channels, channels)
         self.blocks = nn.ModuleList(
             TransformerBlock(channels, context_dim, heads) for _ in range(depth)

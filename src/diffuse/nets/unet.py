@@ -30,12 +30,14 @@ from torch import Tensor, nn
 from diffuse.nets.inputs import check_inputs
 from diffuse.nets.layers import (
     CrossAttention,
+    GroupNorm,
     Linear,
     NoiseEmbedding,
     SelfAttention,
     conv3x3_upsample2x,
     linear,
     silu,
+    upsample_kernel,
     use_reference_kernels,
     zero_,
 )
@@ -345,10 +347,10 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, emb_dim: int, cfg: UNetConfig) -> None:
         super().__init__()
         self.scale_shift, self.dropout = cfg.scale_shift, cfg.dropout
-        self.norm1 = nn.GroupNorm(cfg.num_groups, cin, eps=cfg.norm_eps)
+        self.norm1 = GroupNorm(cfg.num_groups, cin, eps=cfg.norm_eps)
         self.conv1 = Conv3x3(cin, cout)
         self.emb = Linear(emb_dim, cout * (2 if cfg.scale_shift else 1))
-        self.norm2 = nn.GroupNorm(cfg.num_groups, cout, eps=cfg.norm_eps)
+        self.norm2 = GroupNorm(cfg.num_groups, cout, eps=cfg.norm_eps)
         self.conv2 = Conv3x3(cout, cout)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
@@ -385,7 +387,7 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, channels: int, heads: int, cfg: UNetConfig) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(cfg.num_groups, channels, eps=cfg.norm_eps)
+        self.norm = GroupNorm(cfg.num_groups, channels, eps=cfg.norm_eps)
         self.attn = SelfAttention(channels, heads)
         if cfg.context_dim:
             self.norm_cross = nn.LayerNorm(channels, eps=1e-6)
@@ -425,12 +427,21 @@ class Upsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self._kernel: tuple[tuple, Tensor] | None = None  # (weight key, folded kernel)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, 2H, 2W)."""
+        w = self.conv.weight
         if use_reference_kernels():
             return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        return conv3x3_upsample2x(x, self.conv.weight, self.conv.bias)
+        if (torch.is_grad_enabled() and w.requires_grad) or torch.compiler.is_compiling():
+            return conv3x3_upsample2x(x, w, self.conv.bias)
+        # Sampling: fold the kernel once, until the weight changes (its version counter moves
+        # on every in-place update).
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if self._kernel is None or self._kernel[0] != key:
+            self._kernel = (key, upsample_kernel(w.detach()))
+        return conv3x3_upsample2x(x, w, self.conv.bias, kernel=self._kernel[1])
 
 
 class _Stage(nn.Module):
@@ -591,7 +602,7 @@ class UNet(EncoderPass, nn.Module):
                 ch = cout
             if lv != 0:
                 self.upsample.append(Upsample(ch))
-        self.norm_out = nn.GroupNorm(cfg.num_groups, ch, eps=cfg.norm_eps)
+        self.norm_out = GroupNorm(cfg.num_groups, ch, eps=cfg.norm_eps)
         self.conv_out = Conv3x3(ch, cfg.out_channels)
         self.initialize_weights()
 

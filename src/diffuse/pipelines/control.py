@@ -1,8 +1,8 @@
 """Loading a ControlNet next to a frozen base model, and steering that model with it.
 
-A ControlNet folder holds `controlnet.safetensors` and `controlnet.json` (its
-`ControlNetConfig` and the sha256 of the base weights it was built for). Loading it for
-another base is an error naming both hashes.
+The folder format lives in `diffuse.controlnet_folder` (training writes it too); these
+wrappers take the loaded base model. Loading a ControlNet for another base is an error naming
+both hashes.
 
     controlnet = load_controlnet("models/shapes-controlnet-edges", pipe.model)
     with controlled(pipe.model, controlnet, scale=1.0, start=1.0, end=0.0) as extra:
@@ -11,7 +11,6 @@ another base is an error naming both hashes.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -19,34 +18,38 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
-from diffuse.io import atomic_path, atomic_write_text, file_sha256, load_safetensors
-from diffuse.model_folder import WEIGHTS_FILE, TrainedModel
-from diffuse.nets.controlnet import ControlledUNet, ControlNet, ControlNetConfig
+from diffuse import controlnet_folder
+from diffuse.controlnet_folder import CONFIG, WEIGHTS
+from diffuse.denoiser import Denoiser
+from diffuse.model_folder import TrainedModel
+from diffuse.nets.controlnet import ControlledUNet, ControlNet
 from diffuse.pipelines.image_to_image import strength_level
+from diffuse.processes.base import NoiseProcess
 
-__all__ = ["CONFIG", "WEIGHTS", "controlled", "load_controlnet", "save_controlnet"]
+__all__ = [
+    "CONFIG",
+    "WEIGHTS",
+    "control_cond",
+    "control_record",
+    "control_window",
+    "controlled",
+    "controlled_denoiser",
+    "controlled_net",
+    "load_controlnet",
+    "save_controlnet",
+]
 
-CONFIG = "controlnet.json"
-WEIGHTS = "controlnet.safetensors"
 
-
-def save_controlnet(folder: str | os.PathLike, net: ControlNet, base: TrainedModel) -> Path:
-    """Write a ControlNet folder recording the base model it steers (atomic files)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
-    record = {
-        "format": 1,
-        "config": net.config.to_dict(),
-        "base_weights_sha256": file_sha256(base.folder / WEIGHTS_FILE),
-    }
-    atomic_write_text(folder / CONFIG, json.dumps(record, indent=2) + "\n")
-    return folder
+def save_controlnet(
+    folder: str | os.PathLike,
+    net: ControlNet,
+    base: TrainedModel,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a ControlNet folder recording the base model it steers (`controlnet_folder`)."""
+    return controlnet_folder.save_controlnet(folder, net, base.folder, dtype=dtype)
 
 
 def load_controlnet(folder: str | os.PathLike, base: TrainedModel) -> ControlNet:
@@ -56,24 +59,96 @@ def load_controlnet(folder: str | os.PathLike, base: TrainedModel) -> ControlNet
         FileNotFoundError: no ControlNet there.
         ValueError: built for another base model (both hashes named), or a damaged file.
     """
-    folder = Path(folder)
-    if not (folder / CONFIG).is_file():
-        raise FileNotFoundError(f"{folder} holds no ControlNet ({CONFIG} missing)")
-    try:
-        record = json.loads((folder / CONFIG).read_text())
-        config = ControlNetConfig.from_dict(record["config"])
-        wanted = str(record["base_weights_sha256"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{folder / CONFIG} is damaged ({err})") from None
-    have = file_sha256(base.folder / WEIGHTS_FILE)
-    if wanted != have:
+    return controlnet_folder.load_controlnet(folder, base.folder)
+
+
+def control_window(process: NoiseProcess, start: float, end: float) -> tuple[float, float]:
+    """The network's c_noise interval in which a ControlNet acts from strength `start` down to
+    `end` (the img2img strength axis: 1 = level_max, 0 = level 0; `strength_level`).
+
+    Raises:
+        ValueError: unless 0 <= end < start <= 1 (both named).
+    """
+    if not 0.0 <= end < start <= 1.0:
         raise ValueError(
-            f"{folder} is a ControlNet for another base model (weights sha256 {wanted[:12]}), "
-            f"not for {base.folder} ({have[:12]})"
+            f"control start/end must satisfy 0 <= end < start <= 1, got {start}, {end}"
         )
-    net = ControlNet(config)
-    net.load_state_dict(load_safetensors(folder / WEIGHTS))
-    return net.eval().requires_grad_(False)
+
+    def code(strength: float, edge: float) -> float:
+        if strength <= 0.0:
+            return edge
+        level = torch.tensor(strength_level(process, strength), dtype=torch.float64)
+        return float(process.c_noise(process.t_from_level(level)))
+
+    return code(end, -math.inf), code(start, math.inf) if start < 1.0 else math.inf
+
+
+def controlled_net(
+    model: TrainedModel,
+    controlnet: ControlNet,
+    scale: float = 1.0,
+    start: float = 1.0,
+    end: float = 0.0,
+) -> ControlledUNet:
+    """The model's network steered by `controlnet` (the base's weights are shared, not copied).
+
+    Args: as `controlled`.
+    Raises:
+        ValueError: a scale that is not a finite number >= 0, a bad start/end.
+    """
+    if not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"control scale must be a finite number >= 0, got {scale}")
+    window = control_window(model.denoiser.process, start, end)
+    base = model.denoiser.net
+    return ControlledUNet(base, controlnet.to(next(base.parameters()).device), scale, window)
+
+
+def controlled_denoiser(
+    model: TrainedModel,
+    controlnet: ControlNet,
+    scale: float = 1.0,
+    start: float = 1.0,
+    end: float = 0.0,
+) -> Denoiser:
+    """A denoiser like the model's, running `controlled_net`; the model itself is untouched, so
+    controlled and plain calls may run side by side (a server's jobs do)."""
+    d = model.denoiser
+    net = controlled_net(model, controlnet, scale, start, end)
+    return Denoiser(net, d.process, d.parametrization, d.sigma_data).eval()
+
+
+def control_cond(control: Tensor, device: torch.device | str) -> dict[str, Tensor]:
+    """The conditioning entry to add to cond and uncond for a control map [C, H, W] or
+    [B, C, H, W]."""
+    control = control if control.ndim == 4 else control[None]
+    return {"control": control.to(device)}
+
+
+def control_record(
+    folder: str | os.PathLike,
+    control: str,
+    kind: str,
+    control_hash: str,
+    scale: float,
+    start: float,
+    end: float,
+) -> dict[str, object]:
+    """What every PNG made with a ControlNet stores besides the generation parameters.
+
+    Args:
+        folder: the ControlNet folder; control: where the control picture came from ("" for
+            an upload); kind: the map's kind; control_hash: `image_to_image.image_hash` of the
+            picture's pixels; scale, start, end: as `controlled`.
+    """
+    return {
+        "controlnet": str(folder),
+        "control": str(control),
+        "control_kind": kind,
+        "control_hash": control_hash,
+        "control_scale": scale,
+        "control_start": start,
+        "control_end": end,
+    }
 
 
 @contextmanager
@@ -96,32 +171,11 @@ def controlled(
         extra(control) -> the conditioning entry to add to cond and uncond, for a control
         map [C, H, W] or [B, C, H, W].
     """
-    if not (math.isfinite(scale) and scale >= 0):
-        raise ValueError(f"control scale must be a finite number >= 0, got {scale}")
-    if not 0.0 <= end < start <= 1.0:
-        raise ValueError(
-            f"control start/end must satisfy 0 <= end < start <= 1, got {start}, {end}"
-        )
     denoiser = model.denoiser
-    process = denoiser.process
-
-    def code(strength: float, edge: float) -> float:
-        if strength <= 0.0:
-            return edge
-        level = torch.tensor(strength_level(process, strength), dtype=torch.float64)
-        return float(process.c_noise(process.t_from_level(level)))
-
-    window = (code(end, -math.inf), code(start, math.inf) if start < 1.0 else math.inf)
     base = denoiser.net
-    denoiser.net = ControlledUNet(
-        base, controlnet.to(next(base.parameters()).device), scale, window
-    )
-
-    def extra(control: Tensor) -> dict[str, Tensor]:
-        control = control if control.ndim == 4 else control[None]
-        return {"control": control.to(next(base.parameters()).device)}
-
+    denoiser.net = controlled_net(model, controlnet, scale, start, end)
+    device = next(base.parameters()).device
     try:
-        yield extra
+        yield lambda control: control_cond(control, device)
     finally:
         denoiser.net = base

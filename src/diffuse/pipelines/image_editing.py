@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from diffuse.guidance import CondDenoiseFn
 from diffuse.pipelines.call_conventions import GenerationOutput, convert_images
 from diffuse.pipelines.image_to_image import (
     blend,
@@ -31,6 +32,7 @@ from diffuse.pipelines.image_to_image import (
     edit_latents,
     image_hash,
     inpaint_latents,
+    inpaint_with_model,
     invert_latents,
     latent_mask,
     read_image,
@@ -169,6 +171,8 @@ class ImageEditing:
                 )
             generation["sampler"] = matching
         _count("resample", resample, 1)
+        if task == "inpaint":
+            self._check_resample(resample)
         _count("feather", feather, 0)
         params = self.params(prompt, **generation)
         _, pixels = read_image(image, self.size, self.model.codec.image_channels)
@@ -196,6 +200,14 @@ class ImageEditing:
             feather=feather if task == "inpaint" else 0,
         )
 
+    def _check_resample(self, resample: int) -> None:
+        """RePaint's resampling is for training-free inpainting only."""
+        if self.model.info.inpainting and resample != 1:
+            raise ValueError(
+                f"resample = {resample}: resampling is for training-free inpainting; "
+                "this is a trained inpainting model (use resample 1)"
+            )
+
     def _cond(self, prompts: Sequence[str]) -> dict[str, Tensor]:
         cond = self.conditioning(list(prompts))
         return {k: v.to(self.device) for k, v in cond.items()}
@@ -207,6 +219,7 @@ class ImageEditing:
         image: ImageInput,
         mask: ImageInput | None = None,
         callback: Callback | None = None,
+        network: CondDenoiseFn | None = None,
     ) -> Tensor:
         """Images [N, C, H, W] in [-1, 1] for checked edit parameters (see `edit_params`).
 
@@ -215,6 +228,8 @@ class ImageEditing:
             image: the input image; its pixels must have `params.image_hash`.
             mask: the mask (inpainting); its pixels must have `params.mask_hash`.
             callback: the sampler callback (e.g. a progress bar).
+            network: network(x, level, cond) replaces the call of the denoiser, as in
+                `TextToImagePipeline.generate` (a server batches requests through it).
         Raises:
             ValueError: an image or mask other than the one the parameters were made for.
         """
@@ -233,6 +248,7 @@ class ImageEditing:
             "uncond": self._cond([g.negative_prompt]),
             "guidance": g.guidance,
             "device": self.device,
+            "network": network,
         }
         if params.task == "img2img":
             out = edit_latents(
@@ -276,6 +292,21 @@ class ImageEditing:
             raise ValueError(f"the mask is not the one of the request (hash {params.mask_hash})")
         mask_t = mask_t.to(self.device)
         small = latent_mask(mask_t, self.model.codec.downsample)
+        if self.model.info.inpainting:  # a trained inpainting model
+            self._check_resample(params.resample)
+            out = inpaint_with_model(
+                self.model.denoiser,
+                latents,
+                small,
+                seeds,
+                sampler=g.sampler,
+                schedule=g.schedule,
+                steps=g.steps,
+                callback=callback,
+                **common,
+            )
+            decoded = self.model.decode(out.to(self.device))
+            return blend(decoded, pixels_t, mask_t, params.feather).cpu()
         out = inpaint_latents(
             self.model.denoiser,
             latents,

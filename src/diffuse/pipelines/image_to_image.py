@@ -15,6 +15,8 @@ models), and any registered sampler then runs on the model's own level axis.
 - inpainting: the known region is pasted back at the current level after every step
   (samplers/inpaint.py, `KnownRegion`), or RePaint's resampling; the decoded result is blended
   with the input in pixel space (see `blend`), so pixels outside the mask are the input's.
+  A trained inpainting model (`ModelInfo.inpainting`) instead samples from noise with the
+  mask and the masked latents as extra inputs (`inpaint_with_model`), blended the same way.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from diffuse.denoiser import Cond, Denoiser
+from diffuse.denoiser import EXTRA_INPUTS, Cond, Denoiser, inpainting_inputs
+from diffuse.guidance import CondDenoiseFn
 from diffuse.pipelines.sample import batch_denoise, invariant_network
 from diffuse.processes.base import NoiseProcess
 from diffuse.samplers.base import Callback
@@ -45,6 +48,7 @@ __all__ = [
     "edit_latents",
     "image_hash",
     "inpaint_latents",
+    "inpaint_with_model",
     "invert_latents",
     "latent_mask",
     "read_image",
@@ -234,6 +238,7 @@ def sample_from(
     guidance: float = 1.0,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
+    network: CondDenoiseFn | None = None,
 ) -> Tensor:
     """Run a sampler per batch of seeds from given starting points (the shared loop).
 
@@ -242,14 +247,16 @@ def sample_from(
         starts: starts(noise, start, count) -> the batch's starting tensor.
         seeds: one seed per sample.
         run: run(denoise, x, noise, start, count) -> the batch's result.
-        cond, uncond, guidance, device, batch_size: as in `pipelines.sample.generate`.
+        cond, uncond, guidance, device, batch_size, network: as in
+            `pipelines.sample.generate` (`network` replaces the call of the denoiser; a server
+            batches the calls of many requests through it).
     Returns:
         the results [N, ...] (float32, CPU).
     """
     seeds = [int(s) for s in seeds]
     was_training = denoiser.training
     denoiser.eval()
-    network = invariant_network(denoiser)
+    network = network or invariant_network(denoiser)
     outputs = []
     try:
         for start in range(0, len(seeds), batch_size):
@@ -294,7 +301,7 @@ def edit_latents(
         sampler, schedule, steps: any registered sampler and schedule; `steps` steps are run
             from the starting level.
         callback: the sampler callback.
-        common: cond, uncond, guidance, device, batch_size of `sample_from`.
+        common: cond, uncond, guidance, device, batch_size, network of `sample_from`.
     Returns:
         the edited latents [N, C, h, w].
     """
@@ -321,6 +328,7 @@ def invert_latents(
     refine: int = 0,
     schedule: str = "karras",
     steps: int = 25,
+    strength: float = 1.0,
     callback: Callback | None = None,
     **common: object,
 ) -> Tensor:
@@ -332,13 +340,15 @@ def invert_latents(
         method: a name of `samplers.inversion.INVERSIONS` ("ddim", "dpmpp_2m").
         refine: fixed-point iterations per step (exact inversion; "ddim" only).
         schedule, steps: the schedule sampling will use afterwards.
+        strength: in (0, 1]: invert only up to `strength_level` (partial inversion; sample
+            back with `start_levels(process, schedule, steps, strength)`); 1: to the top.
         callback: the callback of the inversion loop.
-        common: cond, uncond, guidance, device, batch_size of `sample_from`.
+        common: cond, uncond, guidance, device, batch_size, network of `sample_from`.
     Returns:
         the noisy latents at the schedule's first level [N, C, h, w].
     """
     inversion, _ = get_inversion(method)
-    levels = get_schedule(schedule)(denoiser.process, steps)
+    levels = start_levels(denoiser.process, schedule, steps, check_strength(strength))
     device = common.get("device", "cpu")
 
     def starts(noise: SeededNoise, start: int, count: int) -> Tensor:
@@ -374,7 +384,7 @@ def inpaint_latents(
             are DDPM posterior steps, so the sampler is not used).
         resample: RePaint's resampling count per step (1: replacement after every step only).
         callback: the sampler callback (called before the known region is pasted).
-        common: cond, uncond, guidance, device, batch_size of `sample_from`.
+        common: cond, uncond, guidance, device, batch_size, network of `sample_from`.
     Returns:
         latents [N, C, h, w] whose kept region equals `latents`'.
     """
@@ -401,3 +411,52 @@ def inpaint_latents(
         return sample_fn(denoise, x, levels, noise=noise, callback=region)
 
     return sample_from(denoiser, starts, seeds, run, **common)
+
+
+def inpaint_with_model(
+    denoiser: Denoiser,
+    latents: Tensor,
+    mask: Tensor,
+    seeds: Sequence[int],
+    *,
+    sampler: str = "dpmpp_2m",
+    schedule: str = "karras",
+    steps: int = 25,
+    callback: Callback | None = None,
+    cond: Cond = None,
+    uncond: Cond = None,
+    **common: object,
+) -> Tensor:
+    """Inpainting with a trained inpainting model: sampling from noise, the mask and the masked
+    latents given to the network as extra inputs (`denoiser.inpainting_inputs`) in both the
+    conditional and the unconditional branch.
+
+    Args:
+        denoiser: an inpainting model (`ModelInfo.inpainting`).
+        latents: the encoded input [N or 1, C, h, w].
+        mask: [N or 1, 1, h, w] at latent resolution (`latent_mask`), 1 = generate.
+        seeds: one seed per output.
+        sampler, schedule, steps: any registered sampler.
+        callback: the sampler callback.
+        cond, uncond: the prompt's and the negative prompt's conditioning.
+        common: guidance, device, batch_size of `sample_from`.
+    Returns:
+        latents [N, C, h, w] (blend after decoding to keep the pixels outside the mask).
+    """
+    check_mask(mask, latents)
+    levels = get_schedule(schedule)(denoiser.process, steps)
+    sample_fn = get_sampler(sampler)
+    device = common.get("device", "cpu")
+    rows = max(latents.shape[0], mask.shape[0])
+    # [N or 1, 1 + C, h, w]: one image for many seeds is shared, as a prompt is
+    extra = inpainting_inputs(latents.expand(rows, *latents.shape[1:]), mask).to(device)
+    cond = (cond or {}) | {EXTRA_INPUTS: extra}
+    uncond = (uncond or {}) | {EXTRA_INPUTS: extra}
+
+    def starts(noise: SeededNoise, start: int, count: int) -> Tensor:
+        return float(levels[0]) * noise.initial(latents.shape[1:]).to(device)
+
+    def run(denoise, x, noise, start, count) -> Tensor:  # noqa: ANN001
+        return sample_fn(denoise, x, levels, noise=noise, callback=callback)
+
+    return sample_from(denoiser, starts, seeds, run, cond=cond, uncond=uncond, **common)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,10 @@ from diffuse.denoiser import Cond, Denoiser
 from diffuse.guidance import CondDenoiseFn, expand_cond
 from diffuse.guidance import cfg as guided
 from diffuse.model_folder import TrainedModel, load_model
-from diffuse.nets.layers import invariant_batch_size, pad_batch
+from diffuse.nets.layers import constant_context, invariant_batch_size, pad_batch
 from diffuse.pngmeta import save_png
-from diffuse.samplers.base import Callback, DenoiseFn
+from diffuse.processes.base import NoiseProcess
+from diffuse.samplers.base import Callback, DenoiseFn, StepInfo
 from diffuse.samplers.bespoke import BespokeCoefficients, bespoke
 from diffuse.samplers.noise import SeededNoise
 from diffuse.samplers.registry import get_sampler, get_schedule
@@ -103,6 +104,38 @@ def batch_denoise(
         return network(x, level, expand_cond(c, x.shape[0]))
 
     return denoise
+
+
+def stop_at_final_level(
+    sample_fn: Callable[..., Tensor],
+    denoise: DenoiseFn,
+    x: Tensor,
+    levels: Tensor,
+    process: NoiseProcess,
+    noise: SeededNoise,
+    callback: Callback | None,
+) -> Tensor:
+    """Run a sampler, but end at `process.final_level` instead of 0 and return that sample in
+    the process's own scale, alpha * x (diffusers' DDIM with `set_alpha_to_one=False`).
+
+    The last step, from level s (sample x_s) with the last estimate D, goes along DDIM's
+    direction to the final level f instead of to 0: x_f = D + f (x_s - D) / s (Song et al.
+    2021, eq. 12 with the final alpha of timestep 0), then x_t = alpha(f) x_f.
+    """
+    samples = [x]  # the sample before the latest step, then after it
+    estimate: list[Tensor] = []
+
+    def record(info: StepInfo) -> object:
+        result = None if callback is None else callback(info)
+        samples[:] = [samples[-1], result if isinstance(result, Tensor) else info.x]
+        estimate[:] = [info.denoised]
+        return result
+
+    sample_fn(denoise, x, levels, noise=noise, callback=record)
+    s, f = float(levels[-2]), process.final_level
+    x_s, d = samples[0], estimate[0]
+    x_f = x_s if f >= s else d + (f / s) * (x_s - d)
+    return x_f * process.alpha_from_level(torch.tensor(f, dtype=torch.float64)).item()
 
 
 @torch.no_grad()
@@ -180,15 +213,20 @@ def generate(
     was_training = denoiser.training
     denoiser.eval()
     network = network or invariant_network(denoiser)
+    process = denoiser.process
     outputs = []
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start : start + batch_size]
         noise = SeededNoise(chunk, device=device)  # per-sample streams, for stochastic samplers
-        x = noise.initial(shape) * float(levels[0])
+        x = noise.initial(shape) * process.initial_std(float(levels[0]))
         denoise = batch_denoise(
             network, cond, uncond, guidance, start, len(chunk), guidance_rescale
         )
-        out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
+        with constant_context():  # text keys and values projected once per run
+            if process.final_level > 0.0:
+                out = stop_at_final_level(sample_fn, denoise, x, levels, process, noise, callback)
+            else:
+                out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
         outputs.append(out.float().cpu())
     denoiser.train(was_training)
     return torch.cat(outputs)

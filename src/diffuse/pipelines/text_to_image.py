@@ -25,6 +25,7 @@ from torch import Tensor
 
 from diffuse.codecs.base import PromptEncoder
 from diffuse.codecs.text_encoder import TextEncoder
+from diffuse.denoiser import EXTRA_INPUTS, inpainting_inputs
 from diffuse.fitted_solvers import FITTED, FittedSolver, choose_solver, read_solvers
 from diffuse.guidance import CondDenoiseFn
 from diffuse.io import file_sha256
@@ -210,10 +211,14 @@ class TextToImagePipeline(ImageEditing):
     @torch.no_grad()
     def conditioning(self, prompts: list[str]) -> dict[str, Tensor]:
         """The network's text conditioning of `prompts`: context, mask and, for a network with
-        a pooled embedding (not Stable Diffusion's U-Net), the pooled embedding."""
+        a pooled embedding (not Stable Diffusion's U-Net), the pooled embedding. An encoder
+        that pads to max_length (Stable Diffusion's CLIP) gives an all-True mask, which is left
+        out: attending to every token needs no mask, and unmasked attention is faster."""
         cond = self.encoder.encode(prompts).as_cond()
         if not getattr(self.model.denoiser.net.config, "pooled_dim", 0):
             cond.pop("pooled")
+        if getattr(self.encoder, "padding", None) == "max_length":
+            cond.pop("context_mask")
         return cond
 
     def generate(
@@ -239,6 +244,11 @@ class TextToImagePipeline(ImageEditing):
                 raise ValueError(f"{len(texts)} {name} for {len(params.seeds)} seeds")
         prompt_cond = self.conditioning(list(prompts or [params.prompt]))
         uncond = self.conditioning(list(negative_prompts or [params.negative_prompt]))
+        if self.model.info.inpainting and EXTRA_INPUTS not in (extra_cond or {}):
+            # an inpainting model asked for a whole picture: everything is masked
+            c, h, w = self.model.shape
+            whole = inpainting_inputs(torch.zeros(1, c, h, w), torch.ones(1, 1, h, w))
+            extra_cond = (extra_cond or {}) | {EXTRA_INPUTS: whole}
         if extra_cond:
             prompt_cond, uncond = prompt_cond | extra_cond, uncond | extra_cond
         to = self.device

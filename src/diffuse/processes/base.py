@@ -106,6 +106,20 @@ class NoiseProcess(abc.ABC):
                 derivatives.append(grad.detach())
         return derivatives[0], derivatives[1]
 
+    def initial_std(self, level: float) -> float:
+        """Std of the noise generation starts from at `level` on the level axis.
+
+        `level` itself (VE and EDM sample x = level_max * eps); a variance-preserving process
+        overrides it with sqrt(1 + level^2), see `VariancePreserving`.
+        """
+        return level
+
+    @property
+    def final_level(self) -> float:
+        """The level sampling stops at: 0 (the clean estimate) unless a process says
+        otherwise (`DiscreteVP.stop_at_first_timestep`)."""
+        return 0.0
+
     def prior_std(self) -> float:
         """Std of x at level_max on the level axis, for unit data: sqrt(1 + level_max^2)."""
         return math.sqrt(1.0 + self.level_max**2)
@@ -128,3 +142,17 @@ def add_noise(process: NoiseProcess, x0: Tensor, t: Tensor, noise: Tensor) -> Te
     alpha = broadcast_to(process.alpha(t), x0)
     sigma = broadcast_to(process.sigma(t), x0)
     return alpha * x0 + sigma * noise
+
+
+class VariancePreserving:
+    """Mixin of the variance-preserving processes (alpha^2 + sigma^2 = 1: DDPM, DDIM, Stable
+    Diffusion, the cosine schedule).
+
+    Their generation starts from x_T ~ N(0, I) at the top time (Ho et al. 2020, Alg. 2), which
+    on the level axis x = x_T / alpha has std 1 / alpha = sqrt(1 + level^2), not `level`: the
+    start diffusers' schedulers use (0.2% above `level` at Stable Diffusion's top level 14.6).
+    """
+
+    def initial_std(self, level: float) -> float:
+        """sqrt(1 + level^2): the std of x_T / alpha for x_T ~ N(0, I)."""
+        return math.sqrt(1.0 + level * level)

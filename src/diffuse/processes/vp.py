@@ -13,13 +13,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from diffuse.processes.base import NoiseProcess, as_f64
+from diffuse.processes.base import NoiseProcess, VariancePreserving, as_f64
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 @dataclass(frozen=True)
-class DiscreteVP(NoiseProcess):
+class DiscreteVP(VariancePreserving, NoiseProcess):
     """DDPM with a discrete beta schedule (Ho et al. 2020; Rombach et al. 2022).
 
     `t` is the (possibly fractional) step index in [0, num_timesteps - 1]; between integer steps
@@ -37,6 +37,10 @@ class DiscreteVP(NoiseProcess):
             (4096), as diffusers does.
         steps_offset: added to the timesteps of the "leading" schedule (diffusers'
             `steps_offset`; Stable Diffusion's models use 1).
+        stop_at_first_timestep: generation (`pipelines.sample.generate`) ends at the noise
+            level of timestep 0 instead of 0 and returns that (slightly noisy) sample, scaled
+            by its alpha, as diffusers' DDIM and PNDM do with `set_alpha_to_one=False` (Stable
+            Diffusion 1.x's configs); editing and inversion still end at 0.
     """
 
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
@@ -45,6 +49,7 @@ class DiscreteVP(NoiseProcess):
     beta_end: float | None = None
     zero_terminal_snr: bool = False
     steps_offset: int = 0
+    stop_at_first_timestep: bool = False
 
     def __post_init__(self) -> None:
         if self.beta_schedule not in BETA_SCHEDULES:
@@ -151,6 +156,11 @@ class DiscreteVP(NoiseProcess):
         return float(self.log_levels[-1].exp())
 
     @property
+    def final_level(self) -> float:
+        """level_min (timestep 0) with `stop_at_first_timestep`, else 0."""
+        return self.level_min if self.stop_at_first_timestep else 0.0
+
+    @property
     def t_min(self) -> float:
         return 0.0
 
@@ -160,7 +170,7 @@ class DiscreteVP(NoiseProcess):
 
 
 @dataclass(frozen=True)
-class CosineVP(NoiseProcess):
+class CosineVP(VariancePreserving, NoiseProcess):
     """Continuous-time VP with the cosine schedule (Nichol & Dhariwal 2021, eq. 17).
 
     bar-alpha(t) = f(t) / f(0), f(t) = cos^2(pi/2 (t + s) / (1 + s)), t in [0, 1]. Sampling runs

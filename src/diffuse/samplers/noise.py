@@ -56,7 +56,7 @@ class SeededNoise:
         return torch.stack(rows)
 
     def initial(self, shape: Sequence[int]) -> Tensor:
-        """Starting noise [len(seeds), *shape] (multiply by levels[0] to start sampling).
+        """Starting noise [len(seeds), *shape] (multiply by `process.initial_std(levels[0])`).
 
         Args:
             shape: per-sample shape, e.g. (C, H, W).

@@ -9,6 +9,11 @@ Routes (all JSON unless said; every one but the page needs the token when one is
     GET    /api/models                     models, their defaults, the caps
     POST   /api/jobs/text-to-image         queue a job: 202 and the job (?wait=true: 200 when
                                            finished, with ?base64=true the PNGs inline)
+    POST   /api/jobs/img2img               the same for img2img (image, strength)
+    POST   /api/jobs/inversion             edit by inversion (image, source_prompt, inversion)
+    POST   /api/jobs/inpaint               inpainting (image, binary mask, resample, feather)
+    POST   /api/jobs/controlnet            text-to-image steered by a served ControlNet (a
+                                           control map computed from control_image)
     GET    /api/jobs/{id}                  the job: status, step, images (?base64=true)
     DELETE /api/jobs/{id}                  cancel it
     GET    /api/jobs/{id}/images/{index}   a finished image: PNG with its parameters embedded
@@ -16,11 +21,14 @@ Routes (all JSON unless said; every one but the page needs the token when one is
     GET    /api/jobs/{id}/events           Server-Sent Events: progress with previews, the end
     GET    /openapi.json                   the schema
 
-Jobs of other tasks (image-to-image, inpainting with a mask) get their own POST
-/api/jobs/<task> route with their own request model, and hand the worker a `Job` whose body runs
-their pipeline through the worker's `network`; the worker knows no task, and everything after
-the POST (the job, its images, events, cancellation, batching with the other jobs) is shared.
-`GET /api/models` lists each model's `tasks`.
+Images travel in the JSON body as base64 (or data: URLs), at the model's size (never resized,
+as the CLI's), checked before they are decoded (`server.uploads`). Every route of a task builds
+a `Job` whose body runs the same pipeline method the CLI command runs (`pipe.generate`,
+`pipe.run_edit`) through the worker's `network`, so edit and ControlNet jobs share network
+calls with every other job (a ControlNet job's calls go to its steered copy of the network,
+shared by the jobs with the same ControlNet settings); the worker knows no task, and everything
+after the POST (the job, its images, events, cancellation) is shared. `GET /api/models` lists
+each model's `tasks` and ControlNets.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations at run time,
@@ -31,25 +39,50 @@ import base64
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from diffuse import __version__
+from diffuse.codecs.controls import control_map
+from diffuse.guidance import CondDenoiseFn
+from diffuse.pipelines.control import control_cond, control_record, controlled_denoiser
+from diffuse.pipelines.image_to_image import image_hash, read_image
+from diffuse.pipelines.sample import invariant_network
 from diffuse.pipelines.text_to_image import TextToImagePipeline
+from diffuse.pngmeta import png_bytes
 from diffuse.samplers.registry import SAMPLERS, SCHEDULES
+from diffuse.server.controlnets import ServedControlNet
 from diffuse.server.jobs import Job, JobStatus, JobStore
-from diffuse.server.schema import ErrorView, ImageView, JobView, ModelView, text_to_image_request
+from diffuse.server.schema import (
+    ErrorView,
+    ImageView,
+    JobView,
+    ModelView,
+    controlnet_request,
+    img2img_request,
+    inpaint_request,
+    inversion_request,
+    text_to_image_request,
+)
 from diffuse.server.security import GuardMiddleware
 from diffuse.server.settings import ServerSettings
+from diffuse.server.uploads import UploadTooLarge, decode_image
 from diffuse.server.worker import ModelWorker, QueueFull, ShuttingDown
 
 TEXT_TO_IMAGE = "text-to-image"
+EDIT_TASKS = ("img2img", "inversion", "inpaint")  # `pipelines.image_editing.TASKS`, by route
+CONTROLNET = "controlnet"
+GENERATION_KEYS = ("negative_prompt", "seeds", "n", "sampler", "schedule", "steps", "guidance")
+UPLOAD_FIELDS = ("image", "mask", "control_image")
+CONTROLLED_NETWORKS = 32  # ControlNet settings whose steered networks are kept for sharing
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 JOB_ID = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="a job id")]
 KEEP_ALIVE_SECONDS = 15.0
@@ -62,8 +95,28 @@ def _static(name: str) -> bytes:
     return (resources.files("diffuse.server") / "static" / name).read_bytes()
 
 
-def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) -> FastAPI:
-    """The ASGI application serving `pipes` (name -> model; the first is the default).
+def _example_pngs(size: int) -> tuple[str, str]:
+    """Base64 of a grey picture and of a binary mask (a white square) of `size`: the schema's
+    examples for image fields, which a client (or a fuzzer) may send as they are."""
+    picture = Image.new("L", (size, size), 128)
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (size // 4, size // 4, size // 2, size // 2))
+    return tuple(base64.b64encode(png_bytes(im, {})).decode() for im in (picture, mask))
+
+
+def generation_keywords(body: Any) -> dict[str, Any]:
+    """The keywords of `TextToImagePipeline.params` a request carries (besides the prompt)."""
+    keywords = {key: getattr(body, key) for key in GENERATION_KEYS if hasattr(body, key)}
+    return keywords | {"size": body.size}
+
+
+def create_app(
+    pipes: dict[str, TextToImagePipeline],
+    settings: ServerSettings,
+    controlnets: Sequence[ServedControlNet] = (),
+) -> FastAPI:
+    """The ASGI application serving `pipes` (name -> model; the first is the default) and the
+    ControlNets loaded for them (`server.controlnets.load_controlnets`).
 
     The workers start with the application's lifespan and stop with it: accepted jobs get
     `settings.shutdown_grace` seconds to finish, then are cancelled.
@@ -75,7 +128,17 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
     store = JobStore(settings.keep_jobs)
     page = _static("index.html")
     files = {name: _static(name) for name in STATIC}
+    by_name = {served.name: served for served in controlnets}
+    unknown = [c.model for c in controlnets if c.model not in pipes]
+    if unknown:
+        raise ValueError(f"ControlNets given for models not served: {unknown}")
+    steered: OrderedDict[tuple, CondDenoiseFn] = OrderedDict()
+    picture, mask = _example_pngs(pipes[names[0]].size)
     Request_ = text_to_image_request(settings, names)
+    Img2Img_ = img2img_request(settings, names, picture)
+    Inversion_ = inversion_request(settings, names, picture)
+    Inpaint_ = inpaint_request(settings, names, picture, mask)
+    ControlNet_ = controlnet_request(settings, names, list(by_name), picture)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +165,9 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         message = f"{where or 'body'}: {first.get('msg', 'invalid value')}"
+        if first.get("type") == "string_too_long" and where in UPLOAD_FIELDS:
+            limit = settings.max_upload_bytes
+            return JSONResponse({"error": f"{where}: the upload is over {limit} bytes"}, 413)
         return JSONResponse({"error": message}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -125,9 +191,9 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
         return JobView(
             id=job.id,
             kind=job.kind,
-            model=job.params.model,
+            model=job.model,
             status=job.status.value,
-            queue_position=workers[job.params.model].position(job),
+            queue_position=workers[job.model].position(job),
             step=job.step,
             steps=job.steps,
             params=job_params(job),
@@ -168,7 +234,8 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
                     name=name,
                     model_hash=pipe.model_hash,
                     size=pipe.size,
-                    tasks=[TEXT_TO_IMAGE],
+                    tasks=[TEXT_TO_IMAGE, *EDIT_TASKS]
+                    + ([CONTROLNET] if any(c.model == name for c in controlnets) else []),
                     defaults={
                         "sampler": d.sampler,
                         "schedule": d.schedule,
@@ -183,9 +250,13 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
                         "max_images": settings.max_images,
                         "max_prompt_chars": settings.max_prompt_chars,
                         "max_body_bytes": settings.max_body_bytes,
+                        "max_upload_bytes": settings.max_upload_bytes,
                         "max_queue": settings.max_queue,
                     },
                     stats=dataclasses.asdict(stats),
+                    controlnets=[
+                        {"name": c.name, "kind": c.kind} for c in controlnets if c.model == name
+                    ],
                 )
             )
         return out
@@ -205,27 +276,35 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
         ] = False,
     ) -> Any:
         """Queue a text-to-image job. 429 with Retry-After when the queue is full."""
-        name = body.model or names[0]
-        pipe = pipes[name]
-        try:
-            params = pipe.params(
-                body.prompt,
-                body.negative_prompt,
-                seeds=body.seeds,
-                n=body.n,
-                sampler=body.sampler,
-                schedule=body.schedule,
-                steps=body.steps,
-                guidance=body.guidance,
-                size=body.size,
-            )
-        except ValueError as error:
-            raise HTTPException(422, str(error)) from None
+        name, pipe = pick(body.model)
+        params = checked(lambda: pipe.params(body.prompt, **generation_keywords(body)))
         job = Job(
             TEXT_TO_IMAGE,
             params,
             lambda network, callback: pipe.generate(params, callback=callback, network=network),
         )
+        return await enqueue(name, job, wait, inline)
+
+    def pick(model: str | None) -> tuple[str, TextToImagePipeline]:
+        name = model or names[0]
+        return name, pipes[name]
+
+    def checked(make: Callable[[], Any]) -> Any:
+        """make(), with a ValueError (a bad value, named) answered 422."""
+        try:
+            return make()
+        except UploadTooLarge as error:
+            raise HTTPException(413, str(error)) from None
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+
+    def upload(text: str, field: str, pipe: TextToImagePipeline) -> Image.Image:
+        return checked(
+            lambda: decode_image(field, text, size=pipe.size, max_bytes=settings.max_upload_bytes)
+        )
+
+    async def enqueue(name: str, job: Job, wait: bool, inline: bool) -> JSONResponse:
+        """Queue the job on its model's worker; 202 (or, with wait, 200 when finished)."""
         try:
             workers[name].submit(job)
         except QueueFull as full:
@@ -244,6 +323,142 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
         while not job.status.final:
             await job.changed(job.version, KEEP_ALIVE_SECONDS)
         return JSONResponse(view(job, inline).model_dump(exclude_none=True), status_code=200)
+
+    def edit_job(task: str, body: Any, extra: dict[str, Any]) -> tuple[str, Job]:
+        """A job of `pipelines.image_editing` (img2img, inversion, inpaint) for a request."""
+        name, pipe = pick(body.model)
+        image = upload(body.image, "image", pipe)
+        mask = upload(body.mask, "mask", pipe) if task == "inpaint" else None
+        params = checked(
+            lambda: pipe.edit_params(
+                task,
+                body.prompt,
+                image,
+                mask=mask,
+                **extra,
+                **generation_keywords(body),
+            )
+        )
+
+        def run(network: CondDenoiseFn, callback: Any) -> Any:
+            return pipe.run_edit(params, image, mask=mask, callback=callback, network=network)
+
+        return name, Job(task, params, run)
+
+    job_route = {
+        "status_code": 202,
+        "response_model": JobView,
+        "response_model_exclude_none": True,
+        "responses": {**ERRORS, 200: {"model": JobView, "description": "finished (wait=true)"}},
+    }
+    Wait = Annotated[bool, Query(description="answer when the job has finished")]
+    Inline = Annotated[bool, Query(alias="base64", description="include the PNGs as base64")]
+
+    @app.post("/api/jobs/img2img", **job_route)
+    async def img2img(
+        body: Img2Img_,  # type: ignore[valid-type]
+        wait: Wait = False,
+        inline: Inline = False,
+    ) -> Any:
+        """Queue an img2img (SDEdit) job, as `diffuse edit IMAGE PROMPT --strength S`."""
+        name, job = edit_job("img2img", body, {"strength": body.strength})
+        return await enqueue(name, job, wait, inline)
+
+    @app.post("/api/jobs/inversion", **job_route)
+    async def inversion(
+        body: Inversion_,  # type: ignore[valid-type]
+        wait: Wait = False,
+        inline: Inline = False,
+    ) -> Any:
+        """Queue an edit by inversion, as `diffuse edit IMAGE PROMPT --invert --source TEXT`."""
+        extra = {
+            "source_prompt": body.source_prompt,
+            "inversion": body.inversion,
+            "refine": body.refine,
+        }
+        name, job = edit_job("inversion", body, extra)
+        return await enqueue(name, job, wait, inline)
+
+    @app.post("/api/jobs/inpaint", **job_route)
+    async def inpaint(
+        body: Inpaint_,  # type: ignore[valid-type]
+        wait: Wait = False,
+        inline: Inline = False,
+    ) -> Any:
+        """Queue an inpainting job, as `diffuse inpaint IMAGE --mask MASK PROMPT`."""
+        name, job = edit_job("inpaint", body, {"resample": body.resample, "feather": body.feather})
+        return await enqueue(name, job, wait, inline)
+
+    def choose_controlnet(name: str, wanted: str | None, kind: str | None) -> ServedControlNet:
+        """The ControlNet a request names (or the model's first of `kind`), checked."""
+        if wanted is not None:
+            served = by_name.get(wanted)
+            if served is None:
+                have = ", ".join(by_name) or "none (start the server with --controlnet DIR)"
+                raise HTTPException(422, f"controlnet: no ControlNet {wanted!r}; served: {have}")
+            if served.model != name:
+                raise HTTPException(
+                    422,
+                    f"controlnet: {wanted!r} was built for model {served.model!r}, not for "
+                    f"{name!r}",
+                )
+            if kind is not None and kind != served.kind:
+                raise HTTPException(
+                    422, f"control_kind: ControlNet {wanted!r} reads {served.kind!r}, not {kind!r}"
+                )
+            return served
+        fits = [c for c in controlnets if c.model == name and kind in (None, c.kind)]
+        if not fits:
+            what = f"of kind {kind!r} " if kind else ""
+            raise HTTPException(
+                422, f"controlnet: model {name!r} has no ControlNet {what}on this server"
+            )
+        return fits[0]
+
+    def steered_network(
+        served: ServedControlNet, scale: float, start: float, end: float
+    ) -> CondDenoiseFn:
+        """The model's network steered by `served` with these settings (kept, so that jobs
+        with the same settings share network calls)."""
+        key = (served.name, scale, start, end)
+        if key not in steered:
+            model = pipes[served.model].model
+            denoiser = checked(lambda: controlled_denoiser(model, served.net, scale, start, end))
+            steered[key] = invariant_network(denoiser)
+            while len(steered) > CONTROLLED_NETWORKS:
+                steered.popitem(last=False)  # running jobs keep their own reference
+        steered.move_to_end(key)
+        return steered[key]
+
+    @app.post("/api/jobs/controlnet", **job_route)
+    async def controlnet(
+        body: ControlNet_,  # type: ignore[valid-type]
+        wait: Wait = False,
+        inline: Inline = False,
+    ) -> Any:
+        """Queue a ControlNet job, as `diffuse generate PROMPT --controlnet DIR --control IMAGE`:
+        the map of the ControlNet's kind is computed from `control_image`."""
+        name, pipe = pick(body.model)
+        served = choose_controlnet(name, body.controlnet, body.control_kind)
+        picture = upload(body.control_image, "control_image", pipe)
+        params = checked(lambda: pipe.params(body.prompt, **generation_keywords(body)))
+        scale, start, end = body.control_scale, body.control_start, body.control_end
+        if not end < start:
+            raise HTTPException(
+                422, f"control_end: must be below control_start, got {end} >= {start}"
+            )
+        network = steered_network(served, scale, start, end)
+        _, pixels = checked(lambda: read_image(picture, pipe.size, 3))
+        extra_cond = control_cond(control_map(served.kind, pixels), pipe.device)
+        record = control_record(
+            served.folder, "", served.kind, image_hash(pixels), scale, start, end
+        )
+
+        def run(network: CondDenoiseFn, callback: Any) -> Any:
+            return pipe.generate(params, callback=callback, network=network, extra_cond=extra_cond)
+
+        job = Job(CONTROLNET, params, run, extra=record, network=network)
+        return await enqueue(name, job, wait, inline)
 
     @app.get(
         "/api/jobs/{job_id}",
@@ -270,7 +485,7 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
         """Cancel a job (a finished job stays as it is)."""
         job = find(job_id)
         if not job.status.final:
-            workers[job.params.model].cancel(job)
+            workers[job.model].cancel(job)
         return view(job)
 
     @app.get(
@@ -356,6 +571,6 @@ def create_app(pipes: dict[str, TextToImagePipeline], settings: ServerSettings) 
 
 def job_params(job: Job) -> dict[str, Any]:
     """A job's parameters as JSON: what each of its PNGs stores, with all its seeds."""
-    params = job.params.for_seed(job.params.seeds[0])
+    params = job.record(job.seeds[0])
     del params["seed"]
-    return {**params, "seeds": list(job.params.seeds)}
+    return {**params, "seeds": list(job.seeds)}

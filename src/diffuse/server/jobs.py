@@ -20,7 +20,8 @@ from typing import Any
 
 from torch import Tensor
 
-from diffuse.pipelines.text_to_image import GenerationParams
+from diffuse.guidance import CondDenoiseFn
+from diffuse.pipelines.text_to_image import EditParams, GenerationParams
 from diffuse.samplers.base import Callback
 from diffuse.samplers.stepwise import CallFn
 
@@ -62,23 +63,38 @@ class Job:
     """One generation request.
 
     Args:
-        kind: the task ("text-to-image"; the routes of other tasks add theirs).
-        params: the checked parameters (stored per seed in each PNG).
+        kind: the task (the route's name: "text-to-image", "img2img", "inpaint"...).
+        params: the checked parameters: a `GenerationParams`, or the `EditParams` of a task
+            that starts from an image (stored per seed in each PNG).
         body: what computes the images (see `JobBody`); the worker knows no task.
+        extra: more parameters every PNG of the job stores (a ControlNet's settings).
+        network: network(x, level, cond) the worker answers this job's calls with, when not
+            the model's own (a ControlNet-steered copy); jobs sharing one share calls.
     """
 
-    def __init__(self, kind: str, params: GenerationParams, body: JobBody) -> None:
+    def __init__(
+        self,
+        kind: str,
+        params: GenerationParams | EditParams,
+        body: JobBody,
+        *,
+        extra: dict[str, Any] | None = None,
+        network: CondDenoiseFn | None = None,
+    ) -> None:
         self.id = secrets.token_hex(8)
         self.kind = kind
         self.params = params
+        self.generation = params.generation if isinstance(params, EditParams) else params
+        self.extra = dict(extra or {})
         self.body = body
+        self.network = network
         self.order = next(_ORDER)
         self.created = time.time()
         self.started: float | None = None
         self.finished: float | None = None
         self.status = JobStatus.QUEUED
         self.step = 0
-        self.steps = params.steps
+        self.steps = params.steps_total if isinstance(params, EditParams) else params.steps
         self.error: str | None = None
         self.images: list[JobImage] = []
         self.preview: bytes | None = None
@@ -88,6 +104,20 @@ class Job:
         self.cancel_requested = False
         self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    @property
+    def model(self) -> str:
+        """The name of the job's model."""
+        return self.generation.model
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """One seed per image."""
+        return self.generation.seeds
+
+    def record(self, seed: int) -> dict[str, Any]:
+        """The parameters of the image of `seed`, as its PNG stores them."""
+        return self.params.for_seed(seed) | self.extra
 
     # --- written by the worker ---------------------------------------------------------------
 
@@ -106,10 +136,10 @@ class Job:
             self.status, self.started = JobStatus.RUNNING, time.time()
             self._changed()
 
-    def progress(self, step: int, preview: bytes | None) -> None:
-        """`step` steps of the sampler are done; `preview` (a PNG of the x0 estimate) or None."""
+    def progress(self, preview: bytes | None) -> None:
+        """One more sampler step is done; `preview` (a PNG of the x0 estimate) or None."""
         with self._lock:
-            self.step = step
+            step = self.step = min(self.steps, self.step + 1)
             if preview is not None:
                 self.preview, self.preview_step = preview, step
             self._changed()

@@ -18,6 +18,8 @@ class ServerSettings:
         max_images: the most images one request may ask for.
         max_prompt_chars: the longest prompt or negative prompt, in characters.
         max_body_bytes: the largest request body (413 past it).
+        max_upload_bytes: the largest image file one field of a request may carry (413 past
+            it, naming the field); the body limit holds as well.
         keep_jobs: finished jobs kept for GET /api/jobs/{id} (the oldest go first).
         shutdown_grace: seconds running jobs get to finish at shutdown before they are
             cancelled.
@@ -31,6 +33,7 @@ class ServerSettings:
     max_images: int = 8
     max_prompt_chars: int = 1000
     max_body_bytes: int = 65536
+    max_upload_bytes: int = 32768
     keep_jobs: int = 256
     shutdown_grace: float = 30.0
 
@@ -42,6 +45,7 @@ class ServerSettings:
             "max_images",
             "max_prompt_chars",
             "max_body_bytes",
+            "max_upload_bytes",
             "keep_jobs",
         ):
             value = getattr(self, name)

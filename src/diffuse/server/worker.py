@@ -1,11 +1,15 @@
 """One worker thread per model: it owns the network and advances every admitted job a step.
 
-Each admitted job runs `TextToImagePipeline.generate` as a `samplers.stepwise.StepwiseRun`,
-paused at every network call. A tick of the worker collects the pending call of every running
-job, answers them with as few network calls as the conditioning shapes allow
-(`pipelines.step_batching.run_calls`), and lets each job go on to its next call. A job that
-arrives while others run joins at the next tick at its own first step, with its own prompt,
-seed, step count, guidance scale and sampler; it gets exactly the pixels it would get alone.
+Each admitted job runs its task's pipeline method (`TextToImagePipeline.generate`, or
+`run_edit` for img2img, inversion and inpainting) as a `samplers.stepwise.StepwiseRun`, paused
+at every network call. A tick of the worker collects the pending call of every running job,
+answers them with as few network calls as the conditioning shapes allow
+(`pipelines.step_batching.run_calls`; a ControlNet job's calls go to its steered network, shared
+by the jobs with the same ControlNet settings), and lets each job go on to its next call. A job
+that arrives while others run joins at the next tick at its own first step, with its own
+prompt, seed, step count, guidance scale and sampler; it gets exactly the pixels it would get
+alone. Edit jobs join as they are: img2img is sampling from a lower start level, inpainting
+pastes its known region in its own callback between calls, inversion is two loops of calls.
 With batching off the worker admits one job at a time, which is how requests are served one by
 one.
 """
@@ -177,7 +181,7 @@ class ModelWorker:
             return True
         started = time.perf_counter()
         try:
-            outputs = run_calls(self._network, [item.run.call for item in live], self._count)
+            outputs = self._answer(live)
         except Exception as error:  # a network failure fails the jobs, never the server
             logger.exception("network call failed")
             for item in live:
@@ -197,13 +201,27 @@ class ModelWorker:
         self._reap()
         return True
 
+    def _answer(self, live: list[_Running]) -> list[torch.Tensor]:
+        """The outputs of the pending calls of `live`: the calls of jobs that run the same
+        network (the model's, or one ControlNet-steered copy) share network calls."""
+        groups: dict[int, list[int]] = {}
+        for index, item in enumerate(live):
+            groups.setdefault(id(item.job.network), []).append(index)
+        outputs: list[torch.Tensor | None] = [None] * len(live)
+        for members in groups.values():
+            network = live[members[0]].job.network or self._network
+            calls = [live[i].run.call for i in members]
+            for i, out in zip(members, run_calls(network, calls, self._count)):
+                outputs[i] = out
+        return outputs  # type: ignore[return-value]
+
     def _admit(self) -> list[Job]:
         """Jobs to start now (called with the lock held)."""
         admitted: list[Job] = []
-        images = sum(len(item.job.params.seeds) for item in self._running)
+        images = sum(len(item.job.seeds) for item in self._running)
         while self._queue:
             job = self._queue[0]
-            count = len(job.params.seeds)
+            count = len(job.seeds)
             if self._running or admitted:
                 if not self.settings.batching:
                     break
@@ -233,7 +251,7 @@ class ModelWorker:
                 preview = png_bytes(
                     Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid), {}
                 )
-            job.progress(info.index + 1, preview)
+            job.progress(preview)
 
         return callback
 
@@ -255,12 +273,8 @@ class ModelWorker:
             else:
                 pictures = to_pil(images)
                 done = [
-                    JobImage(
-                        seed,
-                        job.params.for_seed(seed),
-                        png_bytes(picture, job.params.for_seed(seed)),
-                    )
-                    for seed, picture in zip(job.params.seeds, pictures)
+                    JobImage(seed, job.record(seed), png_bytes(picture, job.record(seed)))
+                    for seed, picture in zip(job.seeds, pictures)
                 ]
                 job.finish(JobStatus.DONE, images=done)
             self._finished_one()

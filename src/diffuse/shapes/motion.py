@@ -22,9 +22,9 @@ named direction is what the first third of the clip shows. Objects never come cl
 MIN_GAP (box to box) at any time, so the image evaluator sees each one on its own.
 
 Held-out split: 8% of the (colour shape, direction) combinations, chosen by a fixed hash
-(`HELDOUT_MOTIONS`, e.g. a "yellow star" moving "down-left"), never occur in training clips. A
+(`HELDOUT_MOTIONS`, e.g. a "red triangle" moving "down"), never occur in training clips. A
 held-out clip has at least one object with a held-out combination, so held-out captions test
-composition: the model saw yellow stars and things moving down-left, never the two together.
+composition: the model saw red triangles and things moving down, never the two together.
 
     clips = sample_clip_scenes(4, seed=0, split="train")
     frames = render_clip(clips[0], frames=16, resolution=64)   # uint8 [16, 64, 64, 3]
@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from diffuse.shapes.render import draw_shape, render_background
+from diffuse.shapes.render import render_background, shape_coverages
 from diffuse.shapes.scenes import (
     COLOURS,
     SIZE_EXTENTS,
@@ -129,7 +129,7 @@ def _motion_is_heldout(name: str, direction: str) -> bool:
     return int.from_bytes(digest[:8], "big") % 10_000 < round(HELDOUT_MOTION_FRACTION * 10_000)
 
 
-# Held-out ('colour shape', direction) combinations, e.g. ('yellow star', 'down-left').
+# Held-out ('colour shape', direction) combinations, e.g. ('red triangle', 'down').
 HELDOUT_MOTIONS: tuple[tuple[str, str], ...] = tuple(
     (f"{c} {s}", d)
     for c, s in _all_objects()
@@ -418,7 +418,7 @@ def sample_clip_scenes(
 
 
 def render_clip(clip: ClipScene, frames: int, resolution: int) -> np.ndarray:
-    """Render a clip: the background once, every object composited per frame.
+    """Render a clip: the background once, each object's coverage for all frames at once.
 
     Args:
         clip: the clip scene.
@@ -434,8 +434,13 @@ def render_clip(clip: ClipScene, frames: int, resolution: int) -> np.ndarray:
     background = render_background(bg.colour_a, bg.colour_b, bg.angle, resolution)
     video = np.repeat(background[None], len(times), axis=0)  # [T, R, R, 3] float32
     for obj in clip.objects:
-        cx, cy = obj.centres(times)
-        extents = obj.extents(times)
+        # Coverage of the object in every frame at once; compositing is a slice per frame.
+        alpha, tops, lefts = shape_coverages(
+            obj.shape, *obj.centres(times), obj.extents(times), resolution
+        )
+        h, w = alpha.shape[1:]
         for k, colour in enumerate(obj.colours(times)):
-            draw_shape(video[k], obj.shape, colour, cx[k], cy[k], extents[k])
+            window = video[k, tops[k] : tops[k] + h, lefts[k] : lefts[k] + w]  # cropped view
+            cover = alpha[k, : window.shape[0], : window.shape[1], None]
+            window += cover * (np.asarray(COLOURS[colour], np.float32) - window)
     return np.clip(np.rint(video), 0, 255).astype(np.uint8)

@@ -30,6 +30,7 @@ __all__ = [
     "STAR_INNER_RATIO",
     "TRIANGLE_HEIGHT",
     "shape_coverage",
+    "shape_coverages",
     "render_background",
     "draw_shape",
     "render_scene",
@@ -134,21 +135,50 @@ def shape_coverage(
         (alpha, top, left): alpha [h, w] float32 in [0, 1] for the window whose top-left pixel
         is (top, left).
     """
-    k = _supersampling(resolution)
+    alpha, top, left = shape_coverages(shape, [cx], [cy], [size], resolution)
+    return alpha[0], int(top[0]), int(left[0])
+
+
+def shape_coverages(
+    shape: str,
+    cx: Sequence[float] | np.ndarray,
+    cy: Sequence[float] | np.ndarray,
+    size: Sequence[float] | np.ndarray,
+    resolution: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`shape_coverage` of one shape at N placements at once (the frames of a clip).
+
+    Every window has the size of the largest one; a window that is larger than its own
+    placement's covers zero there, and may reach past the image's right or bottom edge (crop
+    it to the image).
+
+    Args:
+        shape: the shape name.
+        cx, cy, size: [N] box centres and larger sides, normalised.
+        resolution: image side in pixels.
+
+    Returns:
+        (alpha [N, h, w] float32 in [0, 1], top [N], left [N]) pixel offsets of each window.
+    """
+    cx, cy, size = (np.asarray(v, np.float64).reshape(-1) for v in (cx, cy, size))
+    n, k = cx.size, _supersampling(resolution)
     half = size / 2
-    left = max(0, int(math.floor((cx - half) * resolution)))
-    right = min(resolution, int(math.ceil((cx + half) * resolution)))
-    top = max(0, int(math.floor((cy - half) * resolution)))
-    bottom = min(resolution, int(math.ceil((cy + half) * resolution)))
-    h, w = bottom - top, right - left
+    left = np.maximum(0, np.floor((cx - half) * resolution)).astype(np.int64)
+    right = np.minimum(resolution, np.ceil((cx + half) * resolution)).astype(np.int64)
+    top = np.maximum(0, np.floor((cy - half) * resolution)).astype(np.int64)
+    bottom = np.minimum(resolution, np.ceil((cy + half) * resolution)).astype(np.int64)
+    h, w = int((bottom - top).max(initial=0)), int((right - left).max(initial=0))
     if h <= 0 or w <= 0:
-        return np.zeros((0, 0), np.float32), top, left
+        return np.zeros((n, 0, 0), np.float32), top, left
     offsets = (np.arange(k) + 0.5) / k  # sub-pixel sample positions
-    xs = (left + np.arange(w)[:, None] + offsets[None, :]).reshape(-1) / resolution  # [w*k]
-    ys = (top + np.arange(h)[:, None] + offsets[None, :]).reshape(-1) / resolution  # [h*k]
-    gx, gy = np.meshgrid((xs - cx) / size, (ys - cy) / size)  # [h*k, w*k] unit-box coords
+    xs = (left[:, None, None] + np.arange(w)[None, :, None] + offsets).reshape(n, -1) / resolution
+    ys = (top[:, None, None] + np.arange(h)[None, :, None] + offsets).reshape(n, -1) / resolution
+    scale = size[:, None, None]
+    gx = (xs[:, None, :] - cx[:, None, None]) / scale  # [N, 1, w*k] unit-box coordinates
+    gy = (ys[:, :, None] - cy[:, None, None]) / scale  # [N, h*k, 1]
+    gx, gy = np.broadcast_arrays(gx, gy)  # [N, h*k, w*k]
     hits = _inside(shape, gx, gy).astype(np.float32)
-    alpha = hits.reshape(h, k, w, k).mean(axis=(1, 3))  # box filter back to pixels
+    alpha = hits.reshape(n, h, k, w, k).mean(axis=(2, 4))  # box filter back to pixels
     return alpha, top, left
 
 

@@ -20,12 +20,15 @@ from diffuse.codecs.vae import VAE
 from diffuse.config import ConfigError, TrainConfig, to_dict
 from diffuse.denoiser import Denoiser
 from diffuse.model_folder import provenance
+from diffuse.nets.controlnet import ControlledUNet, ControlNet, ControlNetConfig
 from diffuse.processes import NoiseProcess
 from diffuse.training import dist
 from diffuse.training.captions import CaptionBank
+from diffuse.training.control_maps import ControlMaps
 from diffuse.training.data import BatchOrder, TrainData
 from diffuse.training.datasets import build_dataset
 from diffuse.training.ema import EMA
+from diffuse.training.inpaint_masks import InpaintMasks
 from diffuse.training.inputs import load_codec, load_init_weights, load_text_encoder
 from diffuse.training.model import (
     build_process,
@@ -71,6 +74,8 @@ class Run:
     config_record: dict[str, Any]
     per_rank: int
     image_shape: tuple[int, ...]  # one training item: (C, H, W) or a clip's (C, T, H, W)
+    controls: ControlMaps | None = None  # a ControlNet run's control maps
+    inpaint: InpaintMasks | None = None  # an inpainting model's masks
 
     @property
     def null_label(self) -> int:
@@ -109,6 +114,8 @@ def read_inputs(cfg: TrainConfig, net_builder: Callable[..., tuple[nn.Module, An
     """
     data = TrainData(build_dataset(cfg.data, seed=cfg.train.seed), cfg.data)
     order = BatchOrder(len(data), cfg.optim.batch_size, cfg.train.seed, data.dataset.fingerprint())
+    if cfg.model.inpainting and cfg.sample.every_steps:
+        raise ConfigError("model.inpainting is set: sample.every_steps must be 0 (no sample grids)")
     text = load_text_encoder(cfg, data) if cfg.model.text_encoder else None
     codec = load_codec(cfg) if cfg.data.codec else None
     num_classes = data.num_classes if cfg.model.class_conditional else 0
@@ -130,9 +137,36 @@ def read_inputs(cfg: TrainConfig, net_builder: Callable[..., tuple[nn.Module, An
     net, net_cfg = build_net()
     if cfg.train.init:  # fine-tuning: the EMA starts from these weights too
         load_init_weights(cfg.train.init, net, net_cfg)
+    if cfg.control.kind:
+        net = with_controlnet(cfg, net, net_cfg, codec)
     if cfg.model.train_layers == "temporal":
         freeze_image_layers(net, cfg.model.preset)
     return Inputs(data, order, codec, text, num_classes, build_net, net, net_cfg)
+
+
+def with_controlnet(
+    cfg: TrainConfig, base: nn.Module, base_cfg: Any, codec: VAE | None
+) -> nn.Module:
+    """The network a ControlNet recipe trains: the frozen base of `train.init` steered by a
+    fresh ControlNet copied from its encoder (zero projections: it starts as the base).
+
+    Raises:
+        ConfigError: no `train.init`, a base that is no U-Net, or a setting a ControlNet run
+            cannot honour (flips, sample grids).
+    """
+    kind = cfg.control.kind
+    if not cfg.train.init:
+        raise ConfigError(f"control.kind = {kind!r} needs train.init: the base model to steer")
+    if cfg.data.flip:
+        raise ConfigError("control.kind is set: data.flip must be false (maps are not mirrored)")
+    if cfg.sample.every_steps:
+        raise ConfigError("control.kind is set: sample.every_steps must be 0 (no sample grids)")
+    factor = codec.downsample if codec is not None else 1
+    try:
+        config = ControlNetConfig(kind, factor, base_cfg, cfg.control.hint_channels)
+        return ControlledUNet(base, ControlNet.from_base(base, config))
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ConfigError(f"control.kind = {kind!r}: {err}") from None
 
 
 def assemble(cfg: TrainConfig, out: Path, info: dist.DistInfo, inputs: Inputs) -> Run:
@@ -148,6 +182,11 @@ def assemble(cfg: TrainConfig, out: Path, info: dist.DistInfo, inputs: Inputs) -
         the run.
     """
     o, data, net, codec = cfg.optim, inputs.data, inputs.net, inputs.codec
+    controls = ControlMaps(cfg.control.kind, data) if cfg.control.kind else None
+    inpaint = None
+    if cfg.model.inpainting:
+        factor = codec.downsample if codec is not None else 1
+        inpaint = InpaintMasks(data, cfg.data.image_size, factor)
     if codec is not None:  # latent diffusion: every image encoded once, cached in the run
         data.encode_latents(codec.to(info.device), out if info.is_main else None)
         codec.cpu()  # sample grids decode on the CPU
@@ -188,5 +227,5 @@ def assemble(cfg: TrainConfig, out: Path, info: dist.DistInfo, inputs: Inputs) -
     shape = data.item_shape  # (C, H, W), or (C, T, H, W) for clips
     return Run(
         cfg, out, info, inputs, captions, process, ema, replica, optimizer, denoiser,
-        config_record, per_rank, shape,
+        config_record, per_rank, shape, controls, inpaint,
     )  # fmt: skip

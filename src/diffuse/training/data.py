@@ -195,6 +195,10 @@ class TrainData:
         labels = np.array([e.label for e in items], dtype=np.int64)
         return images, labels, [e.caption for e in items]
 
+    def pixels(self, indices: Sequence[int]) -> np.ndarray:
+        """The prepared uint8 images [B, H, W, C] of `indices` (pixels, also for latent runs)."""
+        return self._load(indices)[0]
+
     def prefetch(self, indices: Sequence[int]) -> None:
         """Start decoding `indices` in a background thread (no-op for array data)."""
         if self.array is not None:

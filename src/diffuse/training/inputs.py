@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from diffuse.codecs.text_encoder import TextEncoder
 from diffuse.codecs.vae import VAE, load_vae
@@ -117,14 +118,44 @@ def load_init_weights(init: str, net: nn.Module, net_cfg: Any) -> None:
         logger.info("initial weights inflated from the image network %s", init)
         return
     have, want = config_to_dict(trained.config), config_to_dict(net_cfg)
+    state = trained.state_dict()
+    widen = _wider_inputs(have, want)
+    if widen:  # e.g. an inpainting model from a text-to-image model: new channels start at 0
+        state = _widen_inputs(state, net.state_dict())
+        have = want
+        logger.info("input channels widened from %d to %d (zero weights)", *widen)
     if have != want:
         lines = config_differences(have["config"], want["config"])
         raise ConfigError(
             f"train.init = {init!r}: its network differs from the recipe's "
             f"({lines or have['kind'] + ' there, ' + want['kind'] + ' here'})"
         )
-    net.load_state_dict(trained.state_dict())
+    net.load_state_dict(state)
     logger.info("initial weights from %s", init)
+
+
+def _wider_inputs(have: Mapping[str, Any], want: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(old, new) extra input channels when the two network configs differ only in having
+    more `extra_in_channels` in `want`; else None."""
+    old, new = have["config"].get("extra_in_channels"), want["config"].get("extra_in_channels")
+    if have["kind"] != want["kind"] or old is None or new is None or not new > old:
+        return None
+    same = {**have["config"], "extra_in_channels": new} == want["config"]
+    return (old, new) if same else None
+
+
+def _widen_inputs(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """`state` with each weight that the wider network has more input channels of (dim 1)
+    copied into zeros of the new shape: the added channels have no effect until trained."""
+    out = {}
+    for key, value in state.items():
+        shape = target[key].shape if key in target else value.shape
+        if shape != value.shape and value.ndim >= 2 and shape[1] > value.shape[1]:
+            wide = torch.zeros(shape, dtype=value.dtype)
+            wide[:, : value.shape[1]] = value
+            value = wide
+        out[key] = value
+    return out
 
 
 def config_differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> str:

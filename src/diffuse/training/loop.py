@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from diffuse.codecs.text_encoder import TextEncoder
 from diffuse.codecs.vae import VAE
 from diffuse.config import SampleConfig, TrainConfig
-from diffuse.denoiser import Denoiser
+from diffuse.controlnet_folder import save_controlnet
+from diffuse.denoiser import EXTRA_INPUTS, Denoiser
 from diffuse.losses import denoising_loss
 from diffuse.processes import NoiseProcess
 from diffuse.training import checkpoint as ckpt
@@ -169,7 +170,8 @@ def train(
             network; the result must still be writable by `nets.io.save_network`.
         on_sample: draws a sample grid every `sample.every_steps` steps (None: no grids).
     Returns:
-        a TrainResult; the final EMA model is in `out/model/`.
+        a TrainResult; the final EMA model is in `out/model/` (for a [control] recipe, the
+        EMA ControlNet as a `controlnet_folder`).
     Raises:
         FileExistsError, ConfigError, DataError: bad folder, recipe or data (nothing written).
         NonFiniteError: `optim.max_nonfinite` non-finite steps in a row.
@@ -278,7 +280,10 @@ class _Steps:
         if step + 1 < cfg.train.steps:
             data.prefetch(order.shard(step + 1, info.rank, info.world_size)[0])
         run.inputs.net.train()
-        loss_local = self._accumulate(indices, x0, labels, draws)
+        extra = None
+        if run.inpaint is not None:  # the mask and masked image of each sample
+            extra = run.inpaint.extra_inputs(indices, mix_seeds(cfg.train.seed, step), first, x0)
+        loss_local = self._accumulate(indices, x0, labels, draws, extra)
 
         max_norm = o.grad_clip if o.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(run.inputs.net.parameters(), max_norm)
@@ -328,8 +333,12 @@ class _Steps:
             draws = dataclasses.replace(draws, keep_first=keep)
         return x0, draws
 
-    def _accumulate(self, indices: list[int], x0: Tensor, labels: Tensor, draws: Any) -> Tensor:
-        """Forward and backward over the micro-batches; returns this rank's mean loss."""
+    def _accumulate(
+        self, indices: list[int], x0: Tensor, labels: Tensor, draws: Any, extra: Tensor | None
+    ) -> Tensor:
+        """Forward and backward over the micro-batches; returns this rank's mean loss.
+
+        `extra`: the EXTRA_INPUTS of the batch (an inpainting model), or None."""
         run, cfg, device = self.run, self.run.cfg, self.run.info.device
         loss_local = torch.zeros((), dtype=torch.float64, device=device)
         slices = list(_micro_batches(run.per_rank, cfg.optim.micro_batch))
@@ -341,6 +350,10 @@ class _Steps:
             if run.captions is not None:
                 text = run.captions.batch(indices[sl], draws.drop_label[sl])
                 cond = {**(cond or {}), **{k: v.to(device) for k, v in text.items()}}
+            if run.controls is not None:
+                cond = {**(cond or {}), "control": run.controls.batch(indices[sl]).to(device)}
+            if extra is not None:
+                cond = {**(cond or {}), EXTRA_INPUTS: extra[sl].to(device)}
             if self.first_frame and draws.keep_first is not None:
                 first_frame = {
                     "first_frame": x0[sl, :, 0],
@@ -456,7 +469,16 @@ def _export(run: Run) -> Path | None:
     """Write the EMA network to out/model on rank 0 (gathered first under FSDP)."""
     ema_state = run.replica.full_state(run.ema.module)  # collective under FSDP
     model_dir = None
-    if run.info.is_main:
+    if run.info.is_main and run.controls is not None:  # a ControlNet run: the ControlNet alone
+        model_dir = run.out / "model"
+        save_controlnet(
+            model_dir,
+            run.ema.module.controlnet,
+            run.cfg.train.init,
+            dtype=getattr(torch, run.cfg.control.storage),
+            recipe=run.config_record["recipe"],
+        )
+    elif run.info.is_main:
         model_dir = run.out / "model"
         plain = run.ema.module
         if run.replica.fsdp:  # a fresh unsharded copy to hold the gathered weights

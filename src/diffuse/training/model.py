@@ -52,6 +52,10 @@ def build_network(
     base = preset(cfg.preset)
     data_fields = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
     names = {f.name for f in dataclasses.fields(base)}
+    if cfg.inpainting:  # the mask and the masked image: 1 + in_channels input channels
+        if "extra_in_channels" not in names:
+            raise ConfigError(f"model.inpainting: {cfg.preset!r} takes no extra input channels")
+        data_fields["extra_in_channels"] = in_channels + 1
     if context_dim:
         if "context_dim" not in names:
             raise ConfigError(f"model.text_encoder: {cfg.preset!r} takes no text conditioning")
