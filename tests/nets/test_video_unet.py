@@ -165,3 +165,17 @@ def test_image_network_state_dict_unchanged_by_video_support() -> None:
     """Image U-Nets hold no temporal parameters (shipped weight files keep loading)."""
     keys = UNet(IMAGE).state_dict().keys()
     assert not [k for k in keys if "temporal" in k or k.startswith("frame_embed")]
+
+
+def test_info_for_clip_shapes(capsys: pytest.CaptureFixture[str]) -> None:
+    from diffuse.cli import main
+    from diffuse.nets.flops import network_info
+
+    image = network_info(IMAGE, batch=1)
+    clip = network_info(IMAGE, batch=1, frames=8)
+    assert clip.frames == 8 and clip.params > image.params
+    assert 8 * image.gflops < clip.gflops < 12 * image.gflops  # frames plus temporal layers
+    assert main(["info", "dit-tiny", "--frames", "8", "--batch", "1"]) == 0
+    assert "input 8 frames x 4x16x16" in capsys.readouterr().out
+    assert main(["info", "unet-tiny", "--frames", "0"]) == 2
+    assert "--frames must be >= 1, got 0" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from diffuse.cli import (
     serve,
     text,
     train,
+    video,
 )
 from diffuse.cli import eval as eval_command
 from diffuse.cli.arguments import CliError
@@ -41,6 +42,7 @@ COMMANDS = (
     train,
     sample,
     generate,
+    video,
     edit,
     inpaint,
     fit_solver,

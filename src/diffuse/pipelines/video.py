@@ -205,6 +205,7 @@ class VideoPipeline:
         image: Tensor | None = None,
         callback: Callback | None = None,
         decode: bool = True,
+        prompts: Sequence[str] | None = None,
     ) -> Tensor:
         """Clips [N, 3, T, H, W] in [-1, 1] (latents [N, C, T, h, w] with decode=False).
 
@@ -212,7 +213,11 @@ class VideoPipeline:
             params: checked parameters (`params`); `image` must be the one they were made for.
             image: the start image [1, 3, H, W] in [-1, 1] for image-to-video.
             callback: the sampler callback (progress bar), called after every step.
+            prompts: one prompt per seed, replacing `params.prompt` (many prompts in one
+                batch; each clip still depends only on its prompt and seed).
         """
+        if prompts is not None and len(prompts) != len(params.seeds):
+            raise ValueError(f"{len(prompts)} prompts for {len(params.seeds)} seeds")
         if (image is None) != (not params.image_hash) or (
             image is not None and _tensor_hash(image) != params.image_hash
         ):
@@ -221,7 +226,7 @@ class VideoPipeline:
         denoiser = model.denoiser
         channels, size = model.shape[0], model.shape[-1]
         shape = (channels, params.frames, size, size)
-        cond = self.base.conditioning([params.prompt])
+        cond = self.base.conditioning(list(prompts or [params.prompt]))
         uncond = self.base.conditioning([params.negative_prompt])
         known = None
         if image is not None:
