@@ -323,18 +323,30 @@ def placement(images: np.ndarray, scenes: list[Scene], prompts: list[str]) -> di
     }
 
 
-def run_controlnet(pipe, folder: str, n: int, steps: int, batch: int, scale: float) -> dict:
+def run_controlnet(
+    pipe,
+    folder: str,
+    n: int,
+    steps: int,
+    batch: int,
+    scale: float,
+    baseline: bool = True,
+    seed: int = EVAL_SEED,
+) -> dict:
+    """Controlled generation of held-out scenes of stream `seed`; `baseline`: also the base
+    alone on all of them (else only on the first batch, for the scale-0 check)."""
     controlnet = load_controlnet(folder, pipe.model)
     kind = controlnet.config.kind
-    scenes = [sample_split_scene(EVAL_SEED, i, "heldout") for i in range(n)]
-    prompts = [caption(sc, EVAL_SEED, i) for i, sc in enumerate(scenes)]
+    scenes = [sample_split_scene(seed, i, "heldout") for i in range(n)]
+    prompts = [caption(sc, seed, i) for i, sc in enumerate(scenes)]
     hints = torch.stack([control_map(kind, render_scene(sc, SIZE)) for sc in scenes])
     plain, steered, zero_equal = [], [], None
     for rows in batches(n, batch):
         params = pipe.params(prompts[rows[0]], seeds=list(rows), steps=steps)
         texts = [prompts[i] for i in rows]
-        base = pipe.generate(params, prompts=texts)
-        plain.append(sample_to_uint8(base))
+        base = pipe.generate(params, prompts=texts) if baseline or zero_equal is None else None
+        if baseline:
+            plain.append(sample_to_uint8(base))
         with controlled(pipe.model, controlnet, scale) as extra:
             steered.append(
                 sample_to_uint8(
@@ -355,13 +367,17 @@ def run_controlnet(pipe, folder: str, n: int, steps: int, batch: int, scale: flo
         "scale": scale,
         "steps": steps,
         "controlled": placement(np.concatenate(steered), scenes, prompts),
-        "base_alone": placement(np.concatenate(plain), scenes, prompts),
+        "base_alone": placement(np.concatenate(plain), scenes, prompts) if baseline else None,
         "scale_0_equals_base": zero_equal,
     }
 
 
 def run_speed(
-    pipe, repeats: int, controlnet_folder: str | None = None, inpaint_model: str | None = None
+    pipe,
+    repeats: int,
+    controlnet_folder: str | None = None,
+    inpaint_model: str | None = None,
+    only: list[str] | None = None,
 ) -> dict:
     scene = sample_split_scene(EVAL_SEED, 0, "heldout-2")
     image, prompt = render_scene(scene, SIZE), caption(scene, EVAL_SEED, 0)
@@ -390,6 +406,8 @@ def run_speed(
         tasks["inpaint_trained"] = lambda: trained.inpaint(
             image, mask, prompt, seeds=seeds, steps=25
         )
+    if only:
+        tasks = {k: v for k, v in tasks.items() if k == "generate" or k in only}
     times: dict[str, list[float]] = {k: [] for k in tasks}
     for _ in range(repeats):  # interleaved, so load changes hit every task alike
         for name, task in tasks.items():
@@ -440,7 +458,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--controlnet", default=None, help="ControlNet folder (controlnet, speed)")
-    ap.add_argument("--control-scale", type=float, default=1.0)
+    ap.add_argument(
+        "--control-scales",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="controlnet: control scale; several: chosen on --choose-n scenes of stream 11",
+    )
+    ap.add_argument(
+        "--speed-tasks", nargs="+", default=None, help="speed: only these tasks (and generate)"
+    )
+    ap.add_argument(
+        "--no-baseline", action="store_true", help="controlnet: skip the base alone on every scene"
+    )
     ap.add_argument("--inpaint-model", default=None, help="inpainting model (inpaint-trained)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
@@ -486,11 +516,33 @@ def main(argv: list[str] | None = None) -> int:
         elif section == "controlnet":
             if not args.controlnet:
                 ap.error("the controlnet section needs --controlnet DIR")
+            chosen_on, scale = {}, args.control_scales[0]
+            if len(args.control_scales) > 1:  # chosen on another scene stream
+                for value in args.control_scales:
+                    found = run_controlnet(
+                        pipe, args.controlnet, args.choose_n, args.steps, args.batch, value,
+                        baseline=False, seed=CHOOSE_SEED,
+                    )  # fmt: skip
+                    chosen_on[str(value)] = found["controlled"]
+                    print(json.dumps({"scale": value, **found["controlled"]}), flush=True)
+                scale = max(
+                    args.control_scales,
+                    key=lambda v: (chosen_on[str(v)]["cells"], chosen_on[str(v)]["score"], -v),
+                )
             out = run_controlnet(
-                pipe, args.controlnet, args.n, args.steps, args.batch, args.control_scale
+                pipe,
+                args.controlnet,
+                args.n,
+                args.steps,
+                args.batch,
+                scale,
+                not args.no_baseline,
             )
+            out["chosen_on"] = chosen_on
         else:
-            out = run_speed(pipe, args.repeats, args.controlnet, args.inpaint_model)
+            out = run_speed(
+                pipe, args.repeats, args.controlnet, args.inpaint_model, args.speed_tasks
+            )
         results[section] = out | {"wall_seconds": time.perf_counter() - start}
         print(json.dumps({section: results[section]}, indent=1), flush=True)
         if args.json:
