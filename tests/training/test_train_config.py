@@ -26,6 +26,7 @@ from diffuse.config import (
     to_dict,
     to_toml,
 )
+from diffuse.nets.inflate import VIDEO_FIELDS
 from diffuse.text.transformer import TextTransformer
 from diffuse.training.text_loop import text_network_config
 
@@ -122,7 +123,7 @@ def test_shipped_recipes_load_and_build(recipe):
         return
     text = bool(cfg.model.text_encoder)
     if text:  # captioned scenes: RGB, no classes, 384-d MiniLM tokens
-        assert cfg.data.source == "scenes" and not cfg.model.class_conditional
+        assert cfg.data.source in ("scenes", "moving-shapes") and not cfg.model.class_conditional
         assert not cfg.data.flip  # a flip would make "left" / "right" captions false
     else:
         assert cfg.data.channels in (1, 3) and cfg.data.path.startswith("shared:")
@@ -157,6 +158,9 @@ def test_shipped_recipes_load_and_build(recipe):
         if cfg.model.inpainting:  # widened from its base: the mask channels start at zero
             assert net_cfg.extra_in_channels == have.extra_in_channels + channels + 1
             have = dataclasses.replace(have, extra_in_channels=net_cfg.extra_in_channels)
+        if net_cfg.temporal:  # inflated from an image model: only the video fields differ
+            video = {name: getattr(net_cfg, name) for name in VIDEO_FIELDS}
+            have = dataclasses.replace(have, **video)
         assert have == net_cfg
 
 
