@@ -33,18 +33,29 @@ def concat_cond(first: Cond, second: Cond) -> Cond:
         keys_a = sorted(first or {})
         keys_b = sorted(second or {})
         raise ValueError(f"conditional and unconditional inputs differ: keys {keys_a} vs {keys_b}")
-    a, b = dict(first), dict(second)
-    if "context" in a and a["context"].shape[1] != b["context"].shape[1]:
-        length = max(a["context"].shape[1], b["context"].shape[1])
-        for part in (a, b):
-            context = part["context"]  # [B, L, D]
-            pad = length - context.shape[1]
-            mask = part.get("context_mask")
-            if mask is None:
-                mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
-            part["context"] = torch.nn.functional.pad(context, (0, 0, 0, pad))
-            part["context_mask"] = torch.nn.functional.pad(mask.bool(), (0, pad), value=False)
+    a, b = pad_contexts([first, second])
     return {key: torch.cat([a[key], b[key].to(a[key].device)]) for key in a}
+
+
+def pad_contexts(parts: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """Conditioning mappings whose text contexts differ in length, right-padded to the longest,
+    each with a `context_mask` marking its padding as absent (copies; the inputs are kept).
+    Mappings without a context, or with contexts of one length, come back unchanged."""
+    parts = [dict(part) for part in parts]
+    if not all("context" in part for part in parts):
+        return parts
+    length = max(part["context"].shape[1] for part in parts)
+    if all(part["context"].shape[1] == length for part in parts):
+        return parts
+    for part in parts:
+        context = part["context"]  # [B, L, D]
+        pad = length - context.shape[1]
+        mask = part.get("context_mask")
+        if mask is None:
+            mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+        part["context"] = torch.nn.functional.pad(context, (0, 0, 0, pad))
+        part["context_mask"] = torch.nn.functional.pad(mask.bool(), (0, pad), value=False)
+    return parts
 
 
 def expand_cond(cond: Cond, batch: int) -> Cond:

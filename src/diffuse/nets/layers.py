@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import threading
 from collections.abc import Callable, Iterator
 
 import torch
@@ -25,7 +26,9 @@ __all__ = [
     "NoiseEmbedding",
     "SelfAttention",
     "apply_rope",
+    "attention_by_length",
     "batch_invariant",
+    "context_lengths",
     "invariant_batch_size",
     "constant_context",
     "conv3x3_upsample2x",
@@ -78,7 +81,7 @@ def use_reference_kernels() -> bool:
     return _REFERENCE
 
 
-_CONTEXT_SCOPE = 0  # > 0: the id of the current `constant_context` scope
+_CONTEXT_SCOPE = threading.local()  # .id > 0: this thread's current `constant_context` scope
 _SCOPES = itertools.count(1)
 
 
@@ -89,12 +92,18 @@ def constant_context() -> Iterator[None]:
     saw and reuses them while it is given that same tensor object again in the same scope,
     when no graph is recorded. A sampler calls the network once per step with one context,
     so the projections are made once per run instead of once per step."""
-    global _CONTEXT_SCOPE
-    old, _CONTEXT_SCOPE = _CONTEXT_SCOPE, next(_SCOPES)
+    old = _scope_id()
+    _CONTEXT_SCOPE.id = next(_SCOPES)
     try:
         yield
     finally:
-        _CONTEXT_SCOPE = old
+        _CONTEXT_SCOPE.id = old
+
+
+def _scope_id() -> int:
+    """This thread's current `constant_context` scope (0: none). Per thread, so a sampling run
+    paused in one thread never lends its scope to a network call made in another."""
+    return getattr(_CONTEXT_SCOPE, "id", 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,6 +445,42 @@ def key_padding_mask(mask: Tensor) -> Tensor:
     return mask[:, None, None, :]
 
 
+def context_lengths(mask: Tensor | None, length: int) -> list[int] | None:
+    """Each row's token count when `mask` (B, L) keeps a prefix of every row (text padded at
+    the end), else None; no mask means every row has all `length` tokens. A row with no token
+    kept counts as all `length` (as `key_padding_mask` does)."""
+    if torch.compiler.is_compiling() or (mask is not None and mask.device.type == "meta"):
+        return None
+    if mask is None:
+        return []
+    mask = mask.bool()
+    counts = mask.sum(dim=1)
+    prefix = torch.arange(mask.shape[1], device=mask.device) < counts[:, None]
+    if not bool((prefix == mask).all()):
+        return None
+    return [int(n) or length for n in counts.tolist()]
+
+
+def attention_by_length(q: Tensor, k: Tensor, v: Tensor, lengths: list[int]) -> Tensor:
+    """Attention of each row over its first lengths[row] keys only, the rows of one length in
+    one call. A row's result is then the same whatever the padding of the batch it is in, so
+    prompts of different token lengths can share a sampling call (`step_batching`) and still
+    give the pixels they give alone. Empty `lengths`: every row over all its keys.
+
+    Args:
+        q: (B, heads, N, d); k, v: (B, heads, L, d).
+    Returns:
+        (B, heads, N, d).
+    """
+    if not lengths:
+        lengths = [k.shape[2]] * q.shape[0]
+    out = q.new_empty(q.shape)
+    for n in sorted(set(lengths)):
+        rows = torch.tensor([i for i, m in enumerate(lengths) if m == n], device=q.device)
+        out[rows] = F.scaled_dot_product_attention(q[rows], k[rows, :, :n], v[rows, :, :n])
+    return out
+
+
 def _heads(t: Tensor, heads: int) -> Tensor:
     """(B, N, D) -> (B, heads, N, D / heads) view."""
     return t.unflatten(-1, (heads, -1)).transpose(1, 2)
@@ -532,25 +577,31 @@ class CrossAttention(nn.Module):
         k, v = (_heads(t, self.heads) for t in self._keys_values(context).chunk(2, dim=-1))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        lengths = None
+        if not torch.is_grad_enabled() and context.device.type != "meta":
+            lengths = context_lengths(mask, context.shape[1])
+        if lengths is not None:  # sampling: each row over its own tokens, padding never seen
+            return self.proj(_merge(attention_by_length(q, k, v, lengths)))
         attn_mask = None if mask is None else key_padding_mask(mask)
         return self.proj(_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)))
 
     def _keys_values(self, context: Tensor) -> Tensor:
         """kv(context) (B, L, 2 dim), reused inside a `constant_context` scope (see there)."""
-        if not _CONTEXT_SCOPE or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        scope = _scope_id()
+        if not scope or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self.kv(context)
         w, b = self.kv.weight, self.kv.bias
         key = (w.data_ptr(), w._version, None if b is None else b._version)
         cached = self._kv
         if (
             cached is not None
-            and cached[0] == _CONTEXT_SCOPE
+            and cached[0] == scope
             and cached[1] is context  # the same tensor object; it is kept alive by the cache
             and cached[2] == key
         ):
             return cached[3]
         kv = self.kv(context)
-        self._kv = (_CONTEXT_SCOPE, context, key, kv)
+        self._kv = (scope, context, key, kv)
         return kv
 
 

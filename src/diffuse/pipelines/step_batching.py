@@ -6,9 +6,12 @@ concatenated with per-row levels and run as one batch; since the network's resul
 depends on that row alone (`pipelines.sample.invariant_network`), every run gets exactly the
 output it would have got alone.
 
-Rows can share a batch only when their conditioning tensors agree in shape beyond the batch: a
-text context padded to a longer prompt changes the attention's summation order in the last
-bits, so prompts of different token lengths go to separate calls of the same tick.
+Rows can share a batch only when their conditioning tensors agree in shape beyond the batch.
+Text contexts of different token lengths are the exception for networks whose only use of the
+context is cross-attention (`ragged_context`): contexts are padded to the longest with a mask,
+and the cross-attention runs each row over its own tokens (`nets.layers.attention_by_length`),
+so padding never reaches a row's result. Otherwise (e.g. joint text-image attention, where
+padding would change the sums) prompts of different lengths go to separate calls of a tick.
 """
 
 from __future__ import annotations
@@ -18,16 +21,28 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from diffuse.guidance import CondDenoiseFn
+from diffuse.guidance import CondDenoiseFn, pad_contexts
+from diffuse.nets.layers import JointAttention
 from diffuse.samplers.stepwise import NetworkCall
 
-__all__ = ["batch_key", "run_calls"]
+__all__ = ["batch_key", "ragged_context_ok", "run_calls"]
 
 
-def batch_key(call: NetworkCall) -> tuple:
+def ragged_context_ok(net: torch.nn.Module) -> bool:
+    """Whether `net` may take text contexts of several token lengths in one call: it reads the
+    context through cross-attention only (no joint text-image attention, whose sums padding
+    would change)."""
+    return not any(isinstance(m, JointAttention) for m in net.modules())
+
+
+def batch_key(call: NetworkCall, ragged_context: bool = False) -> tuple:
     """What rows must agree on to share a network call: x's and every conditioning tensor's
-    shape beyond the batch, and dtypes."""
-    cond = call.cond or {}
+    shape beyond the batch, and dtypes; with `ragged_context`, not the text's token count."""
+    cond = dict(call.cond or {})
+    if ragged_context and "context" in cond:
+        cond.pop("context_mask", None)
+        context = cond.pop("context")
+        cond["context"] = context[:, :0]  # width and dtype only
     parts = tuple(sorted((k, tuple(v.shape[1:]), str(v.dtype)) for k, v in cond.items()))
     return (tuple(call.x.shape[1:]), str(call.x.dtype), parts)
 
@@ -36,6 +51,7 @@ def run_calls(
     network: CondDenoiseFn,
     calls: Sequence[NetworkCall],
     on_batch: Callable[[int], object] | None = None,
+    ragged_context: bool = False,
 ) -> list[Tensor]:
     """Answer every call with as few network calls as `batch_key` allows.
 
@@ -44,12 +60,14 @@ def run_calls(
             `invariant_network(denoiser)`).
         calls: the pending calls, each from its own run.
         on_batch: called with the row count of each network call made (for statistics).
+        ragged_context: the network sees its text context only through cross-attention, so
+            prompts of different token lengths may share a call (see the module docstring).
     Returns:
         one output per call, in order, shaped like its x.
     """
     groups: dict[tuple, list[int]] = {}
     for index, call in enumerate(calls):
-        groups.setdefault(batch_key(call), []).append(index)
+        groups.setdefault(batch_key(call, ragged_context), []).append(index)
     outputs: list[Tensor | None] = [None] * len(calls)
     for members in groups.values():
         part = [calls[i] for i in members]
@@ -60,11 +78,17 @@ def run_calls(
         )
         cond = None
         if part[0].cond is not None:
+            conds = pad_contexts([c.cond for c in part])
+            if any("context_mask" in c for c in conds):  # some padded, or some with a mask
+                for c in conds:
+                    if "context_mask" not in c:
+                        shape = c["context"].shape[:2]
+                        c["context_mask"] = torch.ones(
+                            shape, dtype=torch.bool, device=c["context"].device
+                        )
             cond = {
-                key: torch.cat(
-                    [c.cond[key].expand(n, *c.cond[key].shape[1:]) for c, n in zip(part, sizes)]
-                )
-                for key in part[0].cond
+                key: torch.cat([c[key].expand(n, *c[key].shape[1:]) for c, n in zip(conds, sizes)])
+                for key in conds[0]
             }
         out = network(x, levels, cond)
         if on_batch is not None:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from diffuse.pipelines.call_conventions import to_pil
 from diffuse.pipelines.sample import invariant_network, to_grid
-from diffuse.pipelines.step_batching import run_calls
+from diffuse.pipelines.step_batching import ragged_context_ok, run_calls
 from diffuse.pipelines.text_to_image import TextToImagePipeline
 from diffuse.pngmeta import png_bytes
 from diffuse.samplers.base import StepInfo
@@ -84,6 +84,7 @@ class ModelWorker:
         self.settings = settings
         self.stats = WorkerStats()
         self._network = invariant_network(pipe.model.denoiser)
+        self._ragged = ragged_context_ok(pipe.model.denoiser.net)
         self._queue: collections.deque[Job] = collections.deque()
         self._running: list[_Running] = []  # touched by the worker thread only
         self._in_flight = 0  # jobs admitted and not yet finished (under the lock)
@@ -211,7 +212,7 @@ class ModelWorker:
         for members in groups.values():
             network = live[members[0]].job.network or self._network
             calls = [live[i].run.call for i in members]
-            for i, out in zip(members, run_calls(network, calls, self._count)):
+            for i, out in zip(members, run_calls(network, calls, self._count, self._ragged)):
                 outputs[i] = out
         return outputs  # type: ignore[return-value]
 
