@@ -227,3 +227,20 @@ def test_cross_attention_reuses_keys_values_only_inside_a_constant_context() -> 
         attn(x, context)  # a graph is recorded: never reused
         attn(x, context)
         assert len(calls) == 8
+
+
+def test_sampling_cross_attention_never_sees_a_rows_padding() -> None:
+    attn = CrossAttention(8, 6, 2)
+    x, short, long = torch.randn(1, 5, 8), torch.randn(1, 3, 6), torch.randn(1, 7, 6)
+    padded = torch.cat([torch.nn.functional.pad(short, (0, 0, 0, 4)), long])
+    mask = torch.arange(7)[None] < torch.tensor([[3], [7]])
+    with torch.no_grad():
+        alone = [attn(x, short), attn(x, long)]
+        batch = attn(x.expand(2, -1, -1), padded, mask)
+        assert torch.equal(batch[:1], alone[0]) and torch.equal(batch[1:], alone[1])
+        # a mask that keeps no prefix takes the masked kernel: the same up to rounding
+        gaps = torch.zeros(1, 6, 6).index_copy(1, torch.tensor([0, 2, 4]), short)
+        kept = torch.tensor([[True, False, True, False, True, False]])
+        torch.testing.assert_close(attn(x, gaps, kept), alone[0])
+    with torch.enable_grad():  # training keeps the masked kernel
+        torch.testing.assert_close(attn(x.expand(2, -1, -1), padded, mask)[:1], alone[0])

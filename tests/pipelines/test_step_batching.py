@@ -9,7 +9,7 @@ import torch
 
 from diffuse.cli import main
 from diffuse.pipelines.sample import invariant_network
-from diffuse.pipelines.step_batching import batch_key, run_calls
+from diffuse.pipelines.step_batching import batch_key, ragged_context_ok, run_calls
 from diffuse.pipelines.text_to_image import load_pipeline
 from diffuse.samplers.stepwise import NetworkCall, StepwiseRun
 from text_recipe import train_args
@@ -24,7 +24,8 @@ def pipe(tmp_path_factory):
     return load_pipeline(out)
 
 
-def test_runs_started_at_different_ticks_equal_the_pipeline_alone(pipe):
+@pytest.mark.parametrize("ragged", [False, True], ids=["by-length", "ragged"])
+def test_runs_started_at_different_ticks_equal_the_pipeline_alone(pipe, ragged):
     requests = [  # (prompt, negative, seeds, steps, guidance, sampler, first tick)
         ("a red circle above a blue square", "", (1,), 5, 4.0, "dpmpp_2m", 0),
         ("a blue circle", "", (2, 3), 4, 4.0, "euler", 1),
@@ -39,7 +40,8 @@ def test_runs_started_at_different_ticks_equal_the_pipeline_alone(pipe):
     alone = [pipe.generate(p) for p in params]
     network = invariant_network(pipe.model.denoiser)
     runs: dict[int, StepwiseRun] = {}
-    tick, calls, pending_calls, keys = 0, 0, 0, set()
+    assert ragged_context_ok(pipe.model.denoiser.net)  # a U-Net: cross-attention only
+    tick, calls, strict_calls, pending_calls = 0, 0, 0, 0
     with torch.no_grad():
         while len(runs) < len(requests) or any(not r.done for r in runs.values()):
             for i, request in enumerate(requests):
@@ -48,17 +50,18 @@ def test_runs_started_at_different_ticks_equal_the_pipeline_alone(pipe):
             live = [r for r in runs.values() if not r.done]
             if live:
                 pending = [r.call for r in live]
-                keys.update(batch_key(c) for c in pending)
                 pending_calls += len(pending)
-                outputs = run_calls(network, pending, lambda rows: None)
-                calls += len({batch_key(c) for c in pending})
+                outputs = run_calls(network, pending, lambda rows: None, ragged)
+                calls += len({batch_key(c, ragged) for c in pending})
+                strict_calls += len({batch_key(c) for c in pending})
                 for r, out in zip(live, outputs):
                     r.answer(out)
             tick += 1
     for i, expected in enumerate(alone):
         assert torch.equal(runs[i].result(), expected), requests[i]
     assert calls < pending_calls  # runs shared calls
-    assert len(keys) > 1  # and prompts of different lengths went to separate calls
+    if ragged:  # prompts of different token lengths shared calls too
+        assert calls < strict_calls
 
 
 def test_calls_are_grouped_by_conditioning_shape(pipe):
@@ -74,3 +77,9 @@ def test_calls_are_grouped_by_conditioning_shape(pipe):
     with torch.no_grad():
         outs = run_calls(network, [short_call, long_call, short_call], sizes.append)
     assert sizes == [4, 2] and [o.shape[0] for o in outs] == [2, 2, 2]
+    assert batch_key(short_call, True) == batch_key(long_call, True)
+    sizes = []
+    with torch.no_grad():
+        ragged = run_calls(network, [short_call, long_call, short_call], sizes.append, True)
+    assert sizes == [6]  # one call: the short contexts padded, each row over its own tokens
+    assert all(torch.equal(a, b) for a, b in zip(ragged, outs))
