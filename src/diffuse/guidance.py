@@ -38,14 +38,16 @@ def concat_cond(first: Cond, second: Cond) -> Cond:
 
 
 def pad_contexts(parts: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
-    """Conditioning mappings whose text contexts differ in length, right-padded to the longest,
-    each with a `context_mask` marking its padding as absent (copies; the inputs are kept).
-    Mappings without a context, or with contexts of one length, come back unchanged."""
+    """Conditioning mappings whose text contexts differ in length, or of which some carry a
+    `context_mask`, right-padded to the longest, each with a `context_mask` marking its padding
+    as absent (copies; the inputs are kept). Mappings without a context, or with contexts of one
+    length and no mask, come back unchanged."""
     parts = [dict(part) for part in parts]
     if not all("context" in part for part in parts):
         return parts
     length = max(part["context"].shape[1] for part in parts)
-    if all(part["context"].shape[1] == length for part in parts):
+    same = all(part["context"].shape[1] == length for part in parts)
+    if same and not any("context_mask" in part for part in parts):
         return parts
     for part in parts:
         context = part["context"]  # [B, L, D]

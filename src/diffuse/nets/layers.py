@@ -445,11 +445,12 @@ def key_padding_mask(mask: Tensor) -> Tensor:
     return mask[:, None, None, :]
 
 
-def context_lengths(mask: Tensor | None, length: int) -> list[int] | None:
-    """Each row's token count when `mask` (B, L) keeps a prefix of every row (text padded at
-    the end), else None; no mask means every row has all `length` tokens. A row with no token
-    kept counts as all `length` (as `key_padding_mask` does)."""
-    if torch.compiler.is_compiling() or (mask is not None and mask.device.type == "meta"):
+def context_lengths(mask: Tensor | None, context: Tensor) -> list[int] | None:
+    """Each row's token count when `mask` (B, L) keeps a prefix of every row of `context`
+    (text padded at the end), else None (also when compiling or on the meta device); [] when
+    there is no mask: every row has all L tokens. A row with no token kept counts as all L (as
+    `key_padding_mask` does)."""
+    if torch.compiler.is_compiling() or context.device.type == "meta":
         return None
     if mask is None:
         return []
@@ -458,7 +459,7 @@ def context_lengths(mask: Tensor | None, length: int) -> list[int] | None:
     prefix = torch.arange(mask.shape[1], device=mask.device) < counts[:, None]
     if not bool((prefix == mask).all()):
         return None
-    return [int(n) or length for n in counts.tolist()]
+    return [int(n) or context.shape[1] for n in counts.tolist()]
 
 
 def attention_by_length(q: Tensor, k: Tensor, v: Tensor, lengths: list[int]) -> Tensor:
@@ -577,9 +578,7 @@ class CrossAttention(nn.Module):
         k, v = (_heads(t, self.heads) for t in self._keys_values(context).chunk(2, dim=-1))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        lengths = None
-        if not torch.is_grad_enabled() and context.device.type != "meta":
-            lengths = context_lengths(mask, context.shape[1])
+        lengths = None if torch.is_grad_enabled() else context_lengths(mask, context)
         if lengths is not None:  # sampling: each row over its own tokens, padding never seen
             return self.proj(_merge(attention_by_length(q, k, v, lengths)))
         attn_mask = None if mask is None else key_padding_mask(mask)

@@ -292,22 +292,12 @@ class ImageEditing:
             raise ValueError(f"the mask is not the one of the request (hash {params.mask_hash})")
         mask_t = mask_t.to(self.device)
         small = latent_mask(mask_t, self.model.codec.downsample)
-        if self.model.info.inpainting:  # a trained inpainting model
+        if self.model.info.inpainting:  # a trained inpainting model: no resampling
             self._check_resample(params.resample)
-            out = inpaint_with_model(
-                self.model.denoiser,
-                latents,
-                small,
-                seeds,
-                sampler=g.sampler,
-                schedule=g.schedule,
-                steps=g.steps,
-                callback=callback,
-                **common,
-            )
-            decoded = self.model.decode(out.to(self.device))
-            return blend(decoded, pixels_t, mask_t, params.feather).cpu()
-        out = inpaint_latents(
+            sample, extra = inpaint_with_model, {}
+        else:
+            sample, extra = inpaint_latents, {"resample": params.resample}
+        out = sample(
             self.model.denoiser,
             latents,
             small,
@@ -315,8 +305,8 @@ class ImageEditing:
             sampler=g.sampler,
             schedule=g.schedule,
             steps=g.steps,
-            resample=params.resample,
             callback=callback,
+            **extra,
             **common,
         )
         decoded = self.model.decode(out.to(self.device))

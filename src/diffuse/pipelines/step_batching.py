@@ -79,13 +79,6 @@ def run_calls(
         cond = None
         if part[0].cond is not None:
             conds = pad_contexts([c.cond for c in part])
-            if any("context_mask" in c for c in conds):  # some padded, or some with a mask
-                for c in conds:
-                    if "context_mask" not in c:
-                        shape = c["context"].shape[:2]
-                        c["context_mask"] = torch.ones(
-                            shape, dtype=torch.bool, device=c["context"].device
-                        )
             cond = {
                 key: torch.cat([c[key].expand(n, *c[key].shape[1:]) for c, n in zip(conds, sizes)])
                 for key in conds[0]
