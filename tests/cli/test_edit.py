@@ -38,7 +38,11 @@ def pixels(path: Path) -> np.ndarray:
     ("command", "extra", "task"),
     [
         (["edit"], ["--strength", "0.55", "--sampler", "euler_ancestral"], "img2img"),
-        (["edit"], ["--invert", "--source", "SOURCE", "--refine", "2"], "inversion"),
+        (
+            ["edit"],
+            ["--invert", "--source", "SOURCE", "--refine", "2", "--source-guidance", "2.5"],
+            "inversion",
+        ),
         (["inpaint"], ["--mask", "MASK", "--resample", "2"], "inpaint"),
     ],
     ids=["img2img", "inversion", "inpaint"],
@@ -55,6 +59,7 @@ def test_from_png_reproduces_bit_for_bit(command, extra, task, t2i_run, inputs, 
         assert stored["strength"] == 0.55 and stored["sampler"] == "euler_ancestral"
     if task == "inversion":
         assert stored["source_prompt"] == prompt and stored["refine"] == 2
+        assert stored["source_guidance"] == 2.5
     if task == "inpaint":
         assert stored["resample"] == 2 and len(stored["mask_hash"]) == 16
         keep = pixels(mask)[..., 0] == 0
@@ -101,7 +106,12 @@ def test_from_png_refuses_another_image(t2i_run, inputs, tmp_path, capsys):
         (["edit", "IMAGE", "p", "--strength", "0"], r"strength must be in (0, 1], got 0.0"),
         (["edit", "BIG", "p"], "is 48x48 pixels; the model works at 32x32"),
         (["edit", "IMAGE", "p", "--invert"], "--invert needs --source"),
-        (["edit", "IMAGE", "p", "--source", "x"], "--source and --refine need --invert"),
+        (["edit", "IMAGE", "p", "--source", "x"], "--source, --refine and --source-guidance need"),
+        (["edit", "IMAGE", "p", "--source-guidance", "3"], "--source-guidance need --invert"),
+        (
+            ["edit", "IMAGE", "p", "--invert", "--source", "x", "--source-guidance", "-1"],
+            "source guidance must be a finite number >= 0, got -1.0",
+        ),
         (["inpaint", "IMAGE", "p", "--mask", "GREY"], "is not binary: it holds values [128]"),
         (["inpaint", "IMAGE", "p", "--mask", "SMALL"], "it must be a 32x32 grey image"),
         (["inpaint", "IMAGE", "p"], "give --mask MASK"),

@@ -151,6 +151,22 @@ def test_refined_inversion_reconstructs_the_image(pipe, scene):
     assert psnr(exact.images) >= psnr(plain.images)
 
 
+def test_inversion_is_unguided_unless_asked(pipe, scene):
+    """The way up runs at source_guidance (default 1, the exact inverse), the way down at the
+    request's guidance: with guidance 1 both ways the default equals an explicit 1."""
+    image, prompt = scene
+    run = {"steps": 6, "guidance": 3.0, "output_type": "pt", "seeds": [0]}
+    default = pipe.edit_by_inversion(image, prompt, prompt, **run).images
+    explicit = pipe.edit_by_inversion(image, prompt, prompt, source_guidance=1.0, **run).images
+    guided_up = pipe.edit_by_inversion(image, prompt, prompt, source_guidance=3.0, **run).images
+    assert torch.equal(default, explicit)
+    assert not torch.equal(default, guided_up)
+    params = pipe.edit_params("inversion", prompt, image, source_prompt=prompt)
+    assert params.for_seed(0)["source_guidance"] == 1.0
+    with pytest.raises(ValueError, match="source guidance must be a finite number >= 0, got nan"):
+        pipe.edit_params("inversion", prompt, image, source_guidance=float("nan"))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

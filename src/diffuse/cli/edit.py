@@ -80,6 +80,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="fixed-point iterations per inversion step (exact inversion; ddim only)",
     )
+    p.add_argument(
+        "--source-guidance",
+        type=float,
+        default=1.0,
+        metavar="SCALE",
+        help="guidance of the inversion (default 1: unguided, the exact inverse; --guidance "
+        "is the way down's)",
+    )
     add_common_options(p)
     p.set_defaults(func=run)
 
@@ -195,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
                     "source_prompt": stored["source_prompt"],
                     "inversion": stored["inversion"],
                     "refine": int(stored["refine"]),
+                    # PNGs written before the inversion had its own scale inverted at guidance
+                    "source_guidance": float(stored.get("source_guidance", stored["guidance"])),
                 }
             return run_task(args, task, image, prompt, request, extra)
         if args.image is None:
@@ -205,11 +215,12 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError('--invert needs --source "the prompt describing IMAGE"')
             extra = {"source_prompt": args.source, "inversion": args.inversion}
             extra["refine"] = args.refine
+            extra["source_guidance"] = args.source_guidance
             if args.sampler is not None:
                 raise ValueError("--invert uses the sampler matching --inversion; drop --sampler")
             return run_task(args, "inversion", args.image, args.prompt, request, extra)
-        if args.source is not None or args.refine:
-            raise ValueError("--source and --refine need --invert")
+        if args.source is not None or args.refine or args.source_guidance != 1.0:
+            raise ValueError("--source, --refine and --source-guidance need --invert")
         check_strength(args.strength)
         extra = {"strength": args.strength}
         return run_task(args, "img2img", args.image, args.prompt, request, extra)

@@ -14,6 +14,7 @@ every PNG so that `--from-png` makes the same pixels again. The mechanics are in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ class EditParams:
         source_prompt: inversion: the prompt the image is inverted with.
         inversion: inversion: the method ("ddim", "dpmpp_2m"); the matching sampler is used.
         refine: inversion: fixed-point iterations per step (exact inversion).
+        source_guidance: inversion: the guidance scale of the way up (default 1: the unguided
+            probability-flow ODE, whose inversion is exact; the way down uses `generation`'s).
         mask_hash, mask: inpainting: the mask's pixel hash and where it came from.
         resample: inpainting: RePaint resampling per step (1: none).
         feather: inpainting: seam width in pixels of the final blend (0: exact).
@@ -78,6 +81,7 @@ class EditParams:
     source_prompt: str = ""
     inversion: str = "ddim"
     refine: int = 0
+    source_guidance: float = 1.0
     mask_hash: str = ""
     mask: str = ""
     resample: int = 1
@@ -99,6 +103,7 @@ class EditParams:
                 "source_prompt": self.source_prompt,
                 "inversion": self.inversion,
                 "refine": self.refine,
+                "source_guidance": self.source_guidance,
             }
         if self.task == "inpaint":
             extra |= {
@@ -114,6 +119,14 @@ def _count(name: str, value: int, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
+
+
+def _scale(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
 
 
 class ImageEditing:
@@ -133,6 +146,7 @@ class ImageEditing:
         source_prompt: str = "",
         inversion: str = "ddim",
         refine: int = 0,
+        source_guidance: float = 1.0,
         resample: int = 1,
         feather: int = 0,
         **generation: Any,
@@ -144,7 +158,8 @@ class ImageEditing:
             prompt: the target prompt.
             image: the input (path, PIL image or uint8 pixels), the model's size.
             mask: inpainting's mask (white = fill, black = keep), the image's size.
-            strength, source_prompt, inversion, refine, resample, feather: see `EditParams`.
+            strength, source_prompt, inversion, refine, source_guidance, resample, feather:
+                see `EditParams`.
             generation: negative_prompt, seeds, n, sampler, schedule, steps, guidance, size
                 as `TextToImagePipeline.params` takes them.
         Returns:
@@ -161,6 +176,7 @@ class ImageEditing:
             _count("refine", refine, 0)
             if refine and inversion != "ddim":
                 raise ValueError(f"refine works with the ddim inversion only, got {inversion!r}")
+            source_guidance = _scale("source guidance", source_guidance)
             if not isinstance(source_prompt, str):
                 raise ValueError(f"source prompt must be a string, got {source_prompt!r}")
             matching = get_inversion(inversion)[1]
@@ -194,6 +210,7 @@ class ImageEditing:
             source_prompt=source_prompt if task == "inversion" else "",
             inversion=inversion if task == "inversion" else "ddim",
             refine=refine if task == "inversion" else 0,
+            source_guidance=source_guidance if task == "inversion" else 1.0,
             mask_hash=mask_hash,
             mask=mask_name,
             resample=resample if task == "inpaint" else 1,
@@ -264,7 +281,10 @@ class ImageEditing:
             )
             return self.model.decode(out.to(self.device)).cpu()
         if params.task == "inversion":
-            source = common | {"cond": self._cond([params.source_prompt])}
+            source = common | {
+                "cond": self._cond([params.source_prompt]),
+                "guidance": params.source_guidance,
+            }
             noisy = invert_latents(
                 self.model.denoiser,
                 latents,
@@ -347,14 +367,17 @@ class ImageEditing:
         *,
         inversion: str = "ddim",
         refine: int = 0,
+        source_guidance: float = 1.0,
         output_type: str = "pil",
         callback: Callback | None = None,
         **generation: Any,
     ) -> GenerationOutput:
         """Invert `image` with `source_prompt`, then sample it back with `prompt`.
 
-        With prompt == source_prompt this reconstructs the image (exactly, up to the codec and
-        the fixed-point tolerance, with `refine`).
+        The inversion runs at `source_guidance` (default 1, unguided: exact up to the solver's
+        error), the way down at the request's guidance. With prompt == source_prompt and
+        guidance 1 this reconstructs the image (up to the codec, and to the fixed-point
+        tolerance with `refine`).
         """
         params = self.edit_params(
             "inversion",
@@ -363,6 +386,7 @@ class ImageEditing:
             source_prompt=source_prompt,
             inversion=inversion,
             refine=refine,
+            source_guidance=source_guidance,
             **generation,
         )
         return self._output(params, self.run_edit(params, image, callback=callback), output_type)

@@ -375,6 +375,7 @@ def create_app(
             "source_prompt": body.source_prompt,
             "inversion": body.inversion,
             "refine": body.refine,
+            "source_guidance": body.source_guidance,
         }
         name, job = edit_job("inversion", body, extra)
         return await enqueue(name, job, wait, inline)

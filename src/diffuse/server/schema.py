@@ -130,6 +130,16 @@ def inversion_request(
                 int,
                 Field(0, ge=0, le=MAX_REFINE, description="fixed-point iterations (ddim only)"),
             ),
+            "source_guidance": (
+                float,
+                Field(
+                    1.0,
+                    ge=0,
+                    le=100,
+                    allow_inf_nan=False,
+                    description="guidance of the inversion (1: unguided, the exact inverse)",
+                ),
+            ),
         },
     )
 
