@@ -237,14 +237,16 @@ def run_inversion_edit(
     method: str = "ddim",
     strength: float = 1.0,
     source_guidance: float | None = None,
+    seed: int = EVAL_SEED,
 ) -> dict:
-    """Edit by inversion; `source_guidance` (default: `guidance`) is the inversion's."""
+    """Edit by inversion of scenes of stream `seed`; `source_guidance` (default: `guidance`)
+    is the inversion's, `guidance` the way down's."""
     outs, prompts = [], []
     up = guidance if source_guidance is None else source_guidance
     for rows in batches(n, 16):
-        scenes = [sample_split_scene(EVAL_SEED, i, "heldout-2") for i in rows]
-        sources = [caption(sc, EVAL_SEED, i) for sc, i in zip(scenes, rows)]
-        targets = [caption(recoloured(sc, i), EVAL_SEED, i) for sc, i in zip(scenes, rows)]
+        scenes = [sample_split_scene(seed, i, "heldout-2") for i in rows]
+        sources = [caption(sc, seed, i) for sc, i in zip(scenes, rows)]
+        targets = [caption(recoloured(sc, i), seed, i) for sc, i in zip(scenes, rows)]
         latents = encode(pipe, [render_scene(sc, SIZE) for sc in scenes])
         out = inversion_round(
             pipe,
@@ -442,7 +444,14 @@ def main(argv: list[str] | None = None) -> int:
         help="inversion methods; NAME+K refines each step K times",
     )
     ap.add_argument("--inversion-guidance", type=float, default=1.0)
-    ap.add_argument("--edit-guidance", type=float, default=4.0)
+    ap.add_argument(
+        "--edit-guidance",
+        type=float,
+        nargs="+",
+        default=[4.0],
+        help="inversion-edit: the way down's guidance; several: chosen on --choose-n scenes of "
+        "stream 11",
+    )
     ap.add_argument("--edit-refine", type=int, default=3)
     ap.add_argument("--edit-method", default="ddim", help="inversion method of inversion-edit")
     ap.add_argument("--edit-strength", type=float, default=1.0, help="partial inversion")
@@ -489,23 +498,27 @@ def main(argv: list[str] | None = None) -> int:
                 pipe, args.n, args.inversion_steps, args.methods, args.inversion_guidance
             )
         elif section == "inversion-edit":
-            out = run_inversion_edit(
-                pipe,
-                args.n,
-                args.steps,
-                args.edit_guidance,
-                args.edit_refine,
-                args.edit_method,
-                args.edit_strength,
-                args.edit_source_guidance,
-            )
-            out["settings"] = {
-                "method": args.edit_method,
+            edit = {
+                "steps": args.steps,
                 "refine": args.edit_refine,
+                "method": args.edit_method,
                 "strength": args.edit_strength,
-                "guidance": args.edit_guidance,
                 "source_guidance": args.edit_source_guidance,
             }
+            chosen_on, guidance = {}, args.edit_guidance[0]
+            if len(args.edit_guidance) > 1:  # chosen on another scene stream
+                for value in args.edit_guidance:
+                    found = run_inversion_edit(
+                        pipe, args.choose_n, guidance=value, seed=CHOOSE_SEED, **edit
+                    )
+                    chosen_on[str(value)] = found
+                    print(json.dumps({"guidance": value, **found}), flush=True)
+                guidance = max(
+                    args.edit_guidance, key=lambda v: (chosen_on[str(v)]["score"], -abs(v - 4))
+                )
+            out = run_inversion_edit(pipe, args.n, guidance=guidance, **edit)
+            out["settings"] = edit | {"guidance": guidance}
+            out["chosen_on"] = chosen_on
         elif section == "inpaint":
             out = run_inpaint(pipe, args.n, args.steps, args.resample)
         elif section == "inpaint-trained":
