@@ -145,9 +145,7 @@ def test_a_delta_on_the_bundled_model_names_it_and_generates(tmp_path) -> None:
     bundled = BUNDLED / "shapes-t2i"
     info = read_info(bundled)
     tuned = _tuned(load_model_network(bundled), "conv_out.")
-    folder = save_model(
-        tmp_path / "delta", tuned, info, codec_source=bundled / "vae", base=bundled
-    )
+    folder = save_model(tmp_path / "delta", tuned, info, codec_source=bundled / "vae", base=bundled)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", INFO_FILE, WEIGHTS_FILE]
     written = json.loads((folder / INFO_FILE).read_text())
     assert written["delta"]["bundled"] == "shapes-t2i" and "path" not in written["delta"]
