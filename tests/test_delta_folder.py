@@ -36,6 +36,7 @@ from diffuse.model_folder import (
     read_info,
     save_model,
 )
+from diffuse.nets.io import save_network
 
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "diffuse" / "assets" / "models"
 INFO = ModelInfo(
@@ -139,6 +140,10 @@ def test_the_codec_is_the_bases_when_it_is_the_same_and_copied_otherwise(tmp_pat
     assert _same(model.codec, load_model(base).codec)
     other = save_model(tmp_path / "other", tuned, info, codec_source=vae(1), base=base)
     assert read_info(other).codec == "vae" and (other / "vae" / "vae.safetensors").is_file()
+    # A base that is a bare network folder (no diffusion.json, so no codec): copied too.
+    bare = save_network(_net(4, 4), tmp_path / "bare")
+    delta = save_model(tmp_path / "on-bare", tuned, info, codec_source=tmp_path / "vae0", base=bare)
+    assert read_info(delta).codec == "vae" and _same(load_model(delta).denoiser.net, tuned)
 
 
 def test_a_delta_on_the_bundled_model_names_it_and_generates(tmp_path) -> None:

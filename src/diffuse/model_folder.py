@@ -504,7 +504,8 @@ def save_model(
         base_state = load_model_network(base).state_dict()
         keys = _differing_tensors(net.state_dict(), base_state)
         info = dataclasses.replace(info, delta=_base_reference(base, folder), codec="")
-        if codec_source is not None and _same_files(Path(codec_source), _codec_folder(base)):
+        base_codec = _codec_folder(base) if (base / INFO_FILE).is_file() else None
+        if codec_source is not None and _same_files(Path(codec_source), base_codec):
             info, codec_source = dataclasses.replace(info, codec=BASE_CODEC), None
     if codec_source is not None:
         info = dataclasses.replace(info, codec=info.codec or CODEC_FOLDER)
