@@ -21,7 +21,7 @@ from diffuse import nets
 from diffuse.cli import main
 from diffuse.codecs.vae import VAE, VAEConfig, save_vae
 from diffuse.config import ProcessConfig
-from diffuse.io import MissingModelFileError
+from diffuse.io import MissingModelFileError, file_sha256
 from diffuse.model_folder import (
     BASE_CODEC,
     DELTA_FORMAT,
@@ -116,6 +116,16 @@ def test_a_missing_or_other_base_is_one_error_naming_both(tmp_path, capsys) -> N
     assert len(err) == 1 and str(folder) in err[0] and "'../base'" in err[0]
     want = read_info(folder).delta.weights_sha256[:12]
     assert want in err[0] and "has weights sha256" in err[0] and not out.exists()
+    # A delta made to name itself as its base (its own weights' hash): refused, no recursion.
+    loop = json.loads((folder / INFO_FILE).read_text())
+    loop["delta"] = {"weights_sha256": file_sha256(folder / WEIGHTS_FILE), "path": "."}
+    shutil.copytree(folder, tmp_path / "loop")
+    (tmp_path / "loop" / INFO_FILE).write_text(json.dumps(loop))
+    with pytest.raises(ModelFileError, match="chain of base models loops"):
+        load_model(tmp_path / "loop")
+    (tmp_path / "loop" / INFO_FILE).write_text(json.dumps(loop | {"codec": BASE_CODEC}))
+    with pytest.raises(ModelFileError, match="chain of base models loops"):
+        load_model(tmp_path / "loop")
     shutil.rmtree(tmp_path / "base")
     with pytest.raises(MissingModelFileError, match=r"delta stores only what differs.*missing"):
         load_model(folder)

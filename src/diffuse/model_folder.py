@@ -598,7 +598,9 @@ def find_base(folder: str | os.PathLike, ref: BaseReference) -> Path:
     return base
 
 
-def load_model_network(folder: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load_model_network(
+    folder: str | os.PathLike, device: str | torch.device = "cpu", *, _chain: tuple[Path, ...] = ()
+) -> nn.Module:
     """The whole network of a model folder: its own weights, or for a delta folder its base's
     (loaded the same way, so a chain of deltas works) overlaid with the tensors it stores.
 
@@ -609,14 +611,18 @@ def load_model_network(folder: str | os.PathLike, device: str | torch.device = "
         The network in eval mode.
     Raises:
         MissingModelFileError, ModelFileError: a missing or damaged file, a missing base or
-            one with other weights (see `find_base`).
+            one with other weights (see `find_base`), a chain of bases that loops.
     """
     folder = Path(folder)
     base_state = None
     if (folder / INFO_FILE).is_file():
         info = read_info(folder)
         if info.delta is not None:
-            base_state = load_model_network(find_base(folder, info.delta)).state_dict()
+            chain = (*_chain, folder.resolve())
+            base = find_base(folder, info.delta)
+            if base.resolve() in chain:
+                raise ModelFileError(f"{folder}: its chain of base models loops back to {base}")
+            base_state = load_model_network(base, _chain=chain).state_dict()
     return load_network(folder, device=device, base_state=base_state)
 
 
@@ -684,7 +690,9 @@ class TrainedModel:
         return self.codec.decode(latents).clamp(-1, 1)
 
 
-def _codec_folder(folder: Path, info: ModelInfo | None = None) -> Path | None:
+def _codec_folder(
+    folder: Path, info: ModelInfo | None = None, chain: tuple[Path, ...] = ()
+) -> Path | None:
     """The codec folder of a model folder (that of its base for codec BASE_CODEC), or None for
     a pixel model."""
     info = info or read_info(folder)
@@ -694,7 +702,10 @@ def _codec_folder(folder: Path, info: ModelInfo | None = None) -> Path | None:
         return folder / info.codec
     if info.delta is None:
         raise ModelFileError(f"{folder / INFO_FILE}: codec {BASE_CODEC!r} but no base model")
-    return _codec_folder(find_base(folder, info.delta))
+    base, chain = find_base(folder, info.delta), (*chain, folder.resolve())
+    if base.resolve() in chain:
+        raise ModelFileError(f"{folder}: its chain of base models loops back to {base}")
+    return _codec_folder(base, chain=chain)
 
 
 def _load_codec(folder: Path, info: ModelInfo) -> Codec:
