@@ -27,6 +27,9 @@ folder), checks its hash and overlays the stored tensors: the network is the one
 Its codec is the base's (codec "@base", nothing copied) when the run trained on the base's own
 codec; else the folder holds a copy as usual.
 
+    save_model("runs/y/model", ema_net, info, codec_source=vae_dir, base="runs/x/model")
+    net = load_model_network("runs/y/model")    # the base's tensors + the stored ones
+
 diffusion.json carries a format version. Version 2 (written for every full folder) stores the
 four sampling defaults under "sampling"; version 1 (every model shipped before it) stored the
 recipe's whole [sample] section under "sample" and is still read. Version 3 is written only for
@@ -243,7 +246,8 @@ class ModelInfo:
         text_padding: how prompts are padded for it ("longest" with a mask, or "max_length":
             a fixed-length unmasked context, as Stable Diffusion's CLIP-conditioned networks
             were trained); see `codecs.text_encoder.TextEncoder`.
-        codec: subfolder holding its codec ("" pixel space: the identity codec).
+        codec: subfolder holding its codec ("" pixel space: the identity codec; BASE_CODEC:
+            the codec of the base model of a delta folder).
         sampling: the default sampler, schedule, steps and guidance.
         recipe: the training recipe, as JSON (None if unknown).
         base_model: provenance of the model it was fine-tuned from (see `provenance`).
