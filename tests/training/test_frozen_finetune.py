@@ -38,7 +38,7 @@ def _cfg(*extra):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, one_thread):
     """A base model (3 steps) and a fine-tune of it with the decoder and mid1 frozen."""
     root = tmp_path_factory.mktemp("frozen")
     train(_cfg("train.steps=3", "checkpoint.every_steps=3"), root / "base")
@@ -119,3 +119,19 @@ def test_an_unknown_frozen_prefix_is_refused_before_anything_is_written(runs, tm
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ConfigError, match=r"train.frozen = \['up.'\].*needs train.init"):
         _cfg("train.frozen=['up.']")
+
+
+def test_a_resumed_frozen_run_repeats_the_uninterrupted_one(runs, tmp_path):
+    frozen = "train.frozen=[" + ", ".join(f"'{p}'" for p in FROZEN) + "]"
+    sets = ["checkpoint.every_steps=2", f"train.init='{runs}/base/model'", frozen]
+    train(_cfg("train.steps=2", *sets), tmp_path / "split")
+    train(_cfg("train.steps=4", *sets), tmp_path / "split", resume=True)
+
+    def losses(run):
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines]
+
+    assert losses(tmp_path / "split") == losses(runs / "tuned")
+    resumed = load_model(tmp_path / "split" / "model").denoiser.net.state_dict()
+    whole = load_model(runs / "tuned" / "model").denoiser.net.state_dict()
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
