@@ -424,9 +424,25 @@ class RunSection:
     threads: int = 0  # CPU threads per process (0: torch's default)
     max_minutes: float = 0.0  # stop (checkpoint + model) after this much training time; 0: none
     init: str = ""  # start from the weights of a trained model folder (fine-tuning); "": fresh
+    # Prefixes of parameter names (e.g. "up.") that stay at the weights of `init` while the rest
+    # is fine-tuned; the model folder then stores only what differs from `init`
+    # (`model_folder`, delta folders).
+    frozen: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "train.steps", self.steps, "must be >= 1")
+        _require(
+            all(isinstance(p, str) and p for p in self.frozen),
+            "train.frozen",
+            list(self.frozen),
+            "name non-empty parameter name prefixes, e.g. ['up.', 'upsample.']",
+        )
+        _require(
+            not self.frozen or bool(self.init),
+            "train.frozen",
+            list(self.frozen),
+            "needs train.init (the model whose weights the frozen parameters keep)",
+        )
         _require(self.max_minutes >= 0, "train.max_minutes", self.max_minutes, ">= 0")
         _require(0 <= self.seed < 2**63, "train.seed", self.seed, "must be in [0, 2^63)")
         _require(self.threads >= 0, "train.threads", self.threads, "must be >= 0")
@@ -504,6 +520,17 @@ class TrainConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
 
+    def __post_init__(self) -> None:
+        _require(
+            not (self.train.frozen and self.control.kind),
+            "train.frozen",
+            list(self.train.frozen),
+            "a ControlNet recipe (control.kind) already keeps its whole base frozen",
+        )
+
+
+_DIFFUSION_ONLY = "applies to diffusion image recipes only"
+
 
 @dataclass(frozen=True)
 class VAELossConfig:
@@ -546,6 +573,7 @@ class VAETrainConfig:
     finetune: VAEFinetuneConfig = field(default_factory=VAEFinetuneConfig)
 
     def __post_init__(self) -> None:
+        _require(not self.train.frozen, "train.frozen", list(self.train.frozen), _DIFFUSION_ONLY)
         _require(
             not self.finetune.decoder_only or bool(self.train.init),
             "finetune.decoder_only",
@@ -636,6 +664,7 @@ class TextTrainConfig:
     eval: TextEvalConfig = field(default_factory=TextEvalConfig)
 
     def __post_init__(self) -> None:
+        _require(not self.train.frozen, "train.frozen", list(self.train.frozen), _DIFFUSION_ONLY)
         every = self.eval.every_steps
         _require(
             every == 0 or every % self.log.every_steps == 0,

@@ -18,10 +18,23 @@ A diffusers folder (Stable Diffusion, DDPM, DiT; see `diffuse.interop`) is accep
 model folder is: `load_model` converts it once into a model folder under $DIFFUSE_CACHE,
 keyed by the sha256 of its weights and configs (`cached_import`).
 
-diffusion.json carries a format version. Version 2 (written now) stores the four sampling
-defaults under "sampling"; version 1 (every model shipped before it) stored the recipe's whole
-[sample] section under "sample" and is still read. An unknown version is an error naming the
-file and the version, never a guess.
+A delta folder (what a fine-tuning run with `train.frozen` writes) stores only the tensors
+that differ from the model it was fine-tuned from, plus a reference to that base under "delta"
+in diffusion.json: the sha256 of the base's weights file and where to find it, by name for a
+model bundled with diffuse (diffuse/assets/models/NAME), else as a path relative to the delta
+folder (so the two move together). `load_model` loads the base (itself possibly a delta
+folder), checks its hash and overlays the stored tensors: the network is the one training held.
+Its codec is the base's (codec "@base", nothing copied) when the run trained on the base's own
+codec; else the folder holds a copy as usual.
+
+    save_model("runs/y/model", ema_net, info, codec_source=vae_dir, base="runs/x/model")
+    net = load_model_network("runs/y/model")    # the base's tensors + the stored ones
+
+diffusion.json carries a format version. Version 2 (written for every full folder) stores the
+four sampling defaults under "sampling"; version 1 (every model shipped before it) stored the
+recipe's whole [sample] section under "sample" and is still read. Version 3 is written only for
+delta folders (a diffuse that reads up to version 2 refuses them clearly instead of loading
+half a network). An unknown version is an error naming the file and the version, never a guess.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +74,13 @@ from diffuse.nets.io import CONFIG_FILE, WEIGHTS_FILE, load_network, save_networ
 from diffuse.processes import PROCESSES, NoiseProcess
 
 __all__ = [
+    "BASE_CODEC",
+    "BUNDLED_MODELS",
+    "BaseReference",
     "CODEC_FOLDER",
     "CONFIG_FILE",
     "DIFFUSERS_CACHE_ENV",
+    "DELTA_FORMAT",
     "FORMAT",
     "IMAGE_KIND",
     "INFO_FILE",
@@ -81,7 +99,9 @@ __all__ = [
     "provenance",
     "read_info",
     "resolve_model_folder",
+    "find_base",
     "import_diffusers_folder",
+    "load_model_network",
     "save_model",
 ]
 
@@ -90,8 +110,12 @@ logger = logging.getLogger(__name__)
 INFO_FILE = "diffusion.json"  # process, parametrisation, conditioning, codec, sampling defaults
 CODEC_FOLDER = "vae"  # subfolder holding a latent model's codec
 SOLVERS_FILE = "solvers.json"  # fitted solvers (`diffuse.fitted_solvers`), optional
-FORMAT = 2  # the diffusion.json version save_model writes
-_READABLE = (1, 2)
+FORMAT = 2  # the diffusion.json version save_model writes for a full folder
+DELTA_FORMAT = 3  # ... and for a delta folder (only the tensors that differ from a base)
+_READABLE = (1, 2, 3)
+BASE_CODEC = "@base"  # ModelInfo.codec of a delta folder that uses its base model's codec
+# Models bundled with the package, one folder each; a delta folder names such a base by name.
+BUNDLED_MODELS = Path(str(resources.files("diffuse") / "assets" / "models"))
 DIFFUSERS_CACHE_ENV = "DIFFUSE_CACHE"  # where converted diffusers folders are kept
 TEXT_FOLDER = "text_encoder"  # subfolder of an imported model's text encoder and tokenizer
 # diffusion.json's "kind": absent or "image" for image models; "text" for text models, which
@@ -172,6 +196,42 @@ class SamplingDefaults:
 
 
 @dataclass(frozen=True)
+class BaseReference:
+    """The base model of a delta folder: what its weights hash to and where it is.
+
+    Args:
+        weights_sha256: sha256 of the base's weights file (model.safetensors).
+        bundled: the name of a model bundled with diffuse (`BUNDLED_MODELS`/NAME), or "".
+        path: else the base folder, relative to the delta folder.
+    """
+
+    weights_sha256: str
+    bundled: str = ""
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.bundled) == bool(self.path):
+            raise ValueError(
+                f"a delta's base names exactly one of a bundled model or a path, got bundled "
+                f"{self.bundled!r} and path {self.path!r}"
+            )
+        if len(self.weights_sha256) != 64:
+            raise ValueError(
+                f"base weights_sha256 must be 64 hex digits, got {self.weights_sha256!r}"
+            )
+
+    def describe(self) -> str:
+        """'bundled model NAME' or 'PATH', and the hash prefix, for messages and `diffuse info`."""
+        where = f"bundled model {self.bundled!r}" if self.bundled else repr(self.path)
+        return f"{where} (weights sha256 {self.weights_sha256[:12]})"
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON form under diffusion.json's "delta"."""
+        where = {"bundled": self.bundled} if self.bundled else {"path": self.path}
+        return {"weights_sha256": self.weights_sha256, **where}
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What diffusion.json records about a model, typed.
 
@@ -186,13 +246,17 @@ class ModelInfo:
         text_padding: how prompts are padded for it ("longest" with a mask, or "max_length":
             a fixed-length unmasked context, as Stable Diffusion's CLIP-conditioned networks
             were trained); see `codecs.text_encoder.TextEncoder`.
-        codec: subfolder holding its codec ("" pixel space: the identity codec).
+        codec: subfolder holding its codec ("" pixel space: the identity codec; BASE_CODEC:
+            the codec of the base model of a delta folder).
         sampling: the default sampler, schedule, steps and guidance.
         recipe: the training recipe, as JSON (None if unknown).
         base_model: provenance of the model it was fine-tuned from (see `provenance`).
         inpainting: an inpainting model (mask and masked image as extra input channels,
             `denoiser.inpainting_inputs`).
-        format: the diffusion.json version it was read from (`save_model` writes FORMAT).
+        delta: the base model of a delta folder (whose weights file holds only the tensors
+            that differ from the base's), else None.
+        format: the diffusion.json version it was read from (`save_model` writes FORMAT, or
+            DELTA_FORMAT for a delta folder).
     """
 
     process: ProcessConfig
@@ -207,6 +271,7 @@ class ModelInfo:
     recipe: dict[str, Any] | None = None
     base_model: dict[str, Any] | None = None
     inpainting: bool = False
+    delta: BaseReference | None = None
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -264,10 +329,10 @@ class ModelInfo:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form written to diffusion.json (always version FORMAT)."""
+        """The JSON form written to diffusion.json (version FORMAT, DELTA_FORMAT if a delta)."""
         p = self.process
         data: dict[str, Any] = {
-            "format": FORMAT,
+            "format": FORMAT if self.delta is None else DELTA_FORMAT,
             "process": {"kind": p.kind, "options": dataclasses.asdict(p.options)},
             "parametrization": p.parametrization,
             "sigma_data": p.sigma_data,
@@ -285,6 +350,8 @@ class ModelInfo:
             data["base_model"] = self.base_model
         if self.inpainting:
             data["inpainting"] = True
+        if self.delta is not None:
+            data["delta"] = self.delta.to_dict()
         return data
 
     @classmethod
@@ -319,6 +386,14 @@ class ModelInfo:
             sampling["steps"] = int(sampling["steps"])
         if "guidance" in sampling:
             sampling["guidance"] = float(sampling["guidance"])
+        delta = None
+        if version >= DELTA_FORMAT and data.get("delta") is not None:
+            stored_delta = data["delta"]
+            delta = BaseReference(
+                weights_sha256=str(stored_delta["weights_sha256"]),
+                bundled=str(stored_delta.get("bundled") or ""),
+                path=str(stored_delta.get("path") or ""),
+            )
         return cls(
             process=ProcessConfig(
                 kind=kind,
@@ -337,6 +412,7 @@ class ModelInfo:
             recipe=data.get("recipe"),
             base_model=data.get("base_model"),
             inpainting=bool(data.get("inpainting", False)),
+            delta=delta,
             format=int(version),
         )
 
@@ -400,6 +476,8 @@ def save_model(
     net: nn.Module,
     info: ModelInfo,
     codec_source: str | os.PathLike | None = None,
+    *,
+    base: str | os.PathLike | None = None,
 ) -> Path:
     """Write a complete model folder, replacing any old one in a single rename.
 
@@ -407,27 +485,149 @@ def save_model(
     a temporary folder next to `folder`, which is then swapped into place, so `folder` is always
     either the old model or the whole new one.
 
+    With `base`, a delta folder is written: only the tensors of `net` that differ from the base
+    model's (in value, shape or presence) are stored, with a `BaseReference` to the base; a
+    codec identical to the base's (same files) is not copied but read from the base.
+
     Args:
         folder: destination model folder.
         net: the network to ship (a UNet or DiT; the trainer passes its EMA copy).
         info: what to record; its `codec` is set to CODEC_FOLDER when `codec_source` is given.
         codec_source: the VAE folder of a latent model (copied into the model), else None.
+        base: the model folder `net` was fine-tuned from (a delta folder), else None.
     Returns:
         The folder path.
     Raises:
         ValueError: `info` names a codec but no `codec_source` is given.
+        MissingModelFileError, ModelFileError: `base` cannot be loaded.
     """
     folder = Path(folder)
+    keys = None
+    if base is not None:
+        base = Path(base)
+        base_state = load_model_network(base).state_dict()
+        keys = _differing_tensors(net.state_dict(), base_state)
+        info = dataclasses.replace(info, delta=_base_reference(base, folder), codec="")
+        base_codec = _codec_folder(base) if (base / INFO_FILE).is_file() else None
+        if codec_source is not None and _same_files(Path(codec_source), base_codec):
+            info, codec_source = dataclasses.replace(info, codec=BASE_CODEC), None
     if codec_source is not None:
         info = dataclasses.replace(info, codec=info.codec or CODEC_FOLDER)
-    elif info.codec:
+    elif info.codec and info.codec != BASE_CODEC:
         raise ValueError(f"info names the codec folder {info.codec!r} but no codec_source given")
+    elif info.codec == BASE_CODEC and info.delta is None:
+        raise ValueError(f"info names the codec {BASE_CODEC!r} of a base model but has none")
     with atomic_folder(folder) as tmp:
-        save_network(net, tmp)
+        save_network(net, tmp, keys=keys)
         if codec_source is not None:
             shutil.copytree(codec_source, tmp / info.codec)
         atomic_write_text(tmp / INFO_FILE, json.dumps(info.to_dict(), indent=2) + "\n")
+    if keys is not None:
+        logger.info(
+            "%s stores %d of %d tensors; the rest are those of its base %s",
+            folder,
+            len(keys),
+            len(net.state_dict()),
+            info.delta.describe(),
+        )
     return folder
+
+
+def _differing_tensors(state: Mapping[str, Tensor], base: Mapping[str, Tensor]) -> set[str]:
+    """Names of the tensors of `state` that the base lacks or holds otherwise (bit for bit, in
+    `state`'s dtype, which is how loading converts the base's)."""
+    return {
+        k
+        for k, v in state.items()
+        if k not in base
+        or base[k].shape != v.shape
+        or not torch.equal(base[k].to(v.device, v.dtype), v)
+    }
+
+
+def _base_reference(base: Path, folder: Path) -> BaseReference:
+    """How the delta folder `folder` finds `base`: by name when its weights are those of a
+    bundled model, else by its path relative to `folder`."""
+    sha = file_sha256(base / WEIGHTS_FILE)
+    if BUNDLED_MODELS.is_dir():
+        for bundled in sorted(BUNDLED_MODELS.iterdir()):
+            weights = bundled / WEIGHTS_FILE
+            if weights.is_file() and file_sha256(weights) == sha:
+                return BaseReference(sha, bundled=bundled.name)
+    return BaseReference(sha, path=os.path.relpath(base.resolve(), folder.resolve()))
+
+
+def _same_files(a: Path, b: Path | None) -> bool:
+    """Whether folders `a` and `b` hold the same files with the same contents."""
+
+    def digests(folder: Path) -> dict[str, str]:
+        return {
+            str(p.relative_to(folder)): file_sha256(p) for p in folder.rglob("*") if p.is_file()
+        }
+
+    return b is not None and digests(a) == digests(b)
+
+
+def find_base(folder: str | os.PathLike, ref: BaseReference) -> Path:
+    """The base model folder of the delta folder `folder`, checked against its weights hash.
+
+    Args:
+        folder: the delta folder (a relative base path is read against it).
+        ref: its `ModelInfo.delta`.
+    Returns:
+        The base folder.
+    Raises:
+        MissingModelFileError: the base is not there (both folders named).
+        ModelFileError: the base there has other weights (both hashes named).
+    """
+    folder = Path(folder)
+    if ref.bundled:
+        base = BUNDLED_MODELS / ref.bundled
+        where = f"the bundled model {ref.bundled!r} ({base})"
+    else:
+        base = folder / ref.path
+        where = f"{ref.path!r} ({os.path.normpath(base.absolute())})"
+    weights = base / WEIGHTS_FILE
+    if not weights.is_file():
+        raise MissingModelFileError(
+            f"{folder} stores only what differs from its base model {where}, which is missing "
+            f"(no {WEIGHTS_FILE}); put the base with weights sha256 {ref.weights_sha256[:12]} there"
+        )
+    have = file_sha256(weights)
+    if have != ref.weights_sha256:
+        raise ModelFileError(
+            f"{folder} was fine-tuned from base weights sha256 {ref.weights_sha256[:12]}, but its "
+            f"base {where} has weights sha256 {have[:12]}; put the right base there"
+        )
+    return base
+
+
+def load_model_network(
+    folder: str | os.PathLike, device: str | torch.device = "cpu", *, _chain: tuple[Path, ...] = ()
+) -> nn.Module:
+    """The whole network of a model folder: its own weights, or for a delta folder its base's
+    (loaded the same way, so a chain of deltas works) overlaid with the tensors it stores.
+
+    Args:
+        folder: a model folder (or a bare network folder: config.json and model.safetensors).
+        device: where the weights go.
+    Returns:
+        The network in eval mode.
+    Raises:
+        MissingModelFileError, ModelFileError: a missing or damaged file, a missing base or
+            one with other weights (see `find_base`), a chain of bases that loops.
+    """
+    folder = Path(folder)
+    base_state = None
+    if (folder / INFO_FILE).is_file():
+        info = read_info(folder)
+        if info.delta is not None:
+            chain = (*_chain, folder.resolve())
+            base = find_base(folder, info.delta)
+            if base.resolve() in chain:
+                raise ModelFileError(f"{folder}: its chain of base models loops back to {base}")
+            base_state = load_model_network(base, _chain=chain).state_dict()
+    return load_network(folder, device=device, base_state=base_state)
 
 
 def provenance(folder: str | os.PathLike) -> dict[str, Any]:
@@ -494,12 +694,31 @@ class TrainedModel:
         return self.codec.decode(latents).clamp(-1, 1)
 
 
-def _load_codec(folder: Path, info: ModelInfo) -> Codec:
-    """The model's codec: the VAE in the subfolder `info.codec` names, else the identity;
-    checked against the latent shape the network makes."""
+def _codec_folder(
+    folder: Path, info: ModelInfo | None = None, chain: tuple[Path, ...] = ()
+) -> Path | None:
+    """The codec folder of a model folder (that of its base for codec BASE_CODEC), or None for
+    a pixel model."""
+    info = info or read_info(folder)
     if not info.codec:
+        return None
+    if info.codec != BASE_CODEC:
+        return folder / info.codec
+    if info.delta is None:
+        raise ModelFileError(f"{folder / INFO_FILE}: codec {BASE_CODEC!r} but no base model")
+    base, chain = find_base(folder, info.delta), (*chain, folder.resolve())
+    if base.resolve() in chain:
+        raise ModelFileError(f"{folder}: its chain of base models loops back to {base}")
+    return _codec_folder(base, chain=chain)
+
+
+def _load_codec(folder: Path, info: ModelInfo) -> Codec:
+    """The model's codec: the VAE in the subfolder `info.codec` names (or the base's), else the
+    identity; checked against the latent shape the network makes."""
+    source = _codec_folder(folder, info)
+    if source is None:
         return IdentityCodec(info.channels)
-    codec = load_codec(folder / info.codec)
+    codec = load_codec(source)
     made = codec.latent_shape(info.image_size * codec.downsample)
     if tuple(made) != info.shape:
         raise ModelFileError(
@@ -519,10 +738,11 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     Returns:
         The model, frozen, in eval mode.
     Raises:
-        MissingModelFileError: no model there, or one of its files is missing (a
-            FileNotFoundError too; the path in the message).
-        ModelFileError: a damaged, empty or truncated file, an unknown format version, or a
-            codec that does not match the network (a ValueError naming the file).
+        MissingModelFileError: no model there, or one of its files is missing, or the base
+            of a delta folder (a FileNotFoundError too; the path in the message).
+        ModelFileError: a damaged, empty or truncated file, an unknown format version, a
+            codec that does not match the network, or a delta folder's base with other weights
+            (a ValueError naming the file).
     """
     folder = resolve_model_folder(folder)
     info = read_info(folder)
@@ -534,7 +754,7 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     # Convolution kernels in channels_last, the layout the networks run their activations in:
     # oneDNN otherwise reorders each kernel on every call (the largest cost at small feature
     # maps). Only the memory layout changes, not the values.
-    net = load_network(folder).to(device, memory_format=torch.channels_last)
+    net = load_model_network(folder).to(device, memory_format=torch.channels_last)
     net = net.eval().requires_grad_(False)
     denoiser = Denoiser(
         net, process, info.process.parametrization, sigma_data=info.process.sigma_data

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch import nn
+from torch import Tensor, nn
 
 from diffuse.io import (
     MissingModelFileError,
@@ -72,13 +73,17 @@ def config_from_dict(data: dict) -> UNetConfig | DiTConfig:
     return cls(**fields)
 
 
-def save_network(net: nn.Module, folder: str | os.PathLike) -> Path:
+def save_network(
+    net: nn.Module, folder: str | os.PathLike, *, keys: Collection[str] | None = None
+) -> Path:
     """Write a network's weights and config into `folder` (created if needed; other files in it
     are left alone).
 
     Args:
         net: a UNet or DiT (anything with a `config` of one of their config classes).
         folder: destination folder.
+        keys: the state-dict names to write (None: all); the others must then come from a
+            `base_state` when loading (a delta folder, `model_folder`).
     Returns:
         The folder path.
     """
@@ -86,19 +91,30 @@ def save_network(net: nn.Module, folder: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     meta = config_to_dict(net.config)
     # safetensors needs dense, unshared tensors; channels_last weights are stored contiguous.
-    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu").contiguous()
+        for k, v in net.state_dict().items()
+        if keys is None or k in keys
+    }
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"kind": meta["kind"]})
     atomic_write_text(folder / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return folder
 
 
-def load_network(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -> UNet | DiT:
+def load_network(
+    folder: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    base_state: Mapping[str, Tensor] | None = None,
+) -> UNet | DiT:
     """Rebuild a network written by `save_network`.
 
     Args:
         folder: folder holding config.json and model.safetensors.
         device: where to put the weights.
+        base_state: the tensors of the names the weights file does not hold (the full weights
+            of the base model of a delta folder); None: the file holds them all.
     Returns:
         The network in eval mode.
     Raises:
@@ -117,13 +133,18 @@ def load_network(folder: str | os.PathLike, *, device: str | torch.device = "cpu
         raise ModelFileError(f"{cfg_path} is damaged: {err}") from None
     net = UNet(config) if isinstance(config, UNetConfig) else DiT(config)
     state = load_safetensors(w_path, device)
+    with_base = ""
+    if base_state is not None:
+        names = net.state_dict().keys()
+        state = {k: base_state[k] for k in names if k in base_state and k not in state} | state
+        with_base = " with its base model's tensors"
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
-        raise ModelFileError(f"{w_path} does not match its config: {err}") from None
+        raise ModelFileError(f"{w_path}{with_base} does not match its config: {err}") from None
     if missing or unexpected:
         raise ModelFileError(
-            f"{w_path} does not match its config: missing {sorted(missing)[:5]}, "
+            f"{w_path}{with_base} does not match its config: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
     return net.to(device).eval()

@@ -16,7 +16,6 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from diffuse.denoiser import EXTRA_INPUTS, inpainting_inputs
 from diffuse.fitted_solvers import FITTED, FittedSolver, choose_solver, read_solvers
 from diffuse.guidance import CondDenoiseFn
 from diffuse.io import file_sha256
-from diffuse.model_folder import WEIGHTS_FILE, TrainedModel, load_model
+from diffuse.model_folder import BUNDLED_MODELS, WEIGHTS_FILE, TrainedModel, load_model
 from diffuse.pipelines.call_conventions import (
     OUTPUT_TYPES,
     GenerationOutput,
@@ -59,7 +58,7 @@ DEFAULT_MODEL = "shapes-t2i"
 
 def default_model_dir() -> Path:
     """Folder of the bundled default model inside the installed package."""
-    return Path(str(resources.files("diffuse") / "assets" / "models" / DEFAULT_MODEL))
+    return BUNDLED_MODELS / DEFAULT_MODEL
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from diffuse.training.model import (
     build_process,
     count_parameters,
     freeze_image_layers,
+    freeze_parameters,
     param_groups,
 )
 from diffuse.training.replica import Replica
@@ -141,6 +142,8 @@ def read_inputs(cfg: TrainConfig, net_builder: Callable[..., tuple[nn.Module, An
         net = with_controlnet(cfg, net, net_cfg, codec)
     if cfg.model.train_layers == "temporal":
         freeze_image_layers(net, cfg.model.preset)
+    if cfg.train.frozen:  # these keep the weights of train.init; the model stores the rest
+        freeze_parameters(net, cfg.train.frozen)
     return Inputs(data, order, codec, text, num_classes, build_net, net, net_cfg)
 
 
@@ -217,9 +220,10 @@ def assemble(cfg: TrainConfig, out: Path, info: dist.DistInfo, inputs: Inputs) -
         config_record["base_model"] = provenance(Path(cfg.train.init).expanduser())
     per_rank = o.batch_size // info.world_size
     logger.info(
-        "network %s: %.2fM parameters; %d images; %d ranks x %d images/step",
+        "network %s: %.2fM parameters trained, %.2fM frozen; %d images; %d ranks x %d images/step",
         cfg.model.preset,
         count_parameters(net) / 1e6,
+        count_parameters(net, trainable=False) / 1e6,
         len(data),
         info.world_size,
         per_rank,

@@ -52,10 +52,14 @@ class EMA:
         """
         beta = ema_beta(batch_images, self.halflife(images_seen))
         ema_params = list(self.module.parameters())
-        params = [p.detach() for p in net.parameters()]
+        params = list(net.parameters())
         if len(ema_params) != len(params):
             raise ValueError("EMA and network have different parameter lists")
-        torch._foreach_lerp_(ema_params, params, 1.0 - beta)  # ema += (1 - beta)(p - ema)
+        # Frozen parameters never move, so their average stays equal to them: skipped.
+        pairs = [(e, p.detach()) for e, p in zip(ema_params, params) if p.requires_grad]
+        if pairs:
+            ema_moving, moving = (list(t) for t in zip(*pairs))
+            torch._foreach_lerp_(ema_moving, moving, 1.0 - beta)  # ema += (1 - beta)(p - ema)
         for b_ema, b in zip(self.module.buffers(), net.buffers()):
             b_ema.copy_(b)
         return beta

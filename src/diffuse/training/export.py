@@ -24,6 +24,7 @@ def write_model(
     channels: int,
     image_size: int,
     codec: Any = None,
+    base: str | Path | None = None,
 ) -> Path:
     """Write a complete model folder, swapped into place so `model_dir` is never half-written.
 
@@ -35,6 +36,8 @@ def write_model(
         channels: channels of what the network makes (latent channels of a latent model).
         image_size: side of what the network makes.
         codec: the VAE of a latent model (its folder is copied into the model), or None.
+        base: the model folder fine-tuning started from, to write a delta folder storing only
+            what differs from it (`model_folder.save_model`); None: a full folder.
     Returns:
         model_dir.
     """
@@ -45,4 +48,5 @@ def write_model(
         image_size=image_size,
         base_model=config_record.get("base_model"),
     )
-    return save_model(model_dir, module, info, codec.source if codec is not None else None)
+    source = codec.source if codec is not None else None
+    return save_model(model_dir, module, info, source, base=base)

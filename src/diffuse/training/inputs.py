@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from diffuse.codecs.text_encoder import TextEncoder
 from diffuse.codecs.vae import VAE, load_vae
 from diffuse.config import ConfigError, TrainConfig
+from diffuse.model_folder import load_model_network
 from diffuse.nets.inflate import inflate
-from diffuse.nets.io import config_to_dict, load_network
+from diffuse.nets.io import config_to_dict
 from diffuse.samplers.registry import get_sampler, get_schedule
 from diffuse.training.data import TrainData
 
@@ -96,7 +97,7 @@ def load_codec(cfg: TrainConfig) -> VAE:
 
 
 def load_init_weights(init: str, net: nn.Module, net_cfg: Any) -> None:
-    """Load the weights of the trained model folder `init` into `net`.
+    """Load the weights of the trained model folder `init` (a delta folder too) into `net`.
 
     Args:
         init: the model folder (`train.init`).
@@ -106,7 +107,7 @@ def load_init_weights(init: str, net: nn.Module, net_cfg: Any) -> None:
         ConfigError: the folder cannot be loaded, or its network differs (each field named).
     """
     try:
-        trained = load_network(Path(init).expanduser())
+        trained = load_model_network(Path(init).expanduser())
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"train.init = {init!r}: {err}") from None
     if getattr(net_cfg, "temporal", False) and not getattr(trained.config, "temporal", True):

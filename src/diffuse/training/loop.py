@@ -485,9 +485,11 @@ def _export(run: Run) -> Path | None:
             plain = run.inputs.build_net()[0]
             plain.load_state_dict(ema_state)
         data = run.inputs.data
+        # With frozen parameters the folder stores only what differs from train.init.
+        base = Path(run.cfg.train.init).expanduser() if run.cfg.train.frozen else None
         write_model(
             model_dir, plain, run.cfg, run.config_record, data.channels, data.image_size,
-            run.inputs.codec,
+            run.inputs.codec, base,
         )  # fmt: skip
     dist.barrier(info=run.info)
     return model_dir

@@ -15,7 +15,14 @@ from diffuse.config import ConfigError, ModelConfig
 from diffuse.model_folder import PROCESSES, build_process, check_options
 from diffuse.nets.inflate import video_parameter
 
-__all__ = ["PROCESSES", "build_network", "build_process", "param_groups", "preset"]
+__all__ = [
+    "PROCESSES",
+    "build_network",
+    "build_process",
+    "freeze_parameters",
+    "param_groups",
+    "preset",
+]
 
 
 def preset(name: str) -> Any:
@@ -97,6 +104,26 @@ def freeze_image_layers(net: nn.Module, preset: str) -> None:
         p.requires_grad_(video_parameter(name) or name.startswith("conv_in."))
 
 
+def freeze_parameters(net: nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Freeze every parameter whose name starts with one of `prefixes` (`train.frozen`): it
+    keeps its initial weights (those of `train.init`) and gets no optimizer state.
+
+    Raises:
+        ConfigError: a prefix that matches no parameter (named, with the top-level names).
+    """
+    names = [name for name, _ in net.named_parameters()]
+    for prefix in prefixes:
+        if not any(name.startswith(prefix) for name in names):
+            tops = sorted({name.split(".")[0] + "." for name in names})
+            raise ConfigError(
+                f"train.frozen: {prefix!r} matches no parameter of the network (its parameter "
+                f"names start with {', '.join(tops)})"
+            )
+    for name, p in net.named_parameters():
+        if name.startswith(prefixes):
+            p.requires_grad_(False)
+
+
 def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on weight matrices and conv kernels; none on biases, norm gains,
     embeddings and other vectors (the usual split, e.g. nanoGPT's configure_optimizers)."""
@@ -116,9 +143,9 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def count_parameters(net: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+def count_parameters(net: nn.Module, trainable: bool = True) -> int:
+    """Number of trainable parameters (with `trainable` False: of frozen ones)."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad == trainable)
 
 
 def default_dtype_bytes() -> int:
