@@ -238,9 +238,11 @@ def run_inversion_edit(
     strength: float = 1.0,
     source_guidance: float | None = None,
     seed: int = EVAL_SEED,
+    negative_source: bool = False,
 ) -> dict:
     """Edit by inversion of scenes of stream `seed`; `source_guidance` (default: `guidance`)
-    is the inversion's, `guidance` the way down's."""
+    is the inversion's, `guidance` the way down's; `negative_source`: the source prompt is the
+    way down's negative prompt (guidance then pushes along target - source only)."""
     outs, prompts = [], []
     up = guidance if source_guidance is None else source_guidance
     for rows in batches(n, 16):
@@ -248,11 +250,14 @@ def run_inversion_edit(
         sources = [caption(sc, seed, i) for sc, i in zip(scenes, rows)]
         targets = [caption(recoloured(sc, i), seed, i) for sc, i in zip(scenes, rows)]
         latents = encode(pipe, [render_scene(sc, SIZE) for sc in scenes])
+        down = conditioning(pipe, targets, guidance)
+        if negative_source:
+            down["uncond"] = pipe.encoder.encode(sources).as_cond()
         out = inversion_round(
             pipe,
             latents,
             conditioning(pipe, sources, up),
-            conditioning(pipe, targets, guidance),
+            down,
             method,
             refine,
             steps,
@@ -461,6 +466,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="inversion's (default: --edit-guidance)",
     )
+    ap.add_argument(
+        "--edit-negative-source",
+        action="store_true",
+        help="inversion-edit: the source prompt is the negative prompt of the way down",
+    )
     ap.add_argument("--resample", type=int, default=1)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--repeats", type=int, default=3, help="speed: timed rounds (best kept)")
@@ -504,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                 "method": args.edit_method,
                 "strength": args.edit_strength,
                 "source_guidance": args.edit_source_guidance,
+                "negative_source": args.edit_negative_source,
             }
             chosen_on, guidance = {}, args.edit_guidance[0]
             if len(args.edit_guidance) > 1:  # chosen on another scene stream
