@@ -43,6 +43,12 @@ def test_atomic_writes_follow_the_umask_not_0600(tmp_path: Path, umask_022) -> N
     assert (tmp_path / "sub" / "b.txt").read_text(encoding="utf-8") == "h\u00e9"
     for name in ("a.bin", "sub/b.txt", "c.safetensors"):
         assert _mode(tmp_path / name) == 0o644, name
+    with atomic_folder(tmp_path / "model") as tmp:
+        save_file({"w": torch.ones(2)}, str(tmp / "w.safetensors"))
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "c.json").write_text("{}")
+    for name in ("model/w.safetensors", "model/sub/c.json"):
+        assert _mode(tmp_path / name) == 0o644, name
     os.umask(0o077)
     atomic_write_text(tmp_path / "private.txt", "x")
     assert _mode(tmp_path / "private.txt") == 0o600

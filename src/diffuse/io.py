@@ -187,8 +187,8 @@ def bar_size_options(stream: IO[str]) -> dict[str, Any]:
 @contextmanager
 def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     """Write a whole folder at once: yields an empty temporary folder beside `folder`; when the
-    block ends without an error it takes `folder`'s place (an existing `folder` is replaced),
-    otherwise it is removed and `folder` is left as it was.
+    block ends without an error its files get the umask's mode and it takes `folder`'s place
+    (an existing `folder` is replaced), otherwise it is removed and `folder` is left as it was.
 
         with atomic_folder(out) as tmp:
             save_file(state, str(tmp / "model.safetensors"))
@@ -200,6 +200,10 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        mode = 0o666 & ~_umask()  # files the writers made 0600 (safetensors) get the umask's
+        for path in tmp.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, mode)
         if folder.exists():
             os.rename(folder, old)
         os.rename(tmp, folder)
