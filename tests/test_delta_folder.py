@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tests.tiny_models import tiny_unet
 
 from diffuse import nets
 from diffuse.cli import main
@@ -53,21 +54,6 @@ def _one_thread(one_thread) -> None:
     """Tiny networks: one thread (tests/conftest.py, `one_thread`)."""
 
 
-def _net(channels: int = 1, size: int = 8, seed: int = 0) -> nets.UNet:
-    torch.manual_seed(seed)
-    cfg = dataclasses.replace(
-        nets.get_config("unet-tiny"),
-        in_channels=channels,
-        out_channels=channels,
-        image_size=size,
-        num_classes=3,
-        base_channels=8,
-        num_groups=4,
-        head_channels=8,
-    )
-    return nets.build_network(cfg)
-
-
 def _tuned(net: nets.UNet, prefix: str = "conv_out.") -> nets.UNet:
     """A copy of `net` with the parameters under `prefix` moved (the rest as they were)."""
     tuned = copy.deepcopy(net)
@@ -84,7 +70,7 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_a_delta_stores_what_differs_and_loads_bit_for_bit(tmp_path) -> None:
-    base = save_model(tmp_path / "base", _net(), INFO)
+    base = save_model(tmp_path / "base", tiny_unet(), INFO)
     tuned = _tuned(load_model_network(base), "conv_out.")
     folder = save_model(tmp_path / "runs" / "delta", tuned, INFO, base=base)
     assert set(load_file(str(folder / WEIGHTS_FILE))) == {"conv_out.weight", "conv_out.bias"}
@@ -105,9 +91,9 @@ def test_a_delta_stores_what_differs_and_loads_bit_for_bit(tmp_path) -> None:
 
 
 def test_a_missing_or_other_base_is_one_error_naming_both(tmp_path, capsys) -> None:
-    base = save_model(tmp_path / "base", _net(), INFO)
+    base = save_model(tmp_path / "base", tiny_unet(), INFO)
     folder = save_model(tmp_path / "delta", _tuned(load_model_network(base)), INFO, base=base)
-    save_model(tmp_path / "base", _net(seed=1), INFO)  # another model where the base was
+    save_model(tmp_path / "base", tiny_unet(seed=1), INFO)  # another model where the base was
     with pytest.raises(ModelFileError, match=r"delta was fine-tuned from base weights sha256"):
         load_model(folder)
     out = tmp_path / "out.png"
@@ -141,7 +127,7 @@ def test_the_codec_is_the_bases_when_it_is_the_same_and_copied_otherwise(tmp_pat
         return save_vae(VAE(config), tmp_path / f"vae{seed}")
 
     info = dataclasses.replace(INFO, channels=4, image_size=4)
-    base = save_model(tmp_path / "base", _net(4, 4), info, codec_source=vae(0))
+    base = save_model(tmp_path / "base", tiny_unet(4, 4), info, codec_source=vae(0))
     tuned = _tuned(load_model_network(base))
     same = save_model(tmp_path / "same", tuned, info, codec_source=tmp_path / "vae0", base=base)
     assert read_info(same).codec == BASE_CODEC and not (same / "vae").exists()
@@ -151,7 +137,7 @@ def test_the_codec_is_the_bases_when_it_is_the_same_and_copied_otherwise(tmp_pat
     other = save_model(tmp_path / "other", tuned, info, codec_source=vae(1), base=base)
     assert read_info(other).codec == "vae" and (other / "vae" / "vae.safetensors").is_file()
     # A base that is a bare network folder (no diffusion.json, so no codec): copied too.
-    bare = save_network(_net(4, 4), tmp_path / "bare")
+    bare = save_network(tiny_unet(4, 4), tmp_path / "bare")
     delta = save_model(tmp_path / "on-bare", tuned, info, codec_source=tmp_path / "vae0", base=bare)
     assert read_info(delta).codec == "vae" and _same(load_model(delta).denoiser.net, tuned)
 

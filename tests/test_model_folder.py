@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.tiny_models import tiny_unet
 
-from diffuse import nets
 from diffuse.cli import main
 from diffuse.codecs.base import Codec, PromptEncoder
 from diffuse.codecs.identity import IdentityCodec
@@ -126,21 +126,6 @@ def test_shipped_codecs_and_encoder_satisfy_the_protocols(encoder) -> None:
 # A tiny class-conditional model made in the test, saved with save_model.
 
 
-def _tiny_net(channels: int = 1, size: int = 8) -> nets.UNet:
-    torch.manual_seed(0)
-    cfg = dataclasses.replace(
-        nets.get_config("unet-tiny"),
-        in_channels=channels,
-        out_channels=channels,
-        image_size=size,
-        num_classes=3,
-        base_channels=8,
-        num_groups=4,
-        head_channels=8,
-    )
-    return nets.build_network(cfg)
-
-
 TINY_INFO = ModelInfo(
     process=ProcessConfig(kind="edm", parametrization="edm", sigma_data=0.5),
     channels=1,
@@ -154,14 +139,14 @@ TINY_INFO = ModelInfo(
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny") / "model"
-    save_model(folder, _tiny_net(), TINY_INFO)
+    save_model(folder, tiny_unet(), TINY_INFO)
     return folder
 
 
 def test_save_model_read_info_and_load_model_round_trip(tmp_path) -> None:
     before = os.umask(0o022)
     try:
-        net = _tiny_net()
+        net = tiny_unet()
         folder = save_model(tmp_path / "m", net, TINY_INFO)
     finally:
         os.umask(before)
@@ -189,12 +174,12 @@ def test_save_model_copies_the_codec_of_a_latent_model(tmp_path) -> None:
         tmp_path / "vae-src",
     )
     info = dataclasses.replace(TINY_INFO, channels=4, image_size=4)
-    folder = save_model(tmp_path / "latent", _tiny_net(4, 4), info, codec_source=vae_dir)
+    folder = save_model(tmp_path / "latent", tiny_unet(4, 4), info, codec_source=vae_dir)
     assert read_info(folder).codec == "vae" and (folder / "vae" / "vae.safetensors").is_file()
     model = load_model(folder)
     assert isinstance(model.codec, VAE) and model.image_size == 16
     with pytest.raises(ValueError, match="names the codec folder 'vae' but no codec_source"):
-        save_model(tmp_path / "other", _tiny_net(4, 4), read_info(folder))
+        save_model(tmp_path / "other", tiny_unet(4, 4), read_info(folder))
     weights = folder / "vae" / "vae.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # a truncated codec is named too
     with pytest.raises(ModelFileError, match="vae.safetensors: not a readable safetensors"):
@@ -244,7 +229,7 @@ def test_provenance_records_the_weights_recipe_and_chain(tmp_path, tiny_model) -
     assert record["weights_sha256"] == file_sha256(tiny_model / WEIGHTS_FILE)
     assert record["recipe"] == TINY_INFO.recipe and "base_model" not in record
     child = save_model(
-        tmp_path / "child", _tiny_net(), dataclasses.replace(TINY_INFO, base_model=record)
+        tmp_path / "child", tiny_unet(), dataclasses.replace(TINY_INFO, base_model=record)
     )
     assert provenance(child)["base_model"] == record
 

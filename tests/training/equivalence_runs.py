@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from tests.tiny_models import TINY_PIXEL_RECIPE
 
 from diffuse.config import load_recipe
 from diffuse.training.loop import train
@@ -23,13 +24,7 @@ FIXTURE = Path(__file__).resolve().parent / "data" / "refactor_equivalence.json"
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 PIXEL = [
-    "model.preset='unet-tiny'",
-    "model.overrides={base_channels=8, num_groups=4, head_channels=8}",
-    "data.source='procedural'",
-    "data.resolution=8",
-    "data.size=40",
-    "data.channels=1",
-    "data.num_classes=3",
+    *TINY_PIXEL_RECIPE,
     "data.flip=true",
     "optim.batch_size=8",
     "optim.micro_batch=3",

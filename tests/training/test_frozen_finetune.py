@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.tiny_models import TINY_PIXEL_RECIPE
 
 from diffuse.cli import main
 from diffuse.config import ConfigError, load_recipe
@@ -15,13 +16,7 @@ from diffuse.training.checkpoint import list_checkpoints
 from diffuse.training.loop import train
 
 BASE = [
-    "model.preset='unet-tiny'",
-    "model.overrides={base_channels=8, num_groups=4, head_channels=8}",
-    "data.source='procedural'",
-    "data.resolution=8",
-    "data.size=40",
-    "data.channels=1",
-    "data.num_classes=3",
+    *TINY_PIXEL_RECIPE,
     "optim.batch_size=8",
     "optim.warmup_steps=0",
     "optim.lr=0.01",

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from tests.tiny_models import TINY_PIXEL_RECIPE
 
 from diffuse.cli.train import draw_sample_grid
 from diffuse.config import ConfigError, load_recipe
@@ -22,13 +23,7 @@ from diffuse.training.loop import NonFiniteError, train
 from diffuse.training.model import build_network
 
 BASE = [
-    "model.preset='unet-tiny'",
-    "model.overrides={base_channels=8, num_groups=4, head_channels=8}",
-    "data.source='procedural'",
-    "data.resolution=8",
-    "data.size=40",
-    "data.channels=1",
-    "data.num_classes=3",
+    *TINY_PIXEL_RECIPE,
     "data.flip=true",
     "optim.batch_size=8",
     "optim.micro_batch=3",
