@@ -2,8 +2,10 @@
 
 Both take uint8 RGB pixels [H, W, 3] and return float32 [C, H, W] in {0, 1}:
 
-- "edges" (1 channel): the Sobel gradient magnitude of the luminance above a threshold, i.e.
-  the outlines of the objects (Shapes backgrounds are smooth gradients, far below it).
+- "edges" (1 channel): the largest Sobel gradient magnitude over the three colour channels
+  above a threshold, i.e. the outlines of the objects (Shapes backgrounds are smooth gradients,
+  far below it). Per channel, not of the luminance: a blue or purple object on a dark
+  background differs from it by >= 88/255 in one channel but can have almost its luminance.
 - "layout" (4 channels, one per shape class): pixels of the objects, found colour-free as those
   with a channel far above the background (every Shapes object colour has a channel >= 180,
   every background <= 92), each assigned to the nearest object the Shapes evaluator detects and
@@ -22,7 +24,7 @@ from diffuse.shapes.scenes import SHAPES
 
 __all__ = ["CONTROL_MAPS", "control_map", "edge_map", "layout_map"]
 
-EDGE_THRESHOLD = 0.25  # of the Sobel magnitude of luminance in [0, 1]
+EDGE_THRESHOLD = 0.25  # of a channel's Sobel magnitude in [0, 1]
 FOREGROUND = 140  # a pixel with a channel above this is an object's (backgrounds stay <= 92)
 
 
@@ -39,11 +41,11 @@ def _check(pixels: np.ndarray) -> np.ndarray:
 def edge_map(pixels: np.ndarray) -> Tensor:
     """Binary edges [1, H, W] (float32) of uint8 RGB pixels [H, W, 3]."""
     pixels = _check(pixels)
-    luma = torch.from_numpy(pixels.astype(np.float32) / 255.0) @ torch.tensor([0.299, 0.587, 0.114])
+    channels = torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1)[:, None]
     sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4
     kernels = torch.stack([sobel, sobel.T])[:, None]  # [2, 1, 3, 3]: d/dx, d/dy
-    grad = F.conv2d(F.pad(luma[None, None], (1, 1, 1, 1), mode="replicate"), kernels)
-    magnitude = grad.square().sum(1).sqrt()  # [1, H, W]
+    grad = F.conv2d(F.pad(channels, (1, 1, 1, 1), mode="replicate"), kernels)  # [3, 2, H, W]
+    magnitude = grad.square().sum(1).sqrt().amax(0, keepdim=True)  # [1, H, W]
     return (magnitude > EDGE_THRESHOLD).float()
 
 
