@@ -5,11 +5,13 @@ For each mode a server is started as its own process (`diffuse serve --port P`, 
 `--requests` text-to-image jobs one after another (POST /api/jobs/text-to-image?wait=true&
 base64=true), every request with its own prompt, seed and step count (the same set of
 requests in both modes). Reported per mode: throughput in images per second over the whole
-run, p50/p95 latency of a request, the answers by status code, network calls and rows per call
-(from GET /api/models). Then every image of the batched run is compared byte for byte with the
-same request's image from the unbatched run (each request run by itself), and `--library-checks`
-requests are also run alone through `TextToImagePipeline` in this process and compared pixel
-for pixel. The run is bounded: each request has a timeout, and the whole run stops by itself.
+run, p50/p95 latency of a request, the answers by status code, network calls and rows per call,
+decode calls, and the worker's seconds in network calls, decodes, the jobs' own steps and job
+starts (from GET /api/models). Then every image of the batched run is compared byte for byte
+with the same request's image from the unbatched run (each request run by itself), and
+`--library-checks` requests are also run alone through `TextToImagePipeline` in this process
+and compared pixel for pixel. The run is bounded: each request has a timeout, and the whole
+run stops by itself.
 
     python benchmarks/serve_load.py --json serve_load.json
     python benchmarks/serve_load.py --clients 8 --requests 2 --steps 2,3   # a quick look
@@ -234,7 +236,9 @@ def run_mode(args: argparse.Namespace, batching: bool, requests: list[list[dict]
         "server_errors": sum(n for s, n in statuses.items() if s.startswith("5")),
         "network_calls": stats["network_calls"],
         "rows_per_call": stats["rows"] / max(1, stats["network_calls"]),
+        "decode_calls": stats["decode_calls"],
         "worker_network_s": stats["network_seconds"],
+        "worker_decode_s": stats["decode_seconds"],
         "worker_steps_s": stats["step_seconds"],
         "worker_start_s": stats["start_seconds"],
         "_results": results,
@@ -319,16 +323,16 @@ def main() -> None:
     print()
     print(
         "| batching | images/s | p50 s | p95 s | answers | 5xx | network calls | rows/call "
-        "| worker s: network / steps / starts |"
+        "| decode calls | worker s: network / decodes / steps / starts |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for m in summary["modes"]:
         answers = ", ".join(f"{n}x{s}" for s, n in sorted(m["statuses"].items()))
         print(
             f"| {'on' if m['batching'] else 'off'} | {m['images_per_s']:.3f} | {m['p50_s']:.1f} "
             f"| {m['p95_s']:.1f} | {answers} | {m['server_errors']} | {m['network_calls']} "
-            f"| {m['rows_per_call']:.1f} | {m['worker_network_s']:.0f} / {m['worker_steps_s']:.0f}"
-            f" / {m['worker_start_s']:.0f} |"
+            f"| {m['rows_per_call']:.1f} | {m['decode_calls']} | {m['worker_network_s']:.1f} / "
+            f"{m['worker_decode_s']:.1f} / {m['worker_steps_s']:.1f} / {m['worker_start_s']:.1f} |"
         )
     print(
         f"\nthroughput ratio on/off: {summary['throughput_ratio']:.2f}x; batched images equal "

@@ -25,9 +25,10 @@ Images travel in the JSON body as base64 (or data: URLs), at the model's size (n
 as the CLI's), checked before they are decoded (`server.uploads`). Every route of a task builds
 a `Job` whose body runs the same pipeline method the CLI command runs (`pipe.generate`,
 `pipe.run_edit`) through the worker's `network` and `decoder`, so edit and ControlNet jobs
-share network calls and decodes with every other job (a ControlNet job's calls go to its steered copy of the network,
-shared by the jobs with the same ControlNet settings); the worker knows no task, and everything
-after the POST (the job, its images, events, cancellation) is shared. `GET /api/models` lists
+share network calls and decodes with every other job (a ControlNet job's calls go to its
+steered copy of the network, shared by the jobs with the same ControlNet settings); the worker
+knows no task, and everything after the POST (the job, its images, events, cancellation) is
+shared. `GET /api/models` lists
 each model's `tasks` and ControlNets.
 """
 
