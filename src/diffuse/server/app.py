@@ -28,8 +28,7 @@ a `Job` whose body runs the same pipeline method the CLI command runs (`pipe.gen
 share network calls and decodes with every other job (a ControlNet job's calls go to its
 steered copy of the network, shared by the jobs with the same ControlNet settings); the worker
 knows no task, and everything after the POST (the job, its images, events, cancellation) is
-shared. `GET /api/models` lists
-each model's `tasks` and ControlNets.
+shared. `GET /api/models` lists each model's `tasks` and ControlNets.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations at run time,
