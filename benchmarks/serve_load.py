@@ -5,14 +5,17 @@ For each mode a server is started as its own process (`diffuse serve --port P`, 
 `--requests` text-to-image jobs one after another (POST /api/jobs/text-to-image?wait=true&
 base64=true), every request with its own prompt, seed and step count (the same set of
 requests in both modes). Reported per mode: throughput in images per second over the whole
-run, p50/p95 latency of a request, the answers by status code, network calls and rows per call
-(from GET /api/models). Then every image of the batched run is compared byte for byte with the
-same request's image from the unbatched run (each request run by itself), and `--library-checks`
-requests are also run alone through `TextToImagePipeline` in this process and compared pixel
-for pixel. The run is bounded: each request has a timeout, and the whole run stops by itself.
+run, p50/p95 latency of a request, the answers by status code, network calls and rows per call,
+decode calls, and the worker's seconds in network calls, decodes, the jobs' own steps and job
+starts (from GET /api/models). Then every image of the batched run is compared byte for byte
+with the same request's image from the unbatched run (each request run by itself), and
+`--library-checks` requests are also run alone through `TextToImagePipeline` in this process
+and compared pixel for pixel. The run is bounded: each request has a timeout, and the whole
+run stops by itself.
 
     python benchmarks/serve_load.py --json serve_load.json
     python benchmarks/serve_load.py --clients 8 --requests 2 --steps 2,3   # a quick look
+    python benchmarks/serve_load.py --repeats 3   # on, off three times: less drift of the load
 
 With `--mix edits` the requests cycle through text-to-image, img2img (strength 0.6), inpainting
 (a fixed square mask) and edit by inversion (source prompt: the picture's caption), each edit
@@ -234,11 +237,18 @@ def run_mode(args: argparse.Namespace, batching: bool, requests: list[list[dict]
         "server_errors": sum(n for s, n in statuses.items() if s.startswith("5")),
         "network_calls": stats["network_calls"],
         "rows_per_call": stats["rows"] / max(1, stats["network_calls"]),
+        "decode_calls": stats["decode_calls"],
         "worker_network_s": stats["network_seconds"],
+        "worker_decode_s": stats["decode_seconds"],
         "worker_steps_s": stats["step_seconds"],
         "worker_start_s": stats["start_seconds"],
         "_results": results,
     }
+
+
+def images_per_s(runs: list[dict]) -> float:
+    """Images per second over several runs of one mode."""
+    return sum(r["images"] for r in runs) / sum(r["wall_s"] for r in runs)
 
 
 def main() -> None:
@@ -263,8 +273,17 @@ def main() -> None:
         help="text: text-to-image only; edits: text-to-image, img2img, inpaint and inversion "
         "jobs in turn",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the modes on, off, on, off, ... this many times each; the ratio is of the "
+        "images per second over all runs of each mode (a shared machine's load drifts)",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     args.steps_list = [int(s) for s in args.steps.split(",")]
     prompts = PROMPTS if args.prompt_set == "varied" else EQUAL_LENGTH
     requests = plan(args.clients, args.requests, args.steps_list, prompts)
@@ -272,17 +291,22 @@ def main() -> None:
     if args.mix == "edits":
         add_edits(requests, pipe.size)
     load_before = os.getloadavg()
-    on = run_mode(args, True, requests)
-    off = run_mode(args, False, requests)
+    runs = []  # on, off, on, off, ...
+    for repeat in range(args.repeats):
+        for batching in (True, False):
+            runs.append(run_mode(args, batching, requests) | {"repeat": repeat})
     load_after = os.getloadavg()
+    ons, offs = runs[0::2], runs[1::2]
+    on = ons[0]
 
     # Every batched image against the same request run by itself (batching off) ...
     same, compared = 0, 0
-    for key, result in on["_results"].items():
-        alone = off["_results"][key]["pngs"]
-        if result["pngs"] and alone:
-            compared += 1
-            same += result["pngs"] == alone
+    for batched, unbatched in zip(ons, offs):
+        for key, result in batched["_results"].items():
+            alone = unbatched["_results"][key]["pngs"]
+            if result["pngs"] and alone:
+                compared += 1
+                same += result["pngs"] == alone
     # ... and some against the library, run alone in this process.
     library_same = 0
     flat = [(c, r) for c in range(args.clients) for r in range(args.requests)]
@@ -307,8 +331,9 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "load_average_before": load_before,
         "load_average_after": load_after,
-        "modes": [{k: v for k, v in m.items() if not k.startswith("_")} for m in (on, off)],
-        "throughput_ratio": on["images_per_s"] / off["images_per_s"],
+        "modes": [{k: v for k, v in m.items() if not k.startswith("_")} for m in runs],
+        "throughput_ratio": images_per_s(ons) / images_per_s(offs),
+        "pair_ratios": [a["images_per_s"] / b["images_per_s"] for a, b in zip(ons, offs)],
         "requests": total,
         "batched_equal_to_alone": f"{same}/{compared}",
         "batched_equal_to_library": f"{library_same}/{len(picks)}",
@@ -318,20 +343,23 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     print()
     print(
-        "| batching | images/s | p50 s | p95 s | answers | 5xx | network calls | rows/call "
-        "| worker s: network / steps / starts |"
+        "| run | batching | images/s | p50 s | p95 s | answers | 5xx | network calls | rows/call "
+        "| decode calls | worker s: network / decodes / steps / starts |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for m in summary["modes"]:
         answers = ", ".join(f"{n}x{s}" for s, n in sorted(m["statuses"].items()))
         print(
-            f"| {'on' if m['batching'] else 'off'} | {m['images_per_s']:.3f} | {m['p50_s']:.1f} "
+            f"| {m['repeat'] + 1} | {'on' if m['batching'] else 'off'} | {m['images_per_s']:.3f} "
+            f"| {m['p50_s']:.1f} "
             f"| {m['p95_s']:.1f} | {answers} | {m['server_errors']} | {m['network_calls']} "
-            f"| {m['rows_per_call']:.1f} | {m['worker_network_s']:.0f} / {m['worker_steps_s']:.0f}"
-            f" / {m['worker_start_s']:.0f} |"
+            f"| {m['rows_per_call']:.1f} | {m['decode_calls']} | {m['worker_network_s']:.1f} / "
+            f"{m['worker_decode_s']:.1f} / {m['worker_steps_s']:.1f} / {m['worker_start_s']:.1f} |"
         )
+    pairs = ", ".join(f"{r:.2f}x" for r in summary["pair_ratios"])
     print(
-        f"\nthroughput ratio on/off: {summary['throughput_ratio']:.2f}x; batched images equal "
+        f"\nthroughput ratio on/off: {summary['throughput_ratio']:.2f}x (runs in pairs: {pairs}); "
+        "batched images equal "
         f"to the request alone: {summary['batched_equal_to_alone']} (server, batching off), "
         f"{summary['batched_equal_to_library']} (library); load average "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after"

@@ -758,7 +758,7 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     net = net.eval().requires_grad_(False)
     denoiser = Denoiser(
         net, process, info.process.parametrization, sigma_data=info.process.sigma_data
-    )
+    ).eval()  # as its network: sampling then never switches modes (pipelines.sample.eval_mode)
     return TrainedModel(denoiser, info, codec.to(device), folder)
 
 

@@ -9,7 +9,13 @@ import torch
 
 from diffuse.cli import main
 from diffuse.pipelines.sample import invariant_network
-from diffuse.pipelines.step_batching import batch_key, ragged_context_ok, run_calls
+from diffuse.pipelines.step_batching import (
+    DecodeCall,
+    batch_key,
+    ragged_context_ok,
+    run_calls,
+    run_decodes,
+)
 from diffuse.pipelines.text_to_image import load_pipeline
 from diffuse.samplers.stepwise import NetworkCall, StepwiseRun
 from text_recipe import train_args
@@ -83,3 +89,22 @@ def test_calls_are_grouped_by_conditioning_shape(pipe):
         ragged = run_calls(network, [short_call, long_call, short_call], sizes.append, True)
     assert sizes == [6]  # one call: the short contexts padded, each row over its own tokens
     assert all(torch.equal(a, b) for a, b in zip(ragged, outs))
+
+
+def test_decodes_of_many_runs_in_one_call_equal_each_alone(pipe):
+    shape = pipe.model.shape
+    generator = torch.Generator().manual_seed(0)
+    samples = [torch.randn(n, *shape, generator=generator) for n in (1, 2, 1)]
+    other = torch.randn(1, shape[0], shape[1] * 2, shape[2] * 2, generator=generator)
+    calls = [DecodeCall(s) for s in samples] + [DecodeCall(other)]
+    sizes = []
+
+    def decode(latents):
+        sizes.append(latents.shape[0])
+        return pipe.model.decode(latents)
+
+    with torch.no_grad():
+        images = run_decodes(decode, calls)
+        alone = [pipe.model.decode(c.samples) for c in calls]
+    assert sizes == [4, 1]  # one decode per sample shape
+    assert all(torch.equal(a, b) for a, b in zip(images, alone))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffuse.samplers import SAMPLERS, SeededNoise, karras
-from diffuse.samplers.stepwise import RunCancelled, StepwiseRun, drive
+from diffuse.samplers.stepwise import RunCancelled, StepwiseRun, drive, pause
 
 LEVELS = karras(None, 9, level_min=0.02, level_max=10.0)
 
@@ -127,3 +127,27 @@ def test_result_before_the_end_is_an_error(smooth_mixture):
     with pytest.raises(RuntimeError, match="not finished"):
         run.result()
     run.cancel()
+
+
+def test_a_body_pauses_on_requests_of_its_own(smooth_mixture):
+    def body(call):
+        x = SAMPLERS["euler"](call, torch.ones(1, 3), torch.cat([LEVELS[:1], LEVELS[-1:]]))
+        return pause(("double", x))  # e.g. a server's decode, made for many runs at once
+
+    run = StepwiseRun(body)
+    run.answer(smooth_mixture.denoise(run.call.x, run.call.level))
+    kind, x = run.call
+    assert kind == "double" and not run.done
+    run.answer(2 * x)
+    assert run.done and torch.equal(run.result(), 2 * x)
+    with pytest.raises(RuntimeError, match="body of a StepwiseRun"):
+        pause("outside")
+
+
+def test_drive_answers_network_calls_only():
+    run = StepwiseRun(lambda call: pause("a request"))
+    with pytest.raises(TypeError, match="network calls only"):
+        drive(run, lambda x, level, cond=None: x)
+    run.cancel()
+    with pytest.raises(RunCancelled):
+        run.result()

@@ -15,7 +15,7 @@ every PNG so that `--from-png` makes the same pixels again. The mechanics are in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -237,6 +237,7 @@ class ImageEditing:
         mask: ImageInput | None = None,
         callback: Callback | None = None,
         network: CondDenoiseFn | None = None,
+        decoder: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
         """Images [N, C, H, W] in [-1, 1] for checked edit parameters (see `edit_params`).
 
@@ -247,10 +248,12 @@ class ImageEditing:
             callback: the sampler callback (e.g. a progress bar).
             network: network(x, level, cond) replaces the call of the denoiser, as in
                 `TextToImagePipeline.generate` (a server batches requests through it).
+            decoder: decoder(samples) replaces `model.decode`, as in `generate`.
         Raises:
             ValueError: an image or mask other than the one the parameters were made for.
         """
         g = params.generation
+        decode = decoder or self.model.decode
         pixels_t, pixels = read_image(image, self.size, self.model.codec.image_channels)
         if image_hash(pixels) != params.image_hash:
             raise ValueError(
@@ -279,7 +282,7 @@ class ImageEditing:
                 callback=callback,
                 **common,
             )
-            return self.model.decode(out.to(self.device)).cpu()
+            return decode(out.to(self.device)).cpu()
         if params.task == "inversion":
             source = common | {
                 "cond": self._cond([params.source_prompt]),
@@ -306,7 +309,7 @@ class ImageEditing:
                 ),
                 **common,
             )
-            return self.model.decode(out.to(self.device)).cpu()
+            return decode(out.to(self.device)).cpu()
         mask_t, mask_pixels = read_mask(mask, self.size) if mask is not None else (None, None)
         if mask_t is None or image_hash(mask_pixels) != params.mask_hash:
             raise ValueError(f"the mask is not the one of the request (hash {params.mask_hash})")
@@ -329,7 +332,7 @@ class ImageEditing:
             **extra,
             **common,
         )
-        decoded = self.model.decode(out.to(self.device))
+        decoded = decode(out.to(self.device))
         return blend(decoded, pixels_t, mask_t, params.feather).cpu()
 
     def _levels(self, schedule: str, steps: int) -> Tensor:

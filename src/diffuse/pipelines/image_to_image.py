@@ -34,7 +34,7 @@ from torch import Tensor
 
 from diffuse.denoiser import EXTRA_INPUTS, Cond, Denoiser, inpainting_inputs
 from diffuse.guidance import CondDenoiseFn
-from diffuse.pipelines.sample import batch_denoise, invariant_network
+from diffuse.pipelines.sample import batch_denoise, eval_mode, invariant_network
 from diffuse.processes.base import NoiseProcess
 from diffuse.samplers.base import Callback
 from diffuse.samplers.inpaint import KnownRegion, check_mask, repaint
@@ -254,19 +254,15 @@ def sample_from(
         the results [N, ...] (float32, CPU).
     """
     seeds = [int(s) for s in seeds]
-    was_training = denoiser.training
-    denoiser.eval()
     network = network or invariant_network(denoiser)
     outputs = []
-    try:
+    with eval_mode(denoiser):
         for start in range(0, len(seeds), batch_size):
             chunk = seeds[start : start + batch_size]
             noise = SeededNoise(chunk, device=device)
             denoise = batch_denoise(network, cond, uncond, guidance, start, len(chunk))
             x = starts(noise, start, len(chunk))
             outputs.append(run(denoise, x, noise, start, len(chunk)).float().cpu())
-    finally:
-        denoiser.train(was_training)
     return torch.cat(outputs)
 
 

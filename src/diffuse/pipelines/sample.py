@@ -13,9 +13,10 @@ it adds no sampling logic of its own.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from diffuse.samplers.registry import get_sampler, get_schedule
 __all__ = [
     "TrainedModel",
     "batch_denoise",
+    "eval_mode",
     "generate",
     "load_trained",
     "save_grid",
@@ -210,26 +212,43 @@ def generate(
     else:
         sample_fn = get_sampler(sampler)
         levels = get_schedule(schedule)(denoiser.process, steps)
-    was_training = denoiser.training
-    denoiser.eval()
     network = network or invariant_network(denoiser)
     process = denoiser.process
     outputs = []
-    for start in range(0, len(seeds), batch_size):
-        chunk = seeds[start : start + batch_size]
-        noise = SeededNoise(chunk, device=device)  # per-sample streams, for stochastic samplers
-        x = noise.initial(shape) * process.initial_std(float(levels[0]))
-        denoise = batch_denoise(
-            network, cond, uncond, guidance, start, len(chunk), guidance_rescale
-        )
-        with constant_context():  # text keys and values projected once per run
-            if process.final_level > 0.0:
-                out = stop_at_final_level(sample_fn, denoise, x, levels, process, noise, callback)
-            else:
-                out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
-        outputs.append(out.float().cpu())
-    denoiser.train(was_training)
+    with eval_mode(denoiser):
+        for start in range(0, len(seeds), batch_size):
+            chunk = seeds[start : start + batch_size]
+            noise = SeededNoise(chunk, device=device)  # per-sample streams (stochastic samplers)
+            x = noise.initial(shape) * process.initial_std(float(levels[0]))
+            denoise = batch_denoise(
+                network, cond, uncond, guidance, start, len(chunk), guidance_rescale
+            )
+            with constant_context():  # text keys and values projected once per run
+                if process.final_level > 0.0:
+                    out = stop_at_final_level(
+                        sample_fn, denoise, x, levels, process, noise, callback
+                    )
+                else:
+                    out = sample_fn(denoise, x, levels, noise=noise, callback=callback)
+            outputs.append(out.float().cpu())
     return torch.cat(outputs)
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """`module` in eval mode inside the block and back to `module.training` after it (as
+    `module.eval()`, then `module.train(was_training)`). A module whose every submodule is in
+    eval mode already is left alone: setting the mode walks every submodule, a few
+    milliseconds that a server would pay per request."""
+    if not any(m.training for m in module.modules()):
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def to_uint8(images: Tensor) -> np.ndarray:

@@ -12,11 +12,16 @@ context is cross-attention (`ragged_context`): contexts are padded to the longes
 and the cross-attention runs each row over its own tokens (`nets.layers.attention_by_length`),
 so padding never reaches a row's result. Otherwise (e.g. joint text-image attention, where
 padding would change the sums) prompts of different lengths go to separate calls of a tick.
+
+A run that has sampled pauses once more, on the decode of its samples (a `DecodeCall`, see
+`samplers.stepwise.pause`): the runs that finish in one tick are decoded in one call of the
+model's decode, which is row-invariant too (the codec decodes in `batch_invariant` slices).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -25,7 +30,7 @@ from diffuse.guidance import CondDenoiseFn, pad_contexts
 from diffuse.nets.layers import JointAttention
 from diffuse.samplers.stepwise import NetworkCall
 
-__all__ = ["batch_key", "ragged_context_ok", "run_calls"]
+__all__ = ["DecodeCall", "batch_key", "ragged_context_ok", "run_calls", "run_decodes"]
 
 
 def ragged_context_ok(net: torch.nn.Module) -> bool:
@@ -87,5 +92,35 @@ def run_calls(
         if on_batch is not None:
             on_batch(x.shape[0])
         for i, piece in zip(members, out.split(sizes)):
+            outputs[i] = piece
+    return outputs  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class DecodeCall:
+    """The decode a paused run waits on: its samples [B, ...] (latents of a latent model)."""
+
+    samples: Tensor
+
+
+def run_decodes(decode: Callable[[Tensor], Tensor], calls: Sequence[DecodeCall]) -> list[Tensor]:
+    """Answer every decode call with as few calls of `decode` as the sample shapes allow.
+
+    Args:
+        decode: decode(samples [B, ...]) -> images [B, ...], row-invariant (e.g.
+            `TrainedModel.decode`).
+        calls: the pending decodes, each from its own run.
+    Returns:
+        one batch of images per call, in order.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for index, call in enumerate(calls):
+        key = (tuple(call.samples.shape[1:]), call.samples.dtype, call.samples.device)
+        groups.setdefault(key, []).append(index)
+    outputs: list[Tensor | None] = [None] * len(calls)
+    for members in groups.values():
+        samples = [calls[i].samples for i in members]
+        images = decode(torch.cat(samples))
+        for i, piece in zip(members, images.split([s.shape[0] for s in samples])):
             outputs[i] = piece
     return outputs  # type: ignore[return-value]

@@ -229,6 +229,7 @@ class TextToImagePipeline(ImageEditing):
         decode: bool = True,
         network: CondDenoiseFn | None = None,
         extra_cond: dict[str, Tensor] | None = None,
+        decoder: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
         """Images [N, 3, H, W] in [-1, 1] for checked parameters (see `params`).
 
@@ -236,7 +237,8 @@ class TextToImagePipeline(ImageEditing):
         `params.negative_prompt` (many prompts in one batch: each image still depends only on
         its prompts and seed). `decode=False` returns the network's samples (the latents of a
         latent model) instead of images. `network(x, level, cond)` replaces the call of the
-        denoiser (`pipelines.sample.generate`; a server batches requests through it).
+        denoiser (`pipelines.sample.generate`; a server batches requests through it), and
+        `decoder(samples)` replaces `model.decode` (a server decodes requests together).
         """
         for name, texts in (("prompts", prompts), ("negative prompts", negative_prompts)):
             if texts is not None and len(texts) != len(params.seeds):
@@ -277,7 +279,7 @@ class TextToImagePipeline(ImageEditing):
             network=network,
             solver=None if fitted is None else fitted.coefficients,
         )
-        return self.model.decode(latents) if decode else latents
+        return (decoder or self.model.decode)(latents) if decode else latents
 
     def __call__(
         self,

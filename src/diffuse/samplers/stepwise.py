@@ -19,6 +19,9 @@ over at every network call: exactly one of them works at any moment, the history
 sampler stays a local variable of its loop, and a stepped run computes what the plain call
 computes, bit for bit, for every sampler (Heun's two calls per step and the stochastic samplers'
 per-sample noise included).
+
+A body may also pause on requests of its own (`pause`): a server pauses each finished run on
+the decode of its samples, so that the runs finishing in one tick are decoded in one call.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ import queue
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
-__all__ = ["NetworkCall", "RunCancelled", "StepwiseRun", "drive"]
+__all__ = ["NetworkCall", "RunCancelled", "StepwiseRun", "drive", "pause"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,24 @@ class RunCancelled(Exception):
     """Raised inside a run's body at its pending call when the run is cancelled."""
 
 
+_BODY = threading.local()  # .run: the StepwiseRun whose body this thread runs
+
+
+def pause(request: Any) -> Any:
+    """Inside a run's body: hand `request` to the driver (it becomes the run's `call`) and wait
+    for the output `answer` gives it. The body's network calls pause this way as `NetworkCall`s;
+    other requests are whatever body and driver agree on.
+
+    Raises:
+        RuntimeError: called outside a run's body.
+        RunCancelled: the run was cancelled while it waited.
+    """
+    run = getattr(_BODY, "run", None)
+    if run is None:
+        raise RuntimeError("pause() is for the body of a StepwiseRun, on its own thread")
+    return run._pause(request)
+
+
 class StepwiseRun:
     """A computation paused at each network call until `answer` gives it the output.
 
@@ -71,7 +93,7 @@ class StepwiseRun:
     def __init__(self, body: Callable[[CallFn], Tensor], name: str = "stepwise-run") -> None:
         self._to_body: queue.SimpleQueue = queue.SimpleQueue()
         self._to_driver: queue.SimpleQueue = queue.SimpleQueue()
-        self._call: NetworkCall | None = None
+        self._call: Any = None
         self._running = False  # resumed and not yet settled
         self._finished = False
         self._value: Tensor | None = None
@@ -83,6 +105,7 @@ class StepwiseRun:
     # --- the body's thread -------------------------------------------------------------------
 
     def _main(self, body: Callable[[CallFn], Tensor]) -> None:
+        _BODY.run = self
         try:
             value = body(self._network)
         except BaseException as error:  # handed to the driver, raised there by result()
@@ -91,7 +114,10 @@ class StepwiseRun:
             self._to_driver.put(("done", value))
 
     def _network(self, x: Tensor, level: Tensor, cond: Mapping[str, Tensor] | None = None):
-        self._to_driver.put(("call", NetworkCall(x, level, cond)))
+        return self._pause(NetworkCall(x, level, cond))
+
+    def _pause(self, request: Any) -> Any:
+        self._to_driver.put(("call", request))
         kind, value = self._to_body.get()
         if kind == "cancel":
             raise RunCancelled("the run was cancelled")
@@ -113,8 +139,9 @@ class StepwiseRun:
         self._thread.join()
 
     @property
-    def call(self) -> NetworkCall | None:
-        """The call the body waits on; None once it has finished."""
+    def call(self) -> Any:
+        """What the body waits on: a `NetworkCall`, or a request the body gave `pause`; None
+        once it has finished."""
         return self._call
 
     @property
@@ -122,7 +149,7 @@ class StepwiseRun:
         """True once the body has returned, raised, or been cancelled."""
         return self._finished
 
-    def answer(self, output: Tensor) -> None:
+    def answer(self, output: Any) -> None:
         """Give the pending call its output; returns when the body waits again or has ended.
 
         Raises:
@@ -131,7 +158,7 @@ class StepwiseRun:
         self.resume(output)
         self.settle()
 
-    def resume(self, output: Tensor) -> None:
+    def resume(self, output: Any) -> None:
         """Give the pending call its output and return at once; the body runs on until `settle`
         is called. Several runs resumed together run side by side (each on its own data, so
         each computes what it computes alone); settle every one before the next `call`.
@@ -178,6 +205,7 @@ def drive(run: StepwiseRun, network: CallFn) -> Tensor:
     alone, as the plain call would compute it)."""
     while not run.done:
         call = run.call
-        assert call is not None
+        if not isinstance(call, NetworkCall):
+            raise TypeError(f"drive answers network calls only; the run waits on {call!r}")
         run.answer(network(call.x, call.level, call.cond))
     return run.result()

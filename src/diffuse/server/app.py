@@ -24,11 +24,11 @@ Routes (all JSON unless said; every one but the page needs the token when one is
 Images travel in the JSON body as base64 (or data: URLs), at the model's size (never resized,
 as the CLI's), checked before they are decoded (`server.uploads`). Every route of a task builds
 a `Job` whose body runs the same pipeline method the CLI command runs (`pipe.generate`,
-`pipe.run_edit`) through the worker's `network`, so edit and ControlNet jobs share network
-calls with every other job (a ControlNet job's calls go to its steered copy of the network,
-shared by the jobs with the same ControlNet settings); the worker knows no task, and everything
-after the POST (the job, its images, events, cancellation) is shared. `GET /api/models` lists
-each model's `tasks` and ControlNets.
+`pipe.run_edit`) through the worker's `network` and `decoder`, so edit and ControlNet jobs
+share network calls and decodes with every other job (a ControlNet job's calls go to its
+steered copy of the network, shared by the jobs with the same ControlNet settings); the worker
+knows no task, and everything after the POST (the job, its images, events, cancellation) is
+shared. `GET /api/models` lists each model's `tasks` and ControlNets.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations at run time,
@@ -281,7 +281,9 @@ def create_app(
         job = Job(
             TEXT_TO_IMAGE,
             params,
-            lambda network, callback: pipe.generate(params, callback=callback, network=network),
+            lambda network, callback, decoder: pipe.generate(
+                params, callback=callback, network=network, decoder=decoder
+            ),
         )
         return await enqueue(name, job, wait, inline)
 
@@ -340,8 +342,10 @@ def create_app(
             )
         )
 
-        def run(network: CondDenoiseFn, callback: Any) -> Any:
-            return pipe.run_edit(params, image, mask=mask, callback=callback, network=network)
+        def run(network: CondDenoiseFn, callback: Any, decoder: Any) -> Any:
+            return pipe.run_edit(
+                params, image, mask=mask, callback=callback, network=network, decoder=decoder
+            )
 
         return name, Job(task, params, run)
 
@@ -455,8 +459,10 @@ def create_app(
             served.folder, "", served.kind, image_hash(pixels), scale, start, end
         )
 
-        def run(network: CondDenoiseFn, callback: Any) -> Any:
-            return pipe.generate(params, callback=callback, network=network, extra_cond=extra_cond)
+        def run(network: CondDenoiseFn, callback: Any, decoder: Any) -> Any:
+            return pipe.generate(
+                params, callback=callback, network=network, extra_cond=extra_cond, decoder=decoder
+            )
 
         job = Job(CONTROLNET, params, run, extra=record, network=network)
         return await enqueue(name, job, wait, inline)

@@ -53,10 +53,11 @@ class JobImage:
 _ORDER = itertools.count()
 
 
-JobBody = Callable[[CallFn, Callback], Tensor]
-"""body(network, callback) -> images [N, C, H, W] in [-1, 1]: the task itself, run by the
-worker as a `StepwiseRun` (e.g. `TextToImagePipeline.generate` with `network=` and
-`callback=`); it must call the model only through `network`."""
+JobBody = Callable[[CallFn, Callback, Callable[[Tensor], Tensor]], Tensor]
+"""body(network, callback, decoder) -> images [N, C, H, W] in [-1, 1]: the task itself, run by
+the worker as a `StepwiseRun` (e.g. `TextToImagePipeline.generate` with `network=`,
+`callback=` and `decoder=`); it must call the model only through `network` and decode its
+samples only through `decoder`."""
 
 
 class Job:

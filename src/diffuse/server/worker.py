@@ -10,6 +10,8 @@ that arrives while others run joins at the next tick at its own first step, with
 prompt, seed, step count, guidance scale and sampler; it gets exactly the pixels it would get
 alone. Edit jobs join as they are: img2img is sampling from a lower start level, inpainting
 pastes its known region in its own callback between calls, inversion is two loops of calls.
+A job that has sampled pauses on the decode of its samples, and so does a preview: the decodes
+a tick reaches are made in one call of the model's decode (`step_batching.run_decodes`).
 With batching off the worker admits one job at a time, which is how requests are served one by
 one.
 """
@@ -28,11 +30,16 @@ from PIL import Image
 
 from diffuse.pipelines.call_conventions import to_pil
 from diffuse.pipelines.sample import invariant_network, to_grid
-from diffuse.pipelines.step_batching import ragged_context_ok, run_calls
+from diffuse.pipelines.step_batching import (
+    DecodeCall,
+    ragged_context_ok,
+    run_calls,
+    run_decodes,
+)
 from diffuse.pipelines.text_to_image import TextToImagePipeline
 from diffuse.pngmeta import png_bytes
 from diffuse.samplers.base import StepInfo
-from diffuse.samplers.stepwise import RunCancelled, StepwiseRun
+from diffuse.samplers.stepwise import RunCancelled, StepwiseRun, pause
 from diffuse.server.jobs import Job, JobImage, JobStatus
 from diffuse.server.settings import ServerSettings
 
@@ -59,16 +66,25 @@ class _Running:
 
 @dataclass
 class WorkerStats:
-    """Counters of one worker: network calls made, rows they carried, jobs finished, and the
-    seconds spent in network calls, in the jobs' own steps (sampler arithmetic, previews, the
-    final decode) and in starting jobs (prompt encoding)."""
+    """Counters of one worker: network calls made, rows they carried, decode calls, jobs
+    finished, and the seconds spent in network calls, in decodes (finished jobs and previews),
+    in the jobs' own steps (sampler arithmetic, inpainting's paste, preview PNGs) and in
+    starting jobs (prompt encoding)."""
 
     network_calls: int = 0
     rows: int = 0
+    decode_calls: int = 0
     jobs_finished: int = 0
     network_seconds: float = 0.0
+    decode_seconds: float = 0.0
     step_seconds: float = 0.0
     start_seconds: float = 0.0
+
+
+def decode_in_tick(samples: torch.Tensor) -> torch.Tensor:
+    """A job's decoder: its run pauses on the decode, which the worker makes together with the
+    other decodes of the tick."""
+    return pause(DecodeCall(samples))
 
 
 class ModelWorker:
@@ -176,6 +192,7 @@ class ModelWorker:
         for item in self._running:
             if item.job.cancel_requested and not item.run.done:
                 item.run.cancel()
+        self._decode()
         self._reap()
         live = [item for item in self._running if not item.run.done]
         if not live:
@@ -184,23 +201,47 @@ class ModelWorker:
         try:
             outputs = self._answer(live)
         except Exception as error:  # a network failure fails the jobs, never the server
-            logger.exception("network call failed")
-            for item in live:
-                item.run.cancel()
-                item.job.finish(JobStatus.FAILED, error=f"network call failed: {error}")
-            self._running = [i for i in self._running if not i.job.status.final]
-            with self._cond:
-                self._in_flight = len(self._running)
+            self._fail(live, "network call failed", error)
             return True
         self.stats.network_seconds += time.perf_counter() - started
-        started = time.perf_counter()
-        for item, out in zip(live, outputs):  # the jobs' own arithmetic runs side by side
-            item.run.resume(out)
-        for item in live:
-            item.run.settle()
-        self.stats.step_seconds += time.perf_counter() - started
+        self._advance(live, outputs)
+        self._decode()
         self._reap()
         return True
+
+    def _advance(self, items: list[_Running], outputs: list[torch.Tensor]) -> None:
+        """Answer each item's pending call; the jobs' own arithmetic runs side by side until
+        each waits again or has ended."""
+        started = time.perf_counter()
+        for item, out in zip(items, outputs):
+            item.run.resume(out)
+        for item in items:
+            item.run.settle()
+        self.stats.step_seconds += time.perf_counter() - started
+
+    def _decode(self) -> None:
+        """Make the decodes the running jobs wait on (finished samples, previews) in one call,
+        until none waits on one."""
+        while waiting := [i for i in self._running if isinstance(i.run.call, DecodeCall)]:
+            started = time.perf_counter()
+            try:
+                images = run_decodes(self.pipe.model.decode, [i.run.call for i in waiting])
+            except Exception as error:  # as a network failure
+                self._fail(waiting, "decode failed", error)
+                return
+            self.stats.decode_calls += 1
+            self.stats.decode_seconds += time.perf_counter() - started
+            self._advance(waiting, images)
+
+    def _fail(self, items: list[_Running], what: str, error: Exception) -> None:
+        """Fail the jobs of `items` after a failed network call or decode."""
+        logger.exception(what)
+        for item in items:
+            item.run.cancel()
+            item.job.finish(JobStatus.FAILED, error=f"{what}: {error}")
+        self._running = [i for i in self._running if not i.job.status.final]
+        with self._cond:
+            self._in_flight = len(self._running)
 
     def _answer(self, live: list[_Running]) -> list[torch.Tensor]:
         """The outputs of the pending calls of `live`: the calls of jobs that run the same
@@ -238,7 +279,9 @@ class ModelWorker:
         job.start()
 
         callback = self._on_step(job)
-        run = StepwiseRun(lambda network: job.body(network, callback), name=f"job-{job.id}")
+        run = StepwiseRun(
+            lambda network: job.body(network, callback, decode_in_tick), name=f"job-{job.id}"
+        )
         self._running.append(_Running(job, run))
 
     def _on_step(self, job: Job):  # noqa: ANN202
@@ -247,7 +290,7 @@ class ModelWorker:
         def callback(info: StepInfo) -> None:
             preview = None
             if job.watchers > 0:
-                images = self.pipe.model.decode(info.denoised)
+                images = decode_in_tick(info.denoised)
                 grid = to_grid(images, nrow=images.shape[0], padding=0)
                 preview = png_bytes(
                     Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid), {}
