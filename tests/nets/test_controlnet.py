@@ -3,6 +3,8 @@ the window are the base; the maps; loading next to the wrong base is refused."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -107,6 +109,22 @@ def test_bad_configs_and_controls_are_named(base):
         match=r"must be \(B, 1, 64, 64\) for a .edges. ControlNet, got \(2, 1, 32, 32\)",
     ):
         ControlledUNet(base, control)(x, c_noise, control=hint, **cond)
+
+
+def test_every_object_has_edges_whatever_its_colour():
+    """Edges come from every colour channel: an object as dark as its background (blue,
+    purple...) still has an outline, and a smooth background has none."""
+    for index in range(60):
+        scene = sample_split_scene(7, index, "heldout")
+        pixels = render_scene(scene, 64)
+        edges = edge_map(pixels)[0]
+        for obj in scene.objects:
+            half = int(obj.extent * 32) + 2
+            y, x = int(obj.cy * 64), int(obj.cx * 64)
+            box = edges[max(0, y - half) : y + half + 1, max(0, x - half) : x + half + 1]
+            assert box.sum() >= 8, (index, obj)
+    background = render_scene(dataclasses.replace(scene, objects=()), 64)
+    assert edge_map(background).sum() == 0
 
 
 def test_maps_of_a_render():
