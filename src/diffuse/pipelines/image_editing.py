@@ -14,7 +14,6 @@ every PNG so that `--from-png` makes the same pixels again. The mechanics are in
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from diffuse.guidance import CondDenoiseFn
 from diffuse.pipelines.call_conventions import GenerationOutput, convert_images
 from diffuse.pipelines.image_to_image import (
     blend,
+    check_scale,
     check_strength,
     edit_latents,
     image_hash,
@@ -121,14 +121,6 @@ def _count(name: str, value: int, low: int) -> int:
     return value
 
 
-def _scale(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return float(value)
-
-
 class ImageEditing:
     """Mixed into `TextToImagePipeline`: the methods that start from an image.
 
@@ -176,7 +168,7 @@ class ImageEditing:
             _count("refine", refine, 0)
             if refine and inversion != "ddim":
                 raise ValueError(f"refine works with the ddim inversion only, got {inversion!r}")
-            source_guidance = _scale("source guidance", source_guidance)
+            source_guidance = check_scale("source guidance", source_guidance)
             if not isinstance(source_prompt, str):
                 raise ValueError(f"source prompt must be a string, got {source_prompt!r}")
             matching = get_inversion(inversion)[1]

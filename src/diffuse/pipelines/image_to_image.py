@@ -68,6 +68,15 @@ def check_strength(strength: float) -> float:
     return float(strength)
 
 
+def check_scale(name: str, value: float) -> float:
+    """A guidance scale as a float, finite and >= 0; ValueError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
 def strength_level(process: NoiseProcess, strength: float) -> float:
     """The starting level of img2img: level_min^(1 - strength) * level_max^strength.
 

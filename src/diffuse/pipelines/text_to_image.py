@@ -13,7 +13,6 @@ never on the batch it was generated in.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from diffuse.pipelines.call_conventions import (
     to_pil,
 )
 from diffuse.pipelines.image_editing import EditParams, ImageEditing
+from diffuse.pipelines.image_to_image import check_scale
 from diffuse.pipelines.sample import generate
 from diffuse.samplers.base import Callback, StepInfo
 from diffuse.samplers.registry import get_sampler, get_schedule
@@ -167,9 +167,9 @@ class TextToImagePipeline(ImageEditing):
         steps = int(self.defaults.steps if steps is None else steps)
         if not 1 <= steps <= 1000:
             raise ValueError(f"steps must be in 1..1000, got {steps}")
-        guidance = float(self.defaults.guidance if guidance is None else guidance)
-        if not math.isfinite(guidance) or guidance < 0:
-            raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+        guidance = check_scale(
+            "guidance", float(self.defaults.guidance if guidance is None else guidance)
+        )
         fitted = choose_solver(
             self.solvers,
             steps,
